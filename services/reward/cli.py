@@ -1,0 +1,9 @@
+"""`vineppo` subcommands that belong to the reward service."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer, serve: typer.Typer) -> None:
+    """Add this service's commands to the top-level app and its `serve` sub-app."""

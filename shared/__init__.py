@@ -1,0 +1,1 @@
+"""Code every vineppo service imports: schemas, settings, step segmentation, datasets, prompts."""

@@ -1,0 +1,51 @@
+"""Pydantic v2 models of every HTTP body and queue message, each with ``schema_version``."""
+
+from shared.schemas.base import SCHEMA_VERSION, Dataset, ErrorBody, Message, new_id
+from shared.schemas.grade import GradeItem, GradeRequest, GradeResponse, Verdict, VerdictStatus
+from shared.schemas.rollout import (
+    Completion,
+    FinishReason,
+    GenerateRequest,
+    GenerateResult,
+    Job,
+    JobKind,
+    JobResult,
+    ReplicaHeartbeat,
+    SamplingParams,
+    ValueEstimate,
+    ValueItem,
+    ValueRequest,
+    ValueResult,
+    WeightsAnnouncement,
+    WeightsRequest,
+    WeightsStatus,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Completion",
+    "Dataset",
+    "ErrorBody",
+    "FinishReason",
+    "GenerateRequest",
+    "GenerateResult",
+    "GradeItem",
+    "GradeRequest",
+    "GradeResponse",
+    "Job",
+    "JobKind",
+    "JobResult",
+    "Message",
+    "ReplicaHeartbeat",
+    "SamplingParams",
+    "ValueEstimate",
+    "ValueItem",
+    "ValueRequest",
+    "ValueResult",
+    "Verdict",
+    "VerdictStatus",
+    "WeightsAnnouncement",
+    "WeightsRequest",
+    "WeightsStatus",
+    "new_id",
+]

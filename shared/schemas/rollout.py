@@ -1,0 +1,147 @@
+"""Rollout service bodies: ``POST /v1/generate``, ``POST /v1/value``, ``POST /v1/weights``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from shared.schemas.base import Dataset, Message, new_id, now
+from shared.schemas.grade import MAX_TEXT_CHARS, VerdictStatus
+
+FinishReason = Literal["stop", "length"]
+MAX_BATCH = 4096
+
+
+class SamplingParams(Message):
+    """How to sample. ``temperature == 0`` means greedy."""
+
+    temperature: float = Field(default=0.6, ge=0.0, le=5.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=1024, ge=1, le=32768)
+    stop: list[str] = Field(default_factory=list, max_length=16, description="Stop strings.")
+    seed: int | None = Field(default=None, ge=0, description="Per-request seed; None = random.")
+
+
+class Completion(Message):
+    """One sampled continuation, with the log-probability of each sampled token."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float] = Field(description="log π(token) under the sampling distribution.")
+    finish_reason: FinishReason
+
+
+class GenerateRequest(Message):
+    prompts: list[str] = Field(min_length=1, max_length=MAX_BATCH)
+    n: int = Field(default=1, ge=1, le=256, description="Completions per prompt.")
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+
+
+class GenerateResult(Message):
+    outputs: list[list[Completion]] = Field(
+        description="outputs[i] = the n completions of prompt i."
+    )
+    policy_version: int = Field(ge=0)
+
+
+class ValueItem(Message):
+    """A partial solution whose value V(s) = P(final answer correct | s) is asked for."""
+
+    prompt: str = Field(max_length=MAX_TEXT_CHARS)
+    partial_response: str = Field(default="", max_length=MAX_TEXT_CHARS)
+    gold: str = Field(max_length=MAX_TEXT_CHARS)
+    dataset: Dataset = "gsm8k"
+
+
+class ValueRequest(Message):
+    items: list[ValueItem] = Field(min_length=1, max_length=MAX_BATCH)
+    k: int = Field(default=9, ge=1, le=256, description="Monte Carlo continuations per state.")
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+
+
+class ValueEstimate(Message):
+    value: float = Field(ge=0.0, le=1.0, description="Mean return of the k continuations.")
+    returns: list[float] = Field(description="Return of each continuation (one if terminal).")
+    verdicts: list[VerdictStatus]
+    num_tokens: int = Field(ge=0, description="Tokens sampled for this state.")
+    terminal: bool = Field(default=False, description="State already final: graded directly.")
+
+
+class ValueResult(Message):
+    values: list[ValueEstimate]
+    policy_version: int = Field(ge=0)
+
+
+class WeightsRequest(Message):
+    """Load policy ``version`` from a safetensors directory under the checkpoint root."""
+
+    version: int = Field(ge=0)
+    path: str = Field(min_length=1, max_length=4096)
+
+
+class WeightsAnnouncement(Message):
+    """Published by the trainer when ``policy-v{version}/`` is complete on the volume."""
+
+    version: int = Field(ge=0)
+    path: str = Field(min_length=1, max_length=4096)
+    announced_at: float = Field(default_factory=now)
+
+
+class WeightsStatus(Message):
+    version: int = Field(ge=0)
+    model: str
+
+
+JobKind = Literal["generate", "value"]
+
+
+class Job(Message):
+    """A unit of rollout work on the queue, pinned to the policy version that must serve it."""
+
+    job_id: str = Field(default_factory=new_id)
+    kind: JobKind
+    policy_version: int = Field(ge=0)
+    generate: GenerateRequest | None = None
+    value: ValueRequest | None = None
+    attempt: int = Field(default=0, ge=0)
+    created_at: float = Field(default_factory=now)
+
+    @model_validator(mode="after")
+    def _payload_matches_kind(self) -> Job:
+        if (self.kind == "generate") != (self.generate is not None) or (self.kind == "value") != (
+            self.value is not None
+        ):
+            raise ValueError(f"a '{self.kind}' job must carry exactly the '{self.kind}' payload")
+        return self
+
+
+class JobResult(Message):
+    """What a worker returns for a job; stored once per ``job_id``."""
+
+    job_id: str
+    policy_version: int = Field(ge=0, description="Version that actually served the job.")
+    worker_id: str
+    ok: bool
+    generate: GenerateResult | None = None
+    value: ValueResult | None = None
+    error: str | None = None
+    elapsed_s: float = Field(default=0.0, ge=0.0)
+    finished_at: float = Field(default_factory=now)
+
+
+ReplicaState = Literal["starting", "ready", "loading", "failed"]
+
+
+class ReplicaHeartbeat(Message):
+    """A rollout worker's liveness record (Redis key with a TTL)."""
+
+    replica_id: str
+    state: ReplicaState = "starting"
+    loaded_version: int | None = Field(default=None, ge=0)
+    failed_version: int | None = Field(default=None, ge=0)
+    error: str | None = None
+    queue_depth: int = Field(default=0, ge=0)
+    tokens_per_s: float = Field(default=0.0, ge=0.0)
+    model: str = ""
+    ts: float = Field(default_factory=now)

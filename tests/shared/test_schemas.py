@@ -1,0 +1,78 @@
+"""Every body and message round-trips through JSON and rejects what the edge must reject."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from shared import schemas as S
+
+EXAMPLES: list[BaseModel] = [
+    S.ErrorBody(error="validation_error", message="items: too short"),
+    S.GradeRequest(items=[S.GradeItem(response="#### 4", gold="4", dataset="gsm8k")]),
+    S.GradeResponse(verdicts=[S.Verdict(status="correct", reward=1.0, extracted="4")]),
+    S.GenerateRequest(prompts=["Q: 1+1?"], n=2, sampling=S.SamplingParams(seed=3, stop=["\n\n"])),
+    S.GenerateResult(
+        outputs=[[S.Completion(text="2", token_ids=[5], logprobs=[-0.1], finish_reason="stop")]],
+        policy_version=3,
+    ),
+    S.ValueRequest(items=[S.ValueItem(prompt="Q", partial_response="a\n", gold="4")], k=9),
+    S.ValueResult(
+        values=[
+            S.ValueEstimate(
+                value=0.5, returns=[1, 0], verdicts=["correct", "incorrect"], num_tokens=12
+            )
+        ],
+        policy_version=0,
+    ),
+    S.WeightsRequest(version=2, path="policy-v2"),
+    S.WeightsAnnouncement(version=2, path="policy-v2"),
+    S.Job(
+        kind="value",
+        policy_version=1,
+        value=S.ValueRequest(items=[S.ValueItem(prompt="Q", gold="1")]),
+    ),
+    S.JobResult(job_id="abc", policy_version=1, worker_id="w0", ok=False, error="boom"),
+    S.ReplicaHeartbeat(replica_id="r0", state="ready", loaded_version=4, tokens_per_s=120.5),
+]
+
+
+@pytest.mark.parametrize("model", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_json_round_trip(model: BaseModel) -> None:
+    text = model.model_dump_json()
+    again = type(model).model_validate_json(text)
+    assert again == model
+    assert '"schema_version":1' in text
+
+
+def test_ids_are_generated_and_unique() -> None:
+    a = S.Job(
+        kind="value",
+        policy_version=0,
+        value=S.ValueRequest(items=[S.ValueItem(prompt="Q", gold="1")]),
+    )
+    b = a.model_copy(update={"job_id": S.new_id()})
+    assert len(a.job_id) == 32 and a.job_id != b.job_id
+    assert (
+        S.ErrorBody(error="x", message="y").request_id
+        != S.ErrorBody(error="x", message="y").request_id
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "data"),
+    [
+        (S.ValueRequest, {"items": [{"prompt": "Q", "gold": "1"}], "k": 0}),  # k below 1
+        (S.ValueRequest, {"items": [{"prompt": "Q", "gold": "1"}], "k": 257}),  # k above 256
+        (S.ValueRequest, {"items": []}),  # empty batch
+        (S.GradeItem, {"response": "x", "gold": "1", "dataset": "aime"}),  # unknown dataset
+        (S.SamplingParams, {"temperature": -1}),  # negative temperature
+        (S.SamplingParams, {"top_p": 0}),  # top_p must be > 0
+        (S.GenerateRequest, {"prompts": ["a"], "extra": 1}),  # unknown field
+        (S.WeightsRequest, {"version": 1, "path": "p", "schema_version": 2}),  # future schema
+        (S.Job, {"kind": "value", "policy_version": 0}),  # payload missing
+    ],
+)
+def test_edge_rejects(model: type[BaseModel], data: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        model.model_validate(data)
