@@ -32,7 +32,11 @@ def tasks_sample(
     from shared.tasks.arithmetic import ArithmeticConfig, generate
 
     cfg = ArithmeticConfig(min_steps=steps, max_steps=steps)
-    for i, p in enumerate(generate(cfg, split=split, n=n, seed=seed)):
+    try:
+        problems = generate(cfg, split=split, n=n, seed=seed)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--split") from e
+    for i, p in enumerate(problems):
         typer.echo(f"--- problem {i} ---\nQuestion: {p.question}\nAnswer:\n{p.solution}\n")
 
 
@@ -47,7 +51,11 @@ def steps_cmd(
     from shared.steps import split_steps
 
     body = text if text is not None else sys.stdin.read()
-    for i, (start, end) in enumerate(split_steps(body, dataset)):
+    try:
+        spans = split_steps(body, dataset)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--dataset") from e
+    for i, (start, end) in enumerate(spans):
         typer.echo(f"[{i}] {start}:{end} {body[start:end]!r}")
 
 

@@ -1,0 +1,1 @@
+"""Built-in tasks whose problems are generated, not downloaded (see `shared.tasks.arithmetic`)."""
