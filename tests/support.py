@@ -8,40 +8,24 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import uvicorn
 from fastapi import FastAPI
+
+from shared.serve import free_port as _free_port
+from shared.serve import serve_in_thread
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return _free_port()
 
 
-@contextlib.contextmanager
-def serve_app(app: FastAPI, timeout: float = 30.0) -> Iterator[str]:
+def serve_app(app: FastAPI, timeout: float = 30.0) -> contextlib.AbstractContextManager[str]:
     """Run ``app`` under a real uvicorn server in a thread; yield its base URL."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=timeout)
+    return serve_in_thread(app, timeout)
 
 
 @dataclass

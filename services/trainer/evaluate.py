@@ -1,0 +1,69 @@
+"""Pass@1 through the services: sample S answers per problem at a low temperature, grade,
+average. Used by the RL loop for validation and by ``vineppo eval``."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.trainer.jobs import JobOptions, run_generate_jobs
+from shared.datasets import Example
+from shared.queue import JobQueue
+from shared.schemas import GradeItem, SamplingParams, Verdict
+
+
+@dataclass
+class PassAt1:
+    mean: float
+    """Pass@1 averaged over problems and seeds."""
+    per_seed: list[float]
+    """Pass@1 of each seed (sample index) over all problems."""
+    num_problems: int
+
+    @property
+    def spread(self) -> float:
+        return statistics.pstdev(self.per_seed) if len(self.per_seed) > 1 else 0.0
+
+
+def pass_at_1(verdicts: Sequence[Sequence[Verdict]]) -> PassAt1:
+    """verdicts[i][s] = verdict of sample s on problem i -> Pass@1 and its spread over seeds."""
+    if not verdicts:
+        raise ValueError("no problems to score")
+    seeds = len(verdicts[0])
+    per_seed = [sum(v[s].reward for v in verdicts) / len(verdicts) for s in range(seeds)]
+    return PassAt1(sum(per_seed) / seeds, per_seed, len(verdicts))
+
+
+async def evaluate(
+    queue: JobQueue,
+    grader: object,
+    examples: Sequence[Example],
+    prompts: Sequence[str],
+    *,
+    version: int,
+    seeds: int,
+    temperature: float,
+    max_tokens: int,
+    seed: int = 1234,
+    progress: bool = True,
+) -> PassAt1:
+    """Pass@1 of policy ``version`` on ``examples`` (``prompts[i]`` formats ``examples[i]``)."""
+    sampling = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed)
+    outs = await run_generate_jobs(
+        queue, prompts, version=version, n=seeds, sampling=sampling,
+        options=JobOptions(desc="eval", progress=progress),
+    )  # fmt: skip
+    items = [
+        GradeItem(response=c.text, gold=ex.answer, dataset=ex.dataset)
+        for ex, per in zip(examples, outs, strict=True)
+        for c in per
+    ]
+    flat = await grader.grade(items)  # type: ignore[attr-defined]
+    truncated = [c.finish_reason != "stop" for per in outs for c in per]
+    flat = [
+        v.model_copy(update={"reward": 0.0}) if t else v
+        for v, t in zip(flat, truncated, strict=True)
+    ]
+    grouped = [flat[i * seeds : (i + 1) * seeds] for i in range(len(examples))]
+    return pass_at_1(grouped)

@@ -1,0 +1,316 @@
+"""The RL loop: sample → (MC values | critic) → advantages → PPO epochs → push weights → eval.
+
+One iteration (DESIGN.md §1, §2):
+1) take P prompts in a seeded order and sample n responses each from policy v_N through the
+   queue; 2) grade them (the reward service); 3) cut responses into reasoning steps;
+4) advantages: ``vine`` asks the queue for the MC value of every distinct step-boundary
+   state (still v_N), ``ppo`` runs the critic, ``grpo``/``rloo`` use the group of responses;
+5) E epochs of minibatch PPO updates (and critic updates for ``ppo``); 6) save policy v_{N+1}
+atomically, announce it and wait until replicas serve it; 7) validate every few iterations;
+8) write one JSONL line of metrics and a resumable checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from services.trainer.algos.advantages import AdvantageInputs, compute_advantages
+from services.trainer.algos.states import num_steps_tensor, plan_states, scatter_state_values
+from services.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from services.trainer.config import RunConfig
+from services.trainer.episodes import Batch, Episode, build_episodes, collate
+from services.trainer.evaluate import evaluate
+from services.trainer.jobs import JobOptions, run_generate_jobs, run_value_jobs, wait_for_replicas
+from services.trainer.ppo import UpdateInputs, critic_values, policy_logprobs, ppo_epochs
+from services.trainer.weights import push_policy
+from shared.datasets import Example, load_examples
+from shared.prompts import format_prompt, style_for
+from shared.queue import JobQueue
+from shared.schemas import GradeItem, SamplingParams, ValueItem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """Where the loop sends work: the job queue (rollout replicas) and the grader."""
+
+    queue: JobQueue
+    grader: Any  # has ``async grade(items) -> list[Verdict]`` (RewardClient)
+    min_replicas: int = 1
+    replica_timeout_s: float = 600.0
+    job_size: int = 16
+
+
+class DataOrder:
+    """Seeded epochs over the training set; ``position`` is saved and restored exactly."""
+
+    def __init__(self, n: int, seed: int, position: int = 0) -> None:
+        self.n, self.seed, self.position = n, seed, position
+
+    def take(self, count: int) -> list[int]:
+        out = []
+        for _ in range(count):
+            epoch, offset = divmod(self.position, self.n)
+            order = list(range(self.n))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            out.append(order[offset])
+            self.position += 1
+        return out
+
+
+class RLTrainer:
+    """Runs ``cfg.iterations`` RL iterations of ``cfg.algo`` against ``services``."""
+
+    def __init__(self, cfg: RunConfig, services: Services, *, progress: bool = True) -> None:
+        from services.trainer.distributed import init_distributed, wrap
+        from services.trainer.model import Critic, load_policy, load_tokenizer
+
+        if not cfg.model.policy:
+            raise ValueError("model.policy is empty: point it at the SFT model directory")
+        self.cfg, self.services, self.progress = cfg, services, progress
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.info = init_distributed()
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.tokenizer = load_tokenizer(cfg.model.policy)
+        self.style = style_for(self.tokenizer)
+        dtype = (
+            torch.bfloat16
+            if cfg.model.dtype == "bfloat16" and self.info.device.type == "cuda"
+            else torch.float32
+        )
+        common = dict(
+            betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
+            grad_clip=cfg.optim.grad_clip, zero_stage=cfg.dist.zero_stage,
+            total_steps=cfg.total_steps, warmup_steps=cfg.warmup_steps,
+            lr_end_ratio=cfg.optim.lr_end / cfg.optim.lr, decay_power=cfg.optim.decay_power,
+            micro_batch_size=cfg.ppo.micro_batch_size, grad_accum_steps=cfg.grad_accum_steps,
+        )  # fmt: skip
+        policy = load_policy(cfg.model.policy, self.info.device, dtype)
+        self.policy = wrap(policy, lr=cfg.optim.lr, **common)
+        self.ref = load_policy(cfg.model.policy, self.info.device, dtype).eval()
+        self.ref.requires_grad_(False)
+        self.critic = None
+        if cfg.algo == "ppo":  # VinePPO never builds a critic
+            critic = Critic.from_pretrained(cfg.model.policy, dtype)
+            self.critic = wrap(critic, lr=cfg.optim.lr, **common)
+        load = {"seed": cfg.seed}
+        self.train = load_examples(cfg.dataset, "train", **load)
+        self.val = load_examples(cfg.dataset, "validation", n=cfg.eval.num_problems, **load)
+        self.data = DataOrder(len(self.train), cfg.seed)
+        self.iteration, self.version = 0, 0
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.ckpt_root = self.out / "checkpoints"
+        self.policy_root = self.out / "policies"
+
+    # -- helpers ----------------------------------------------------------------------
+    def prompt(self, ex: Example) -> str:
+        return format_prompt(ex.question, style=self.style, dataset=ex.dataset,
+                             tokenizer=self.tokenizer)  # fmt: skip
+
+    def engines(self) -> dict[str, Any]:
+        return {"policy": self.policy} | ({"critic": self.critic} if self.critic else {})
+
+    def sampling(self, seed: int) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(temperature=r.temperature, top_p=r.top_p,
+                              max_tokens=r.max_response_tokens, seed=seed)  # fmt: skip
+
+    def job_options(self, desc: str) -> JobOptions:
+        return JobOptions(job_size=self.services.job_size, desc=desc, progress=self.progress)
+
+    async def push(self) -> None:
+        """Save policy v_N, announce it, wait until enough replicas serve it."""
+        await push_policy(self.services.queue, self.policy.module, self.tokenizer,
+                          self.policy_root, self.version)  # fmt: skip
+        await wait_for_replicas(self.services.queue, self.version, self.services.min_replicas,
+                                self.services.replica_timeout_s)  # fmt: skip
+
+    # -- resume -----------------------------------------------------------------------
+    def resume(self) -> bool:
+        """Load the newest complete checkpoint; True when one was found."""
+        path = latest_checkpoint(self.ckpt_root)
+        if path is None:
+            return False
+        state = load_checkpoint(path, self.engines())
+        self.iteration, self.version = state["iteration"], state["version"]
+        self.data.position = state["data_position"]
+        self.gen.set_state(state["generator"])
+        self._truncate_metrics(self.iteration)
+        log.info("resumed from %s (iteration %d)", path, self.iteration)
+        return True
+
+    def _truncate_metrics(self, iteration: int) -> None:
+        """Drop metric lines of iterations after the checkpoint (a killed run wrote them)."""
+        if not self.metrics_path.is_file():
+            return
+        rows = [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()]
+        kept = [r for r in rows if r["iteration"] <= iteration]
+        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def checkpoint(self) -> None:
+        state = {
+            "iteration": self.iteration,
+            "version": self.version,
+            "data_position": self.data.position,
+            "generator": self.gen.get_state(),
+        }
+        save_checkpoint(self.ckpt_root, self.iteration, self.engines(), state)
+
+    # -- the loop ---------------------------------------------------------------------
+    async def run(self, resume: bool = False) -> Path:
+        if not (resume and self.resume()):
+            self.metrics_path.unlink(missing_ok=True)
+        await self.push()
+        if self.iteration == 0 and self.cfg.eval.every:
+            self.log_row({"iteration": 0, "version": self.version, **await self.validate()})
+        while self.iteration < self.cfg.iterations:
+            row = await self.step()
+            if self.iteration % self.cfg.eval.every == 0 or self.iteration == self.cfg.iterations:
+                row.update(await self.validate())
+            self.log_row(row)
+            await asyncio.to_thread(self.checkpoint)
+        return self.metrics_path
+
+    async def validate(self) -> dict[str, float]:
+        e = self.cfg.eval
+        t0 = time.monotonic()
+        res = await evaluate(
+            self.services.queue, self.services.grader, self.val,
+            [self.prompt(x) for x in self.val], version=self.version, seeds=e.seeds,
+            temperature=e.temperature, max_tokens=e.max_response_tokens,
+            seed=self.cfg.seed + 7, progress=self.progress,
+        )  # fmt: skip
+        return {"acc/val": res.mean, "acc/val_spread": res.spread,
+                "time/eval": time.monotonic() - t0}  # fmt: skip
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.progress:
+            keys = ("iteration", "reward/mean", "acc/val", "kl/ref", "time/iteration")
+            log.info("  ".join(f"{k}={row[k]:.4g}" for k in keys if k in row))
+
+    async def step(self) -> dict[str, Any]:
+        """One RL iteration; returns its metrics row."""
+        cfg, t_start = self.cfg, time.monotonic()
+        seed = cfg.seed * 100_003 + self.iteration
+        examples = [self.train[i] for i in self.data.take(cfg.rollout.prompts_per_iteration)]
+        prompts = [self.prompt(x) for x in examples]
+        # 1) sample n responses per prompt from v_N
+        t0 = time.monotonic()
+        outs = await run_generate_jobs(
+            self.services.queue, prompts, version=self.version,
+            n=cfg.rollout.responses_per_prompt, sampling=self.sampling(seed),
+            options=self.job_options("sample"),
+        )  # fmt: skip
+        t_gen = time.monotonic() - t0
+        # 2) grade, 3) segment into steps
+        items = [GradeItem(response=c.text, gold=ex.answer, dataset=ex.dataset)
+                 for ex, per in zip(examples, outs, strict=True) for c in per]  # fmt: skip
+        verdicts = await self.services.grader.grade(items)
+        rules = "math" if cfg.dataset == "math" else "gsm8k"
+        episodes = build_episodes(examples, prompts, outs, verdicts, self.tokenizer, rules)
+        batch = collate(episodes, int(self.tokenizer.pad_token_id))
+        # 4) advantages
+        t0 = time.monotonic()
+        adv, extra, value_stats = await self.advantages(episodes, batch, seed)
+        t_values = time.monotonic() - t0
+        # 5) PPO epochs (in a thread so replicas' heartbeats keep beating)
+        t0 = time.monotonic()
+        stats = await asyncio.to_thread(self.update, batch, adv, extra)
+        t_train = time.monotonic() - t0
+        # 6) push v_{N+1}
+        self.iteration += 1
+        self.version += 1
+        t0 = time.monotonic()
+        await self.push()
+        sampled = sum(len(c.token_ids) for per in outs for c in per)
+        mask = batch.response_mask.bool()
+        return {
+            "iteration": self.iteration, "version": self.version, "algo": cfg.algo,
+            "reward/mean": float(batch.rewards.mean()),
+            "adv/mean": float(adv[mask].mean()), "adv/std": float(adv[mask].std()),
+            "response/tokens_mean": float(batch.response_mask.sum(1).mean()),
+            "response/truncated": sum(e.finish_reason != "stop" for e in episodes) / len(episodes),
+            **value_stats, **stats,
+            "time/generate": t_gen, "time/values": t_values, "time/train": t_train,
+            "time/push": time.monotonic() - t0, "time/iteration": time.monotonic() - t_start,
+            "rollout/tokens_per_s": sampled / max(t_gen, 1e-9),
+            "mem/peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }  # fmt: skip
+
+    async def advantages(
+        self, episodes: list[Episode], batch: Batch, seed: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+        cfg = self.cfg
+        inputs = AdvantageInputs(rewards=batch.rewards, response_mask=batch.response_mask,
+                                 step_ids=batch.step_ids.clamp(min=0), group_ids=batch.group_ids,
+                                 gamma=cfg.ppo.gamma, lam=cfg.ppo.lam)  # fmt: skip
+        stats: dict[str, float] = {}
+        if cfg.algo == "vine":
+            plan = plan_states([e.prompt for e in episodes], [e.response for e in episodes],
+                               [e.spans for e in episodes], cfg.vine.mc_step_cap)  # fmt: skip
+            value_items = [ValueItem(prompt=p, partial_response=r, gold=e.example.answer,
+                                     dataset=e.example.dataset)
+                           for (p, r), e in zip(plan.states, self._state_owner(plan, episodes),
+                                                strict=True)]  # fmt: skip
+            estimates = await run_value_jobs(
+                self.services.queue, value_items, version=self.version, k=cfg.vine.k,
+                sampling=self.sampling(seed + 1), options=self.job_options("mc values"),
+            )  # fmt: skip
+            est = torch.tensor([v.value for v in estimates], dtype=torch.float32)
+            inputs.step_values = scatter_state_values(plan, est, batch.rewards)
+            inputs.num_steps = num_steps_tensor(plan)
+            inputs.mc_step_cap = cfg.vine.mc_step_cap
+            stats = {"value/num_states": float(len(plan.states)),
+                     "value/num_steps_mean": float(inputs.num_steps.float().mean()),
+                     "value/mc_tokens": float(sum(v.num_tokens for v in estimates))}  # fmt: skip
+        elif cfg.algo == "ppo":
+            assert self.critic is not None
+            inputs.values = await asyncio.to_thread(
+                critic_values, self.critic, batch, cfg.ppo.micro_batch_size
+            )
+        adv, extra = compute_advantages("gae" if cfg.algo == "ppo" else cfg.algo, inputs)
+        if inputs.values is not None:
+            extra["old_values"] = inputs.values
+        return adv, extra, stats
+
+    @staticmethod
+    def _state_owner(plan: Any, episodes: list[Episode]) -> list[Episode]:
+        """For each unique state, an episode it came from (for its gold answer)."""
+        owner: dict[int, Episode] = {}
+        for row, ids in enumerate(plan.index):
+            for u in ids:
+                if u >= 0:
+                    owner.setdefault(u, episodes[row])
+        return [owner[u] for u in range(len(plan.states))]
+
+    def update(
+        self, batch: Batch, adv: torch.Tensor, extra: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        cfg, dev = self.cfg, self.info.device
+        batch = batch.to(dev)
+        t = cfg.rollout.temperature
+        micro = cfg.ppo.micro_batch_size
+        self.policy.eval()  # dropout is off anyway; eval keeps it so
+        old = policy_logprobs(self.policy, batch, t, micro)
+        ref = policy_logprobs(self.ref, batch, t, micro)
+        inputs = UpdateInputs(batch=batch, advantages=adv.to(dev), old_logprobs=old,
+                              ref_logprobs=ref, old_values=extra.get("old_values"),
+                              returns=extra.get("returns"))  # fmt: skip
+        return ppo_epochs(self.policy, self.critic, inputs, cfg.ppo, t, self.gen,
+                          distributed=self.info.world_size > 1)  # fmt: skip

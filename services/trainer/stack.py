@@ -1,0 +1,65 @@
+"""The services a training run talks to, started on loopback when not given.
+
+- reward: ``reward_url`` if given, else the reward app under uvicorn on a free loopback port
+  (its grading still runs in sandboxed worker processes);
+- queue: Redis Streams when ``redis_url`` is set, else the in-process queue;
+- rollout: with ``local_replicas > 0`` that many torch-engine workers run as tasks of this
+  event loop (required with the in-process queue); with Redis, replicas may also run
+  elsewhere (``vineppo serve rollout --worker-only``) and find the run through Redis and the
+  checkpoint volume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from services.trainer.loop import Services
+from shared.queue import make_queue
+
+
+@contextlib.asynccontextmanager
+async def run_services(
+    model_dir: str | Path,
+    checkpoint_root: Path,
+    *,
+    redis_url: str | None = None,
+    reward_url: str | None = None,
+    local_replicas: int = 1,
+    device: str = "cpu",
+    queue_prefix: str = "vineppo:",
+    job_size: int = 16,
+) -> AsyncIterator[Services]:
+    from services.reward.client import RewardClient
+    from services.rollout.engine.torch_engine import TorchEngine
+    from services.rollout.worker import WorkerConfig, run_worker
+
+    if redis_url is None and local_replicas < 1:
+        raise ValueError("the in-process queue needs at least one local rollout replica")
+    with contextlib.ExitStack() as stack:
+        if reward_url is None:
+            from services.reward.app import create_app
+            from services.reward.settings import RewardSettings
+            from shared.serve import serve_in_thread
+
+            reward_url = stack.enter_context(serve_in_thread(create_app(RewardSettings())))
+        queue = make_queue(redis_url, prefix=queue_prefix)
+        grader = RewardClient(reward_url)
+        stop = asyncio.Event()
+        workers = []
+        for i in range(local_replicas):
+            engine = await asyncio.to_thread(TorchEngine, model_dir, device=device)
+            config = WorkerConfig(replica_id=f"local-{i}", checkpoint_root=checkpoint_root)
+            workers.append(asyncio.create_task(run_worker(queue, engine, grader, config, stop)))
+        try:
+            yield Services(queue=queue, grader=grader, min_replicas=max(1, local_replicas),
+                           job_size=job_size)  # fmt: skip
+        finally:
+            stop.set()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await grader.aclose()
+            close = getattr(queue, "close", None)
+            if close is not None:
+                await close()
