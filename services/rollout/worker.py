@@ -1,0 +1,341 @@
+"""The rollout worker loop: take jobs off the queue, serve them with the loaded policy.
+
+A worker (one per rollout replica) serves only jobs of the policy version its engine has
+loaded: it reads the job stream of exactly that version. When a newer version is announced
+(pub/sub, with ``weights:latest`` replayed on subscribe) it stops taking work, loads the
+new weights, then reads the new version's stream. So a job for version N is never served by
+a worker holding N-1; a job for a version newer than any loaded one waits in its stream.
+
+Jobs of an OLDER version than the one loaded are not served (their stream is no longer
+read): answering them with newer weights would stamp a wrong policy on the result, and the
+trainer never enqueues stale work. A trainer that did would see those jobs time out.
+
+A failed load leaves the worker in state ``failed`` (heartbeat names the version and the
+error); it serves nothing until a newer version is announced, which it tries to load.
+
+Delivery is at-least-once (a dead worker's jobs are reclaimed by another one after
+``claim_idle_ms``); a live worker keeps its in-flight deliveries fresh with every heartbeat.
+The worker never stores a second result for a job (``put_result`` is first-wins).
+
+Run: ``python -m services.rollout.worker --model DIR --redis-url URL --reward-url URL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from services.rollout.engine.base import Engine
+from shared.queue import Delivery, JobQueue
+from shared.schemas import (
+    GenerateResult,
+    GradeItem,
+    Job,
+    JobResult,
+    ReplicaHeartbeat,
+    ValueResult,
+    Verdict,
+    WeightsAnnouncement,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Grader(Protocol):
+    async def grade(self, items: Sequence[GradeItem]) -> list[Verdict]: ...
+
+
+def default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class WorkerConfig:
+    """How a worker polls, beats and reclaims."""
+
+    replica_id: str = field(default_factory=default_replica_id)
+    batch: int = 1  # jobs taken per fetch
+    block_ms: int = 1000  # longest wait in one fetch (a weights announcement cuts it short)
+    heartbeat_s: float = 1.0  # beat period; also refreshes in-flight deliveries
+    heartbeat_ttl_s: float = 5.0  # a replica silent this long is gone
+    claim_idle_ms: int = 10_000  # a delivery idle this long belonged to a dead worker
+    checkpoint_root: Path | None = None  # where this replica mounts the checkpoint volume
+
+
+class RolloutWorker:
+    """One replica's loop over the queue. Use :func:`run_worker`."""
+
+    def __init__(self, queue: JobQueue, engine: Engine, grader: Grader, config: WorkerConfig):
+        self.queue, self.engine, self.grader, self.config = queue, engine, grader, config
+        self.state: str = "starting"
+        self.failed_version: int | None = None
+        self.error: str | None = None
+        self.served = 0
+        self._announced: WeightsAnnouncement | None = None
+        self._wake = asyncio.Event()
+        self._inflight: set[str] = set()
+        self._last_claim = 0.0
+
+    # 1) weights -------------------------------------------------------------------------
+    def _resolve(self, path: str) -> str:
+        root = self.config.checkpoint_root
+        return str(root / Path(path).name) if root is not None else path
+
+    async def _watch_weights(self) -> None:
+        async for ann in self.queue.subscribe_weights():
+            if self._announced is None or ann.version > self._announced.version:
+                self._announced = ann
+                self._wake.set()
+
+    def _needs_load(self) -> WeightsAnnouncement | None:
+        ann = self._announced
+        if ann is None or ann.version <= self.engine.version:
+            return None
+        if self.failed_version is not None and ann.version <= self.failed_version:
+            return None
+        return ann
+
+    async def _load(self, ann: WeightsAnnouncement) -> None:
+        path = self._resolve(ann.path)
+        self.state = "loading"
+        beat = asyncio.create_task(self._beat())  # announce "loading" while the load runs
+        t0 = time.perf_counter()
+        try:
+            await self.engine.load_weights(ann.version, path)
+        except Exception as exc:
+            self.state, self.failed_version = "failed", ann.version
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("replica %s failed to load v%d from %s: %s",
+                      self.config.replica_id, ann.version, path, self.error)  # fmt: skip
+        else:
+            self.state, self.failed_version, self.error = "ready", None, None
+            log.info("replica %s loaded v%d in %.3fs",
+                     self.config.replica_id, ann.version, time.perf_counter() - t0)  # fmt: skip
+        with contextlib.suppress(Exception):
+            await beat
+        await self._beat()
+
+    # 2) heartbeats ----------------------------------------------------------------------
+    async def _beat(self) -> None:
+        version = self.engine.version
+        beat = ReplicaHeartbeat(
+            replica_id=self.config.replica_id,
+            state=self.state,  # type: ignore[arg-type]
+            loaded_version=version,
+            failed_version=self.failed_version,
+            error=self.error,
+            queue_depth=await self.queue.depth(version),
+            tokens_per_s=self.engine.stats().tokens_per_s,
+            model=self.engine.model_name,
+        )
+        await self.queue.heartbeat(beat, self.config.heartbeat_ttl_s)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                if self._inflight:
+                    await self.queue.touch(self.config.replica_id, list(self._inflight))
+                await self._beat()
+            except Exception:  # a beat must never kill the worker
+                log.exception("heartbeat failed")
+            await asyncio.sleep(self.config.heartbeat_s)
+
+    # 3) jobs ----------------------------------------------------------------------------
+    async def _next_deliveries(self, version: int) -> list[Delivery]:
+        cfg = self.config
+        now = time.monotonic()
+        if (now - self._last_claim) * 1000 >= cfg.claim_idle_ms / 4:
+            self._last_claim = now
+            claimed = await self.queue.reclaim(version, cfg.replica_id, cfg.claim_idle_ms)
+            if claimed:
+                log.info("replica %s reclaimed %d idle job(s)", cfg.replica_id, len(claimed))
+                return claimed
+        fetch = asyncio.create_task(
+            self.queue.fetch(
+                version, cfg.replica_id, cfg.batch, min(cfg.block_ms, cfg.claim_idle_ms // 4 or 1)
+            )
+        )
+        wake = asyncio.create_task(self._wake.wait())
+        done, _ = await asyncio.wait({fetch, wake}, return_when=asyncio.FIRST_COMPLETED)
+        wake.cancel()
+        if fetch in done:
+            return fetch.result()
+        # A newer version was announced: stop waiting. Anything Redis handed out in the same
+        # instant stays pending and is reclaimed after claim_idle_ms.
+        fetch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await fetch
+        return []
+
+    async def _execute(self, job: Job, version: int) -> JobResult:
+        t0 = time.perf_counter()
+        rid = self.config.replica_id
+        if job.kind == "value" and job.value is not None:
+            from services.rollout.values import estimate_values
+
+            req = job.value
+            values = await estimate_values(self.engine, self.grader, req.items, req.k, req.sampling)
+            value = ValueResult(values=values, policy_version=version)
+            return JobResult(job_id=job.job_id, policy_version=version, worker_id=rid, ok=True,
+                             value=value, elapsed_s=time.perf_counter() - t0)  # fmt: skip
+        assert job.generate is not None
+        gen = job.generate
+        outputs = await self.engine.generate(gen.prompts, gen.n, gen.sampling)
+        result = GenerateResult(outputs=outputs, policy_version=version)
+        return JobResult(job_id=job.job_id, policy_version=version, worker_id=rid, ok=True,
+                         generate=result, elapsed_s=time.perf_counter() - t0)  # fmt: skip
+
+    async def _serve(self, delivery_id: str, job: Job) -> None:
+        version = self.engine.version
+        if job.policy_version != version:  # cannot happen: we read only our version's stream
+            log.error("job %s is for v%d, worker holds v%d: left for reclaim",
+                      job.job_id, job.policy_version, version)  # fmt: skip
+            return
+        if await self.queue.get_results([job.job_id]):  # a reclaimed job already answered
+            await self.queue.ack(delivery_id)
+            return
+        self._inflight.add(delivery_id)
+        try:
+            result = await self._execute(job, version)
+        except Exception as exc:
+            log.exception("job %s failed", job.job_id)
+            result = JobResult(job_id=job.job_id, policy_version=version,
+                               worker_id=self.config.replica_id, ok=False,
+                               error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+        finally:
+            self._inflight.discard(delivery_id)
+        await self.queue.put_result(result)
+        await self.queue.ack(delivery_id)
+        self.served += 1
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve until ``stop`` is set (or the task is cancelled)."""
+        stop = stop or asyncio.Event()
+        self.state = "ready"
+        helpers = [asyncio.create_task(self._watch_weights()),
+                   asyncio.create_task(self._heartbeat_loop())]  # fmt: skip
+        stopper = asyncio.create_task(self._stop_wakes(stop))
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                ann = self._needs_load()
+                if ann is not None:
+                    await self._load(ann)
+                    continue
+                if self.state == "failed":  # serve nothing until a newer version arrives
+                    await self._wake.wait()
+                    continue
+                for delivery_id, job in await self._next_deliveries(self.engine.version):
+                    await self._serve(delivery_id, job)
+        finally:
+            for task in [*helpers, stopper]:
+                task.cancel()
+            await asyncio.gather(*helpers, stopper, return_exceptions=True)
+
+    async def _stop_wakes(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wake.set()
+
+
+async def run_worker(
+    queue: JobQueue,
+    engine: Engine,
+    grader: Grader,
+    config: WorkerConfig | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run one rollout worker until ``stop`` is set or the task is cancelled.
+
+    The rollout app's lifespan starts it with ``asyncio.create_task(run_worker(...))``.
+    """
+    await RolloutWorker(queue, engine, grader, config or WorkerConfig()).run(stop)
+
+
+async def _maybe_close(obj: Any) -> None:
+    fn = getattr(obj, "aclose", None) or getattr(obj, "close", None)
+    if fn is not None:
+        out = fn()
+        if asyncio.iscoroutine(out):
+            await out
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m services.rollout.worker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--model", required=True, help="Model directory (safetensors + tokenizer).")
+    p.add_argument("--redis-url", default=None, help="Queue; unset = in-process (useless here).")
+    p.add_argument("--reward-url", default="http://127.0.0.1:8001", help="Reward service.")
+    p.add_argument("--prefix", default="vineppo:", help="Redis key prefix.")
+    p.add_argument("--version", type=int, default=0, help="Policy version of --model.")
+    p.add_argument("--device", default="cpu", help="torch device of the engine.")
+    p.add_argument("--replica-id", default=None, help="Default: <hostname>-<pid>.")
+    p.add_argument(
+        "--checkpoint-root",
+        type=Path,
+        default=None,
+        help="Where this replica mounts the checkpoint volume (policy-vN/ dirs).",
+    )
+    p.add_argument("--batch", type=int, default=1, help="Jobs taken per fetch.")
+    p.add_argument("--heartbeat-s", type=float, default=1.0, help="Heartbeat period.")
+    p.add_argument("--heartbeat-ttl-s", type=float, default=5.0, help="Heartbeat TTL.")
+    p.add_argument(
+        "--claim-idle-ms",
+        type=int,
+        default=10_000,
+        help="Reclaim deliveries idle this long (their worker died).",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default).")
+    return p.parse_args(argv)  # fmt: skip
+
+
+async def _amain(args: argparse.Namespace) -> None:
+    from services.reward.client import RewardClient
+    from services.rollout.engine.torch_engine import TorchEngine
+    from shared.queue import make_queue
+
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = WorkerConfig(
+        replica_id=args.replica_id or default_replica_id(),
+        batch=args.batch,
+        heartbeat_s=args.heartbeat_s,
+        heartbeat_ttl_s=args.heartbeat_ttl_s,
+        claim_idle_ms=args.claim_idle_ms,
+        checkpoint_root=args.checkpoint_root,
+    )
+    queue = make_queue(args.redis_url, prefix=args.prefix)
+    engine = TorchEngine(args.model, device=args.device, version=args.version)
+    grader = RewardClient(args.reward_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("replica %s serving v%d of %s", config.replica_id, engine.version, args.model)
+    try:
+        await run_worker(queue, engine, grader, config, stop)
+    finally:
+        for obj in (grader, engine, queue):
+            await _maybe_close(obj)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(_amain(_parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

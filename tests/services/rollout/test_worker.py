@@ -1,0 +1,144 @@
+"""The rollout worker loop in-process: real TorchEngines on a tiny model, a real reward
+service, a real redis-server. Version pinning across a weight push; a failed load."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from services.reward.app import create_app as create_reward_app
+from services.reward.client import RewardClient
+from services.reward.settings import RewardSettings
+from services.rollout.engine.torch_engine import TorchEngine
+from services.rollout.worker import RolloutWorker, WorkerConfig
+from services.trainer.jobs import JobOptions, ReplicasNotReady, run_jobs, wait_for_replicas
+from services.trainer.weights import push_policy
+from shared.queue import JobQueue, make_queue
+from shared.schemas import GenerateRequest, Job, SamplingParams
+from tests.services.rollout.tiny import make_model, make_tiny_model_dir
+from tests.support import serve_app
+
+pytestmark = [pytest.mark.server, pytest.mark.redis]
+
+TEXTS = ["Question: 2+3=?\nAnswer: 2+3=5\n#### 5", "Question: 7*6=?\n7*6=42\n#### 42"]
+GREEDY = SamplingParams(temperature=0.0, max_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model", vocab_texts=TEXTS)
+
+
+@pytest.fixture(scope="module")
+def reward_url() -> Iterator[str]:
+    with serve_app(create_reward_app(RewardSettings(workers=1))) as url:
+        yield url
+
+
+@pytest.fixture()
+async def queue(redis_url: str, key_prefix: str) -> AsyncIterator[JobQueue]:
+    q = make_queue(redis_url, prefix=key_prefix)
+    yield q
+    await q.close()
+
+
+def fast_config(replica_id: str, root: Path | None = None) -> WorkerConfig:
+    return WorkerConfig(replica_id=replica_id, block_ms=200, heartbeat_s=0.2,
+                        heartbeat_ttl_s=1.5, claim_idle_ms=1500, checkpoint_root=root)  # fmt: skip
+
+
+def gen_job(version: int, prompt: str) -> Job:
+    request = GenerateRequest(prompts=[prompt], n=1, sampling=GREEDY)
+    return Job(kind="generate", policy_version=version, generate=request)
+
+
+async def start_workers(
+    queue: JobQueue, tiny_dir: Path, reward_url: str, configs: list[WorkerConfig]
+) -> tuple[list[asyncio.Task[None]], asyncio.Event]:
+    stop = asyncio.Event()
+    tasks = []
+    for cfg in configs:
+        engine = TorchEngine(tiny_dir, version=0)
+        worker = RolloutWorker(queue, engine, RewardClient(reward_url), cfg)
+        tasks.append(asyncio.create_task(worker.run(stop)))
+    await wait_for_replicas(queue, 0, len(configs), timeout=20)
+    return tasks, stop
+
+
+async def test_job_for_new_version_waits_for_the_push_and_is_served_by_it(
+    queue: JobQueue, tiny_dir: Path, reward_url: str, tmp_path: Path
+) -> None:
+    import transformers
+
+    tasks, stop = await start_workers(
+        queue, tiny_dir, reward_url, [fast_config("a"), fast_config("b")]
+    )
+    prompts = [f"Question: {i}+{i}=?\n" for i in range(6)]
+    try:
+        # v1 jobs are queued while every worker holds v0: nobody may serve them yet
+        v1_run = asyncio.create_task(
+            run_jobs(queue, [gen_job(1, p) for p in prompts], JobOptions(progress=False))
+        )
+        v0_results = await run_jobs(
+            queue, [gen_job(0, p) for p in prompts], JobOptions(progress=False)
+        )
+        await asyncio.sleep(0.5)
+        assert await queue.depth(1) == len(prompts) and not v1_run.done()
+        # push v1 (different random weights) while its jobs wait
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_dir)
+        v1_model = make_model(tokenizer, seed=1)
+        await push_policy(queue, v1_model, tokenizer, tmp_path / "ckpt", version=1)
+        v1_results = await asyncio.wait_for(v1_run, 60)
+        await wait_for_replicas(queue, 1, 2, timeout=20)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert [r.policy_version for r in v0_results] == [0] * len(prompts)
+    assert [r.policy_version for r in v1_results] == [1] * len(prompts)
+    # and the text really comes from the v1 weights: compare with a reference engine
+    ref = TorchEngine(tmp_path / "ckpt" / "policy-v1", version=1)
+    want = await ref.generate(prompts, 1, GREEDY)
+    got = [r.generate.outputs[0] for r in v1_results if r.generate is not None]
+    assert [c[0].token_ids for c in got] == [w[0].token_ids for w in want]
+    old = [r.generate.outputs[0][0].token_ids for r in v0_results if r.generate is not None]
+    assert old != [w[0].token_ids for w in want]  # v0 and v1 do differ
+
+
+async def test_worker_that_cannot_load_is_excluded_and_named(
+    queue: JobQueue,
+    tiny_dir: Path,
+    reward_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import transformers
+
+    unmounted = tmp_path / "not-mounted"
+    unmounted.mkdir()
+    configs = [fast_config("good"), fast_config("broken", root=unmounted)]
+    tasks, stop = await start_workers(queue, tiny_dir, reward_url, configs)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_dir)
+        await push_policy(queue, make_model(tokenizer, seed=2), tokenizer, tmp_path / "c", 1)
+        with caplog.at_level(logging.WARNING, logger="services.trainer.jobs"):
+            ready = await wait_for_replicas(queue, 1, 1, timeout=20)
+            with pytest.raises(ReplicasNotReady, match="broken=failed"):
+                await wait_for_replicas(queue, 1, 2, timeout=1.0)
+        assert [r.replica_id for r in ready] == ["good"]
+        trainer_log = [r for r in caplog.records if r.name == "services.trainer.jobs"]
+        named = [r for r in trainer_log if "broken" in r.getMessage()]
+        assert named and named[0].levelno == logging.WARNING
+        assert "excluded" in named[0].getMessage()
+        results = await run_jobs(queue, [gen_job(1, "Question: 1+1=?\n")] * 4,
+                                 JobOptions(progress=False))  # fmt: skip
+        assert {r.worker_id for r in results} == {"good"}
+        broken = next(r for r in await queue.list_replicas() if r.replica_id == "broken")
+        assert broken.state == "failed" and broken.failed_version == 1 and broken.error
+        assert broken.loaded_version == 0
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
