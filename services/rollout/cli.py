@@ -1,9 +1,96 @@
-"""`vineppo` subcommands that belong to the rollout service."""
+"""`vineppo` subcommands that belong to the rollout service.
+
+vineppo serve rollout --model DIR [--engine torch|vllm] [--device cpu] [--port 8002]
+vineppo value --url http://127.0.0.1:8002 --prompt "..." --partial "..." --gold 7 --k 16
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer, serve: typer.Typer) -> None:
     """Add this service's commands to the top-level app and its `serve` sub-app."""
+
+    @serve.command("rollout")
+    def serve_rollout(
+        model: Path = typer.Option(..., "--model", exists=True, file_okay=False,
+                                   help="Local model directory (transformers format)."),
+        engine: str | None = typer.Option(None, help="torch | vllm (default torch)."),
+        device: str | None = typer.Option(None, help="torch engine device: cpu, cuda."),
+        dtype: str | None = typer.Option(None, help="float32 | bfloat16 | float16."),
+        host: str | None = typer.Option(None, help="Interface (default VINEPPO_ROLLOUT_HOST)."),
+        port: int | None = typer.Option(None, help="Port (default VINEPPO_ROLLOUT_PORT, 8002)."),
+        reward_url: str | None = typer.Option(None, help="Reward service base URL."),
+        worker_only: bool = typer.Option(False, "--worker-only",
+                                         help="Run only the queue worker (no HTTP API)."),
+        redis_url: str | None = typer.Option(None, help="Queue (VINEPPO_ROLLOUT_REDIS_URL)."),
+    ) -> None:  # fmt: skip
+        """Run the rollout service (generate, MC value, weight push) with uvicorn."""
+        if worker_only:
+            from services.rollout import worker
+            from services.rollout.settings import RolloutSettings
+
+            cfg = RolloutSettings()
+            redis = redis_url or cfg.redis_url
+            if not redis:
+                raise typer.BadParameter(
+                    "--worker-only needs --redis-url (or VINEPPO_ROLLOUT_REDIS_URL)"
+                )
+            argv = [
+                "--model",
+                str(model),
+                "--redis-url",
+                redis,
+                "--reward-url",
+                reward_url or cfg.reward_url,
+                "--device",
+                device or "cpu",
+            ]
+            if "checkpoint_root" in cfg.model_fields_set:  # where this replica mounts the volume
+                argv += ["--checkpoint-root", str(cfg.checkpoint_root)]
+            worker.main(argv)  # fmt: skip
+            return
+        from services.rollout.app import create_app
+        from services.rollout.settings import RolloutSettings
+        from shared.serve import run
+
+        overrides = {"model_dir": model, "engine": engine, "device": device, "dtype": dtype,
+                     "host": host, "port": port, "reward_url": reward_url}  # fmt: skip
+        settings = RolloutSettings(**{k: v for k, v in overrides.items() if v is not None})
+        run(create_app(settings), settings)
+
+    @app.command("value")
+    def value_cmd(
+        prompt: str = typer.Option(..., help="The problem prompt."),
+        gold: str = typer.Option(..., help="Gold final answer."),
+        partial: str = typer.Option("", help="Partial solution so far (state s)."),
+        k: int = typer.Option(16, min=1, max=256, help="Monte Carlo continuations."),
+        dataset: str = typer.Option("gsm8k", help="gsm8k | math."),
+        temperature: float = typer.Option(0.6, min=0.0, help="Sampling temperature."),
+        max_tokens: int = typer.Option(1024, min=1, help="Tokens per continuation."),
+        seed: int | None = typer.Option(None, help="Seed for reproducible samples."),
+        url: str = typer.Option("http://127.0.0.1:8002", help="Rollout service base URL."),
+        timeout_s: float = typer.Option(600.0, help="HTTP timeout."),
+    ) -> None:
+        """Ask the rollout service for V(s) of one partial solution; prints the JSON result."""
+        import json
+
+        import httpx
+
+        body = {
+            "items": [{"prompt": prompt, "partial_response": partial, "gold": gold,
+                       "dataset": dataset}],
+            "k": k,
+            "sampling": {"temperature": temperature, "max_tokens": max_tokens, "seed": seed},
+        }  # fmt: skip
+        try:
+            resp = httpx.post(f"{url.rstrip('/')}/v1/value", json=body, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            typer.echo(f"error: cannot reach {url}: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        typer.echo(json.dumps(resp.json(), indent=2))
+        if resp.status_code >= 400:
+            raise typer.Exit(1)

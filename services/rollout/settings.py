@@ -1,8 +1,16 @@
-"""Rollout service settings (environment prefix ``VINEPPO_ROLLOUT_``)."""
+"""Rollout service settings (environment prefix ``VINEPPO_ROLLOUT_``).
+
+Inherited from ``ServiceSettings``: host, port, log_level, max_body_bytes, redis_url,
+checkpoint_root (``POST /v1/weights`` only loads from under it) and api_token (the bearer
+token ``POST /v1/weights`` requires; unset = weight pushes over HTTP are refused).
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from shared.settings import ServiceSettings, service_config
 
@@ -14,3 +22,24 @@ class RolloutSettings(ServiceSettings):
     reward_url: str = Field(
         default="http://127.0.0.1:8001", description="Base URL of the reward service."
     )
+    model_dir: Path | None = Field(
+        default=None, description="Local model directory (transformers format) to serve."
+    )
+    engine: Literal["torch", "vllm"] = Field(default="torch", description="Inference engine.")
+    device: str = Field(default="cpu", description="torch device for the torch engine: cpu, cuda.")
+    dtype: str | None = Field(
+        default=None, description="float32 | bfloat16 | float16; default fp32 on CPU, bf16 on GPU."
+    )
+    max_batch: int = Field(default=64, ge=1, le=4096, description="Rows decoded together.")
+    min_k: int = Field(default=1, ge=1, description="Smallest k accepted by /v1/value.")
+    max_k: int = Field(default=256, ge=1, le=256, description="Largest k accepted by /v1/value.")
+    max_items: int = Field(
+        default=4096, ge=1, description="Most prompts/items one request may carry."
+    )
+    grade_timeout_s: float = Field(default=60.0, gt=0, description="Reward service timeout.")
+
+    @model_validator(mode="after")
+    def _k_bounds(self) -> RolloutSettings:
+        if self.min_k > self.max_k:
+            raise ValueError(f"min_k ({self.min_k}) must be <= max_k ({self.max_k})")
+        return self

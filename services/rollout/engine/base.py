@@ -69,3 +69,18 @@ class Engine(Protocol):
     def stats(self) -> EngineStats: ...
 
     async def close(self) -> None: ...
+
+
+class EngineInputError(ValueError):
+    """A request the engine cannot serve as asked (prompt too long, empty prompt, ...).
+
+    The API answers it with a 4xx; ``code`` is the machine-readable error code.
+    """
+
+    def __init__(self, message: str, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class WeightsError(ValueError):
+    """A weights directory/file that cannot be loaded (not safetensors, wrong shapes, ...)."""

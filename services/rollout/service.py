@@ -1,0 +1,148 @@
+"""The rollout service's logic behind its routes: request checks, engine calls, metrics.
+
+``app.py`` keeps the route handlers thin; everything they do lives in ``RolloutService``.
+Engine/weights/grader failures become ``ApiError`` (typed 4xx/503 bodies), never a 500.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from services.rollout.engine.base import Engine, EngineInputError, WeightsError
+from services.rollout.engine.weights import WeightsPathError, resolve_weights_path
+from services.rollout.settings import RolloutSettings
+from services.rollout.values import Grader, estimate_values
+from shared.http import ApiError
+from shared.schemas import (
+    GenerateRequest,
+    GenerateResult,
+    GradeItem,
+    ValueRequest,
+    ValueResult,
+    Verdict,
+    WeightsRequest,
+    WeightsStatus,
+)
+
+
+class _GuardedGrader:
+    """Turns any failure of the reward service into a 503 for our caller."""
+
+    def __init__(self, inner: Grader) -> None:
+        self.inner = inner
+
+    async def grade(self, items: Sequence[GradeItem]) -> list[Verdict]:
+        try:
+            return await self.inner.grade(items)
+        except Exception as exc:
+            raise ApiError(
+                503, f"reward service failed: {type(exc).__name__}: {exc}", "reward_unavailable"
+            ) from exc
+
+
+class RolloutService:
+    """Owns the engine and grader for the app's lifetime (built in the lifespan)."""
+
+    def __init__(self, settings: RolloutSettings, engine: Engine, grader: Grader) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.grader = _GuardedGrader(grader)
+        self.in_flight = 0
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "rollout_requests", "Requests served, by route.", ["route"], registry=self.registry
+        )
+        self.gauges = {
+            name: Gauge(f"rollout_{name}", doc, registry=self.registry)
+            for name, doc in {
+                "tokens_per_second": "Sampled tokens per second of engine busy time.",
+                "sampled_tokens": "Tokens sampled since start.",
+                "prompt_tokens": "Prompt tokens prefilled since start.",
+                "queue_depth": "Requests in flight (waiting for or using the engine).",
+                "policy_version": "Policy version loaded.",
+                "engine_busy_seconds": "Seconds the engine spent computing.",
+            }.items()
+        }
+
+    # -- checks ------------------------------------------------------------------------
+    def _check_batch(self, count: int, per_item: int, what: str) -> None:
+        s = self.settings
+        if count > s.max_items:
+            raise ApiError(413, f"{count} items exceed this server's limit of {s.max_items}")
+        if not s.min_k <= per_item <= s.max_k:
+            raise ApiError(
+                422, f"{what} = {per_item} is outside [{s.min_k}, {s.max_k}]", "k_out_of_range"
+            )
+
+    def check_token(self, authorization: str | None) -> None:
+        expected = self.settings.api_token
+        if expected is None:
+            raise ApiError(
+                403, "weight pushes are disabled: set VINEPPO_ROLLOUT_API_TOKEN", "forbidden"
+            )
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            given.strip().encode(), expected.get_secret_value().encode()
+        ):
+            raise ApiError(401, "missing or wrong bearer token", "unauthorized")
+
+    # -- routes --------------------------------------------------------------------------
+    async def generate(self, req: GenerateRequest) -> GenerateResult:
+        self._check_batch(len(req.prompts), req.n, "n")
+        self.requests.labels("generate").inc()
+        version = self.engine.version
+        outputs = await self._engine_call(self.engine.generate(req.prompts, req.n, req.sampling))
+        return GenerateResult(outputs=outputs, policy_version=version)
+
+    async def value(self, req: ValueRequest) -> ValueResult:
+        self._check_batch(len(req.items), req.k, "k")
+        self.requests.labels("value").inc()
+        version = self.engine.version
+        values = await self._engine_call(
+            estimate_values(self.engine, self.grader, req.items, req.k, req.sampling)
+        )
+        return ValueResult(values=values, policy_version=version)
+
+    async def load_weights(self, req: WeightsRequest, authorization: str | None) -> WeightsStatus:
+        self.check_token(authorization)
+        self.requests.labels("weights").inc()
+        try:
+            path = resolve_weights_path(self.settings.checkpoint_root, req.path)
+            await self.engine.load_weights(req.version, str(path))
+        except WeightsPathError as exc:
+            raise ApiError(exc.status, str(exc), exc.code) from exc
+        except WeightsError as exc:
+            raise ApiError(400, str(exc), "bad_weights") from exc
+        return self.health()
+
+    def health(self) -> WeightsStatus:
+        return WeightsStatus(version=self.engine.version, model=self.engine.model_name)
+
+    def metrics_text(self) -> bytes:
+        st = self.engine.stats()
+        values = {
+            "tokens_per_second": st.tokens_per_s,
+            "sampled_tokens": st.sampled_tokens,
+            "prompt_tokens": st.prompt_tokens,
+            "queue_depth": self.in_flight,
+            "policy_version": self.engine.version,
+            "engine_busy_seconds": st.busy_s,
+        }
+        for name, v in values.items():
+            self.gauges[name].set(v)
+        return generate_latest(self.registry)
+
+    async def _engine_call(self, coro):  # type: ignore[no-untyped-def]
+        self.in_flight += 1
+        start = time.perf_counter()
+        try:
+            return await coro
+        except EngineInputError as exc:
+            raise ApiError(400, str(exc), exc.code) from exc
+        finally:
+            self.in_flight -= 1
+            self.engine.stats().extra["last_request_s"] = time.perf_counter() - start

@@ -1,0 +1,45 @@
+"""Fixtures for the rollout tests: tiny models built here, a real reward service."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.services.rollout.tiny import make_tiny_model_dir, train_tiny_model_dir
+from tests.support import serve_app
+
+PROMPT = "Question: Tom has 3 apples and buys 4 more. How many apples?\nAnswer:\n"
+SOLUTION = "Tom starts with 3 apples.\nHe buys 4 more, so 3 + 4 = 7.\n#### 7\n"
+VOCAB_TEXTS = [PROMPT + SOLUTION, "Question: what is 12 * 3?\nAnswer:\n12 * 3 = 36\n#### 36\n"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny Llama + byte-level BPE tokenizer."""
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model", vocab_texts=VOCAB_TEXTS)
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama trained to answer PROMPT with SOLUTION (always '#### 7')."""
+    return train_tiny_model_dir(
+        tmp_path_factory.mktemp("trained") / "model", [PROMPT + SOLUTION], steps=150
+    )
+
+
+@pytest.fixture(scope="session")
+def reward_url() -> Iterator[str]:
+    """The real reward service (sandboxed grader pool) on loopback."""
+    from services.reward.app import create_app
+    from services.reward.settings import RewardSettings
+
+    with serve_app(create_app(RewardSettings(workers=1))) as url:
+        yield url

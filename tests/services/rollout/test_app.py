@@ -1,0 +1,180 @@
+"""The rollout REST API on a real uvicorn server, graded by the real reward service."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.rollout.app import create_app
+from services.rollout.settings import RolloutSettings
+from shared.schemas import ErrorBody, GenerateResult, ValueResult, WeightsStatus
+from tests.services.rollout.conftest import PROMPT, SOLUTION
+from tests.services.rollout.tiny import save_weights
+from tests.support import serve_app
+
+pytestmark = pytest.mark.server
+TOKEN = "s3cret-token"
+SAMPLING = {"temperature": 0.5, "max_tokens": 48, "seed": 1}
+
+
+def _settings(model_dir: Path, root: Path, reward_url: str) -> RolloutSettings:
+    return RolloutSettings(
+        model_dir=model_dir, checkpoint_root=root, api_token=TOKEN, reward_url=reward_url,
+        max_batch=64,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def rollout_url(
+    trained_model_dir: Path, reward_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("ckpt")
+    with serve_app(create_app(_settings(trained_model_dir, root, reward_url))) as url:
+        yield url
+
+
+def _error(resp: httpx.Response, status: int) -> ErrorBody:
+    assert resp.status_code == status, resp.text
+    return ErrorBody.model_validate(resp.json())
+
+
+def test_value_is_one_for_the_gold_it_writes_and_zero_otherwise(rollout_url: str) -> None:
+    items = [
+        {"prompt": PROMPT, "partial_response": "", "gold": "7"},
+        {"prompt": PROMPT, "partial_response": "Tom starts with 3 apples.\n", "gold": "7"},
+        {"prompt": PROMPT, "partial_response": "", "gold": "9"},
+    ]
+    body = {"items": items, "k": 8, "sampling": SAMPLING}
+    resp = httpx.post(f"{rollout_url}/v1/value", json=body, timeout=120)
+    result = ValueResult.model_validate(resp.json())
+    assert [v.value for v in result.values] == [1.0, 1.0, 0.0]
+    assert result.values[0].returns == [1.0] * 8 and result.values[0].verdicts == ["correct"] * 8
+    assert set(result.values[2].verdicts) == {"incorrect"}
+    assert result.policy_version == 0
+
+
+def test_values_for_100_mixed_states_in_one_call(rollout_url: str) -> None:
+    cuts = [i for i, ch in enumerate(SOLUTION) if ch in "\n ."] + [0]
+    items = []
+    for i in range(100):
+        cut = cuts[i % len(cuts)]
+        items.append(
+            {
+                "prompt": PROMPT if i % 7 else "Question: what is 12 * 3?\nAnswer:\n",
+                "partial_response": SOLUTION[: cut + 1] if i % 5 else SOLUTION,
+                "gold": ["7", "9", "36"][i % 3],
+                "dataset": "math" if i % 11 == 0 else "gsm8k",
+            }
+        )
+    body = {"items": items, "k": 2, "sampling": SAMPLING}
+    resp = httpx.post(f"{rollout_url}/v1/value", json=body, timeout=120)
+    result = ValueResult.model_validate(resp.json())
+    assert len(result.values) == 100
+    for item, v in zip(items, result.values, strict=True):
+        assert 0.0 <= v.value <= 1.0
+        if item["partial_response"] == SOLUTION and item["dataset"] == "gsm8k":
+            assert v.terminal and v.value == (1.0 if item["gold"] == "7" else 0.0)
+        else:
+            assert not v.terminal and len(v.returns) == 2
+
+
+def test_generate_healthz_metrics(rollout_url: str) -> None:
+    body = {"prompts": [PROMPT, PROMPT], "n": 3, "sampling": SAMPLING}
+    result = GenerateResult.model_validate(
+        httpx.post(f"{rollout_url}/v1/generate", json=body).json()
+    )
+    assert [len(per) for per in result.outputs] == [3, 3]
+    assert result.outputs[0][0].text.endswith("#### 7\n")
+    health = WeightsStatus.model_validate(httpx.get(f"{rollout_url}/healthz").json())
+    assert health.model == "model" and health.version == 0
+    metrics = httpx.get(f"{rollout_url}/metrics").text
+    for name in ("rollout_tokens_per_second", "rollout_requests_total", "rollout_queue_depth"):
+        assert name in metrics
+    tps = next(ln for ln in metrics.splitlines() if ln.startswith("rollout_tokens_per_second "))
+    assert float(tps.split()[1]) > 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/v1/value", {"items": [{"prompt": "Q", "gold": "1"}], "k": 0}, 422),  # k too small
+        ("/v1/value", {"items": [{"prompt": "Q", "gold": "1"}], "k": 257}, 422),  # k too big
+        ("/v1/value", {"items": [], "k": 4}, 422),  # empty batch
+        ("/v1/value", {"items": [{"prompt": "Q", "gold": "1", "dataset": "aime"}]}, 422),
+        ("/v1/generate", {"prompts": []}, 422),  # empty batch
+        ("/v1/generate", {"prompts": ["Tom " * 400], "sampling": {"max_tokens": 8}}, 400),
+        ("/v1/value", {"items": [{"prompt": "Tom " * 400, "gold": "1"}]}, 400),  # too long
+        ("/v1/value", "not json", 422),
+    ],
+)
+def test_bad_requests_get_typed_4xx(rollout_url: str, path: str, body: object, status: int) -> None:
+    kw = {"content": body} if isinstance(body, str) else {"json": body}
+    err = _error(httpx.post(f"{rollout_url}{path}", **kw), status)  # type: ignore[arg-type]
+    if status == 400:
+        assert err.error == "prompt_too_long"
+
+
+def test_weights_push_changes_outputs_and_refuses_bad_requests(
+    tiny_model_dir: Path, reward_url: str, tmp_path: Path
+) -> None:
+    root = tmp_path / "ckpt"
+    save_weights(tiny_model_dir, root / "policy-v1", seed=42)
+    (root / "bad").mkdir()
+    (root / "bad" / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    save_weights(tiny_model_dir, tmp_path / "outside", seed=43)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    gen = {"prompts": [PROMPT], "sampling": {"temperature": 0.0, "max_tokens": 12}}
+    with serve_app(create_app(_settings(tiny_model_dir, root, reward_url))) as url:
+        before = httpx.post(f"{url}/v1/generate", json=gen).json()["outputs"]
+        push = {"version": 1, "path": "policy-v1"}
+        _error(httpx.post(f"{url}/v1/weights", json=push), 401)  # no token
+        _error(
+            httpx.post(f"{url}/v1/weights", json=push, headers={"Authorization": "Bearer x"}), 401
+        )
+        bad = {"version": 1, "path": "bad/pytorch_model.bin"}
+        assert _error(httpx.post(f"{url}/v1/weights", json=bad, headers=auth), 415).error == (
+            "unsupported_weights_format"
+        )
+        out = {"version": 1, "path": str(tmp_path / "outside")}
+        _error(httpx.post(f"{url}/v1/weights", json=out, headers=auth), 403)
+        _error(
+            httpx.post(f"{url}/v1/weights", json={**push, "path": "../outside"}, headers=auth), 403
+        )
+        assert httpx.get(f"{url}/healthz").json()["version"] == 0  # nothing was loaded
+        resp = httpx.post(f"{url}/v1/weights", json=push, headers=auth, timeout=60)
+        assert resp.status_code == 200 and resp.json()["version"] == 1
+        after = httpx.post(f"{url}/v1/generate", json=gen).json()
+        assert after["policy_version"] == 1
+        assert after["outputs"][0][0]["token_ids"] != before[0][0]["token_ids"]
+        assert httpx.get(f"{url}/healthz").json()["version"] == 1
+
+
+def test_weights_refused_when_no_token_configured(tiny_model_dir: Path, tmp_path: Path) -> None:
+    settings = RolloutSettings(model_dir=tiny_model_dir, checkpoint_root=tmp_path)
+    with serve_app(create_app(settings, grader=None)) as url:
+        body = {"version": 1, "path": "x"}
+        resp = httpx.post(f"{url}/v1/weights", json=body, headers={"Authorization": "Bearer x"})
+        assert _error(resp, 403).message.startswith("weight pushes are disabled")
+
+
+def test_event_loop_answers_while_the_engine_works(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import threading
+
+    settings = RolloutSettings(model_dir=tiny_model_dir, checkpoint_root=tmp_path)
+    long_gen = {"prompts": ["Tom"], "n": 128, "sampling": {"temperature": 1.0, "max_tokens": 240}}
+    with serve_app(create_app(settings)) as url:
+        worker = threading.Thread(
+            target=lambda: httpx.post(f"{url}/v1/generate", json=long_gen, timeout=300)
+        )
+        worker.start()
+        seen_busy = False
+        while worker.is_alive() and not seen_busy:
+            metrics = httpx.get(f"{url}/metrics", timeout=5).text
+            seen_busy = "rollout_queue_depth 1.0" in metrics and worker.is_alive()
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        answered_during_generation = worker.is_alive()
+        worker.join()
+        assert seen_busy and answered_during_generation
