@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.support import RedisProcess, redis_process, redis_url_from_env
+
+# One intra-op thread everywhere: on a busy 2-core machine OpenMP threads spin against each
+# other and the server processes, and tiny models ran 10-15x slower with 2 threads than 1.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 """The real GSM8K / MATH-500 files, vendored in the repo's data/ (see data/README.md)."""

@@ -3,8 +3,10 @@
     create_app(settings)                    # engine built from settings.model_dir in lifespan
     create_app(settings, engine=e, grader=g)  # tests / embedded use bring their own
 
-Routes: ``POST /v1/generate``, ``POST /v1/value``, ``POST /v1/weights`` (bearer token),
-``GET /healthz``, ``GET /metrics`` (Prometheus text). Logic lives in ``service.py``.
+With ``redis_url`` set, the lifespan also runs a queue worker (this process is then one of
+the trainer's rollout replicas). Routes: ``POST /v1/generate``, ``POST /v1/value``,
+``POST /v1/weights`` (bearer token), ``GET /healthz``, ``GET /metrics`` (Prometheus text).
+Logic lives in ``service.py``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,21 @@ def _build_engine(settings: RolloutSettings) -> Engine:
     return make_engine(settings.engine, settings.model_dir, **kw)
 
 
+def _start_worker(
+    settings: RolloutSettings, engine: Engine, grader: Grader | None
+) -> tuple[asyncio.Task[None] | None, asyncio.Event]:
+    """With a Redis URL the service is also a queue replica: a worker task in this loop."""
+    stop = asyncio.Event()
+    if not settings.redis_url or grader is None:
+        return None, stop
+    from services.rollout.worker import WorkerConfig, run_worker
+    from shared.queue import make_queue
+
+    config = WorkerConfig(checkpoint_root=settings.checkpoint_root)
+    queue = make_queue(settings.redis_url)
+    return asyncio.create_task(run_worker(queue, engine, grader, config, stop)), stop
+
+
 def create_app(
     settings: RolloutSettings | None = None,
     *,
@@ -65,9 +82,13 @@ def create_app(
 
             client = RewardClient(settings.reward_url, timeout_s=settings.grade_timeout_s)
         app.state.service = RolloutService(settings, eng, grader or client)  # type: ignore[arg-type]
+        worker, stop = _start_worker(settings, eng, grader or client)
         try:
             yield
         finally:
+            if worker is not None:
+                stop.set()
+                await asyncio.gather(worker, return_exceptions=True)
             if client is not None:
                 await client.aclose()
             if engine is None:

@@ -115,7 +115,9 @@ def _policy_step(
     with torch.no_grad():
         entropy = masked_mean(entropy_from_logits(logits.detach(), temperature), mask)
     result = {k: float(v) for k, v in stats.items()}
-    result.update({"loss/policy": float(loss.detach()), "entropy": float(entropy), "skipped": skipped})
+    result.update(
+        {"loss/policy": float(loss.detach()), "entropy": float(entropy), "skipped": skipped}
+    )
     return result
 
 

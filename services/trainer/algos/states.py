@@ -1,0 +1,92 @@
+"""Which step-boundary states VinePPO must value, deduplicated, and the scatter back.
+
+For a response cut into steps with character spans ``[(0, e_0), (e_0, e_1), ...]`` the
+states are s_i = prompt + response[:start of step i], i = 0..m−1 (s_0 = the prompt). States
+that are identical text — s_0 of every response to one prompt, or equal prefixes — are
+estimated once (DESIGN.md §1). With a cap (25 for GSM8K) states i >= cap are not asked for;
+`scatter_state_values` fills them with the response's final reward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+Span = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class StatePlan:
+    """The unique states to estimate and, per response and step, which one it is."""
+
+    states: list[tuple[str, str]]
+    """Unique (prompt, partial_response) pairs, in first-seen order."""
+    index: list[list[int]]
+    """index[b][i] = position in ``states`` of response b's state s_i, or -1 if capped."""
+    num_steps: list[int]
+    """m of each response (number of steps, at least 1)."""
+
+    @property
+    def max_steps(self) -> int:
+        return max(self.num_steps, default=0)
+
+
+def plan_states(
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    spans: Sequence[Sequence[Span]],
+    mc_step_cap: int | None = None,
+) -> StatePlan:
+    """Unique states s_i = (prompt_b, response_b[:spans_b[i][0]]) over a batch of responses."""
+    if not len(prompts) == len(responses) == len(spans):
+        raise ValueError(
+            f"prompts, responses and spans differ in length: "
+            f"{len(prompts)}, {len(responses)}, {len(spans)}"
+        )
+    if mc_step_cap is not None and mc_step_cap < 1:
+        raise ValueError(f"mc_step_cap must be >= 1 or None, got {mc_step_cap}")
+    seen: dict[tuple[str, str], int] = {}
+    index: list[list[int]] = []
+    num_steps: list[int] = []
+    for prompt, response, sp in zip(prompts, responses, spans, strict=True):
+        starts = [start for start, _ in sp] or [0]  # an empty response is one step
+        row = []
+        for i, start in enumerate(starts):
+            if mc_step_cap is not None and i >= mc_step_cap:
+                row.append(-1)
+                continue
+            key = (prompt, response[:start])
+            row.append(seen.setdefault(key, len(seen)))
+        index.append(row)
+        num_steps.append(len(starts))
+    return StatePlan(states=list(seen), index=index, num_steps=num_steps)
+
+
+def scatter_state_values(plan: StatePlan, estimates: Tensor, rewards: Tensor) -> Tensor:
+    """estimates (U,) of ``plan.states`` and rewards (B,) -> step_values (B, S).
+
+    Capped states (index −1) take the response's reward R; columns past a response's
+    steps are 0 (ignored by ``vine``).
+    """
+    if estimates.shape != (len(plan.states),):
+        raise ValueError(
+            f"expected {len(plan.states)} estimates (one per unique state), "
+            f"got shape {tuple(estimates.shape)}"
+        )
+    b, s = len(plan.index), plan.max_steps
+    idx = torch.full((b, s), -2, dtype=torch.long)  # -2: past the end
+    for row, ids in enumerate(plan.index):
+        idx[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    est = estimates.to(torch.float32)
+    gathered = est[idx.clamp(min=0)] if len(plan.states) else torch.zeros(b, s)  # (B, S)
+    r = rewards.to(torch.float32)[:, None].expand(b, s)
+    out = torch.where(idx == -1, r, gathered)
+    return torch.where(idx == -2, torch.zeros_like(out), out)
+
+
+def num_steps_tensor(plan: StatePlan) -> Tensor:
+    """(B,) long step counts of a plan."""
+    return torch.tensor(plan.num_steps, dtype=torch.long)

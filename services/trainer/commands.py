@@ -1,0 +1,129 @@
+"""`vineppo train`, `vineppo demo` and `vineppo report` (registered by trainer/cli.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+
+def register_rl(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)
+    app.command("demo")(demo_cmd)
+    app.command("report")(report_cmd)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")  # fmt: skip
+    for noisy in ("httpx", "DeepSpeed", "deepspeed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def train_cmd(
+    algo: str = typer.Option("vine", help="vine | ppo | grpo | rloo."),
+    config: Path | None = typer.Option(None, help="YAML/JSON run config (RunConfig fields)."),
+    preset: str | None = typer.Option(None, help="paper | tiny-cpu (applied before --config)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field: --set ppo.epochs=4."),
+    output_dir: str | None = typer.Option(None, help="Run directory (metrics, checkpoints)."),
+    resume: bool = typer.Option(False, help="Continue from the last complete checkpoint."),
+    redis_url: str | None = typer.Option(
+        None, envvar="VINEPPO_TRAINER_REDIS_URL", help="Redis queue; unset = in-process."
+    ),
+    reward_url: str | None = typer.Option(
+        None, envvar="VINEPPO_TRAINER_REWARD_URL", help="Reward service; unset = start one."
+    ),
+    local_replicas: int = typer.Option(1, min=0, help="Rollout workers in this process."),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads."),
+) -> None:
+    """Run RL finetuning (VinePPO, PPO, GRPO, RLOO) through the rollout and reward services."""
+    import asyncio
+
+    import torch
+
+    from services.trainer.config import load_config
+    from services.trainer.loop import RLTrainer
+    from services.trainer.stack import run_services
+
+    _setup_logging()
+    if threads:
+        torch.set_num_threads(threads)
+    overrides = [f"algo={algo}", *set_] + ([f"output_dir={output_dir}"] if output_dir else [])
+    try:
+        cfg = load_config(config, overrides, preset=preset)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "command.txt").write_text(shlex.join(["vineppo", *sys.argv[1:]]) + "\n")
+    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
+
+    async def main() -> None:
+        services = run_services(
+            cfg.model.policy,
+            out / "policies",
+            redis_url=redis_url,
+            reward_url=reward_url,
+            local_replicas=local_replicas,
+        )
+        async with services as svc:
+            await RLTrainer(cfg, svc).run(resume=resume)
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: the last complete iteration is checkpointed; --resume continues")
+        raise typer.Exit(130) from None
+    typer.echo(f"done: metrics in {out / 'metrics.jsonl'}")
+
+
+def demo_cmd(
+    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes everything."),
+    quick: bool = typer.Option(False, help="A tiny budget (seconds, for CI)."),
+    retrain_sft: bool = typer.Option(False, help="Rebuild the SFT model even if one exists."),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads."),
+) -> None:
+    """The built-in demo: SFT a tiny model, PPO vs VinePPO through the services, report."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from services.trainer.demo import run_demo
+
+    _setup_logging()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        summary = run_demo(out, budget="quick" if quick else "full", retrain_sft=retrain_sft,
+                           redis_url=os.environ.get("REDIS_URL") or None)  # fmt: skip
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: services stopped; run again to continue (the SFT model is kept)")
+        raise typer.Exit(130) from None
+    table = Table(title="vineppo demo (built-in arithmetic task, test split)")
+    for key in summary[0]:
+        table.add_column(key)
+    for row in summary:
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()))
+    Console().print(table)
+    (out / "summary.txt").write_text(
+        "\n".join("  ".join(f"{k}={v}" for k, v in r.items()) for r in summary) + "\n"
+    )
+    typer.echo(f"report: {out / 'report.html'}")
+
+
+def report_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run directories (each has metrics.jsonl)."),
+    out: Path = typer.Option(Path("report.html"), help="The HTML page to write."),
+) -> None:
+    """One static HTML page (PNG plots beside it) comparing the given runs."""
+    from services.trainer.report import load_run, write_report
+
+    try:
+        loaded = [load_run(r) for r in runs]
+    except FileNotFoundError as e:
+        raise typer.BadParameter(str(e)) from e
+    typer.echo(f"wrote {write_report(loaded, out)}")

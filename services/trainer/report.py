@@ -1,0 +1,138 @@
+"""Static HTML report of one or more runs: accuracy vs iteration, vs wall-clock and vs KL,
+and a table of final numbers with the commands that produced them. matplotlib draws PNGs
+next to the page; the page references only files it wrote.
+
+    vineppo report runs/demo/ppo runs/demo/vine --out runs/demo/report.html
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Run:
+    name: str
+    rows: list[dict[str, Any]]
+    command: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def series(self, key: str) -> tuple[list[float], list[float]]:
+        """(iteration, value) for every row that has ``key``."""
+        pts = [(r["iteration"], r[key]) for r in self.rows if key in r]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    def wall_clock(self) -> dict[int, float]:
+        """Cumulative seconds at the end of each iteration (iteration 0 = 0)."""
+        total, out = 0.0, {0: 0.0}
+        for r in self.rows:
+            if r["iteration"] > 0:
+                total += float(r.get("time/iteration", 0.0)) + float(r.get("time/eval", 0.0))
+                out[r["iteration"]] = total
+        return out
+
+    def kl_at(self) -> dict[int, float]:
+        """KL to π_ref measured during each iteration's update (iteration 0 = 0)."""
+        out = {0: 0.0}
+        for r in self.rows:
+            if r["iteration"] > 0:
+                out[r["iteration"]] = float(r.get("kl/ref", 0.0))
+        return out
+
+
+def load_run(run_dir: Path, name: str | None = None) -> Run:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory?")
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    cmd_file = Path(run_dir) / "command.txt"
+    command = cmd_file.read_text().strip() if cmd_file.is_file() else ""
+    return Run(name or Path(run_dir).name, rows, command)
+
+
+def _plot(runs: Sequence[Run], x_of: str, out: Path, xlabel: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+    for run in runs:
+        its, acc = run.series("acc/val")
+        if x_of == "iteration":
+            xs = [float(i) for i in its]
+        else:
+            table = run.wall_clock() if x_of == "wall" else run.kl_at()
+            xs = [table.get(int(i), float("nan")) for i in its]
+        ax.plot(xs, acc, marker="o", label=run.name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation Pass@1")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def write_report(
+    runs: Sequence[Run], out_html: Path, summary: Sequence[dict[str, Any]] = (), title: str = ""
+) -> Path:
+    """Write ``out_html`` and its PNGs (``<stem>-*.png`` beside it); return the page path."""
+    out_html = Path(out_html)
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    stem = out_html.stem
+    plots = [
+        _plot(runs, "iteration", out_html.with_name(f"{stem}-acc-iter.png"), "RL iteration"),
+        _plot(runs, "wall", out_html.with_name(f"{stem}-acc-wall.png"), "wall-clock (s)"),
+        _plot(runs, "kl", out_html.with_name(f"{stem}-acc-kl.png"), "KL[π ‖ π_ref] (k3)"),
+    ]
+    rows = list(summary) or [_final_numbers(r) for r in runs]
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    table = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(row.get(k, '')))}</td>" for k in keys) + "</tr>"
+        for row in rows
+    )
+    commands = "".join(
+        f"<li><b>{html.escape(r.name)}</b>: <code>{html.escape(r.command)}</code></li>"
+        for r in runs
+        if r.command
+    )
+    images = "".join(f'<img src="{p.name}" alt="{p.stem}">' for p in plots)
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>{html.escape(title or "vineppo report")}</title><style>
+body{{font-family:system-ui,sans-serif;margin:2rem;max-width:72rem}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .6rem}}
+img{{max-width:32rem;margin:.5rem}}</style></head><body>
+<h1>{html.escape(title or "vineppo report")}</h1>
+<h2>Final numbers</h2><table><tr>{"".join(f"<th>{html.escape(k)}</th>" for k in keys)}</tr>
+{table}</table>
+<h2>Accuracy</h2><div>{images}</div>
+<h2>Commands</h2><ul>{commands or "<li>not recorded</li>"}</ul>
+</body></html>
+"""
+    out_html.write_text(page, encoding="utf-8")
+    return out_html
+
+
+def _final_numbers(run: Run) -> dict[str, Any]:
+    _, acc = run.series("acc/val")
+    wall = run.wall_clock()
+    return {
+        "run": run.name,
+        "iterations": max((r["iteration"] for r in run.rows), default=0),
+        "first acc/val": acc[0] if acc else "",
+        "best acc/val": max(acc) if acc else "",
+        "final acc/val": acc[-1] if acc else "",
+        "wall-clock (s)": wall[max(wall)],
+        **run.extra,
+    }
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
