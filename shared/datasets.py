@@ -16,6 +16,7 @@ import json
 import os
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -57,12 +58,14 @@ def load_examples(
     data_dir: Path | None = None,
     seed: int = 0,
     n: int | None = None,
+    arithmetic: Mapping[str, Any] | None = None,
 ) -> list[Example]:
     """Load ``split`` (train | validation | test) of ``name`` (gsm8k | math | arithmetic).
 
     Train and validation are a seeded split of the training file, each in file order;
     ``n`` keeps the first ``n`` examples. For ``arithmetic`` the problems are generated
-    (default config, ``n`` or `ARITHMETIC_SIZES`), with ``seed`` as the generator seed.
+    (``ArithmeticConfig(**arithmetic)``, default config when None; ``n`` or
+    `ARITHMETIC_SIZES` problems), with ``seed`` as the generator seed.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
@@ -74,7 +77,7 @@ def load_examples(
         from shared.tasks.arithmetic import ArithmeticConfig, generate
 
         count = ARITHMETIC_SIZES[split] if n is None else n
-        return generate(ArithmeticConfig(), split=split, n=count, seed=seed)
+        return generate(ArithmeticConfig(**(arithmetic or {})), split=split, n=count, seed=seed)
     file_split = "test" if split == "test" else "train"
     path = data_root(data_dir) / name / f"{file_split}.jsonl"
     if not path.is_file():

@@ -25,7 +25,7 @@ def _setup_logging() -> None:
 
 
 def train_cmd(
-    algo: str = typer.Option("vine", help="vine | ppo | grpo | rloo."),
+    algo: str = typer.Option("vine", help="vine | ppo | grpo | rloo | restem | dpo_positive."),
     config: Path | None = typer.Option(None, help="YAML/JSON run config (RunConfig fields)."),
     preset: str | None = typer.Option(None, help="paper | tiny-cpu (applied before --config)."),
     set_: list[str] = typer.Option([], "--set", help="Override a field: --set ppo.epochs=4."),
@@ -71,6 +71,11 @@ def train_cmd(
             local_replicas=local_replicas,
         )
         async with services as svc:
+            if cfg.algo in ("restem", "dpo_positive"):  # the RL-free baselines (issue 7)
+                from services.trainer.baselines import run_baseline
+
+                await run_baseline(cfg, svc, resume=resume)
+                return
             await RLTrainer(cfg, svc).run(resume=resume)
 
     try:
@@ -85,7 +90,9 @@ def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes everything."),
     quick: bool = typer.Option(False, help="A tiny budget (seconds, for CI)."),
     retrain_sft: bool = typer.Option(False, help="Rebuild the SFT model even if one exists."),
-    threads: int | None = typer.Option(None, min=1, help="torch CPU threads."),
+    threads: int = typer.Option(
+        1, min=1, help="torch CPU threads (1: tiny models gain nothing from more on 2 cores)."
+    ),
 ) -> None:
     """The built-in demo: SFT a tiny model, PPO vs VinePPO through the services, report."""
     import torch

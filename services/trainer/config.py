@@ -114,11 +114,62 @@ class ModelConfig(_Section):
     """Training dtype on CUDA; CPU always trains in float32."""
 
 
+class RestEMConfig(_Section):
+    """Iterative rejection finetuning (RestEM; VinePPO paper, Table 2)."""
+
+    samples_per_prompt: int = Field(default=8, ge=1)
+    """Responses sampled per training prompt each iteration (paper: 8)."""
+    train_prompts: int | None = Field(default=None, ge=1)
+    """Training prompts sampled each iteration (null = the whole training split)."""
+    epochs: int = Field(default=3, ge=1)
+    """Finetuning epochs per iteration; a checkpoint is validated after each one."""
+    lr: float = Field(default=1e-6, gt=0)
+    """AdamW peak learning rate of each iteration's finetuning (linear warm-up and decay)."""
+    batch_size: int = Field(default=64, ge=1)
+    """Kept responses per optimizer step."""
+    micro_batch_size: int = Field(default=8, ge=1)
+    """Responses per forward/backward pass (gradient accumulation fills the rest)."""
+    max_per_prompt: int | None = Field(default=None, ge=1)
+    """Keep at most this many distinct correct responses per prompt (null = all)."""
+    stop_on_drop: bool = True
+    """End the run early when an iteration's selected checkpoint validates lower than the
+    previous iteration's (the paper stops RestEM when validation accuracy drops)."""
+
+
+class DPOConfig(_Section):
+    """DPO-Positive on self-generated pairs (Pal et al. 2024; VinePPO paper, Table 3)."""
+
+    beta: float | None = Field(default=None, gt=0)
+    """DPO β; null = the paper's value for the dataset (MATH 0.1, GSM8K and arithmetic 0.3)."""
+    lam: float = Field(default=50.0, ge=0)
+    """λ of the positive penalty λ·max(0, log π_ref(y_w) − log π_θ(y_w)) (paper: 50)."""
+    samples_per_prompt: int = Field(default=64, ge=2)
+    """Responses sampled per prompt to build pairs from (paper: 64)."""
+    pairs_per_prompt: int = Field(default=64, ge=1)
+    """At most this many (correct, incorrect) pairs per prompt (paper: 64)."""
+    epochs: int = Field(default=3, ge=1)
+    """Passes over each iteration's pairs."""
+    batch_size: int = Field(default=64, ge=1)
+    """Pairs per optimizer step."""
+    micro_batch_size: int = Field(default=8, ge=1)
+    """Pairs per forward/backward pass (gradient accumulation fills the rest)."""
+
+    def resolved_beta(self, dataset: str) -> float:
+        """β for ``dataset``: the configured value, else 0.1 on MATH and 0.3 otherwise."""
+        if self.beta is not None:
+            return self.beta
+        return 0.1 if dataset == "math" else 0.3
+
+
 class RunConfig(_Section):
-    algo: Literal["vine", "ppo", "grpo", "rloo"] = "vine"
-    """Advantage estimator: vine (MC values), ppo (critic + GAE), grpo, rloo."""
+    algo: Literal["vine", "ppo", "grpo", "rloo", "restem", "dpo_positive"] = "vine"
+    """Method: vine (MC values), ppo (critic + GAE), grpo, rloo (the RL loop), restem
+    (iterative rejection finetuning) or dpo_positive (DPO-Positive on self-generated pairs)."""
     dataset: Literal["gsm8k", "math", "arithmetic"] = "gsm8k"
     """Training/validation data (arithmetic = the built-in generated task)."""
+    arithmetic: dict[str, Any] = Field(default_factory=dict)
+    """Built-in task difficulty (``ArithmeticConfig`` fields, e.g. ``max_steps: 4``); use the
+    same values the SFT model was trained with."""
     seed: int = 0
     """Seed of data order, sampling and initialisation."""
     iterations: int = Field(default=1000, ge=1)
@@ -139,6 +190,10 @@ class RunConfig(_Section):
     """DeepSpeed / data parallelism."""
     model: ModelConfig = ModelConfig()
     """Model locations and dtype."""
+    restem: RestEMConfig = RestEMConfig()
+    """RestEM (algo=restem)."""
+    dpo: DPOConfig = DPOConfig()
+    """DPO-Positive (algo=dpo_positive)."""
 
     @property
     def episodes_per_iteration(self) -> int:
@@ -179,6 +234,13 @@ class RunConfig(_Section):
             )
         if self.algo in ("grpo", "rloo") and self.rollout.responses_per_prompt < 2:
             raise ValueError(f"{self.algo} needs rollout.responses_per_prompt >= 2")
+        for name, sec in (("restem", self.restem), ("dpo", self.dpo)):
+            if sec.batch_size % (sec.micro_batch_size * self.dist.world_size):
+                raise ValueError(
+                    f"{name}.batch_size ({sec.batch_size}) must be a multiple of "
+                    f"{name}.micro_batch_size × world size ({sec.micro_batch_size} × "
+                    f"{self.dist.world_size})"
+                )
         return self
 
 
@@ -201,6 +263,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 """Named starting points: ``paper`` = Table 1; ``tiny-cpu`` = built-in task on 2 CPU cores."""
 
+BASELINE_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-cpu-restem": {
+        "restem": {"train_prompts": 64, "epochs": 2, "lr": 3e-4, "batch_size": 16,
+                   "micro_batch_size": 8, "max_per_prompt": 4},
+        "iterations": 5,
+    },
+    "tiny-cpu-dpo": {
+        "dpo": {"samples_per_prompt": 8, "pairs_per_prompt": 8, "epochs": 1, "batch_size": 16,
+                "micro_batch_size": 8},
+        "optim": {"lr": 1e-5},
+    },
+}  # fmt: skip
+"""Built-in-task starting points of the baselines, applied on top of ``tiny-cpu``
+(``--preset tiny-cpu-restem`` = ``tiny-cpu`` + these)."""
+
 
 def merge_dicts(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
@@ -210,6 +287,10 @@ def merge_dicts(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+for _name, _over in BASELINE_PRESETS.items():
+    PRESETS[_name] = merge_dicts(PRESETS["tiny-cpu"], _over)
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

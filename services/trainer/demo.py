@@ -10,6 +10,7 @@ A second run reuses the SFT model (``--retrain-sft`` to rebuild it).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -21,11 +22,16 @@ from services.trainer.config import SFT_PRESETS, RunConfig, SFTConfig, load_conf
 log = logging.getLogger(__name__)
 
 
+DEMO_TASK: dict[str, Any] = {"max_steps": 4}
+"""The demo's task difficulty (`ArithmeticConfig` fields); see docs/demo.md for why."""
+
+
 @dataclass
 class DemoBudget:
     """How much work each stage gets (``full`` for the demo, ``quick`` for CI)."""
 
-    sft_seconds: float
+    sft_steps: int
+    """SFT optimizer steps (steps, not seconds, so every machine gets the same model)."""
     iterations: int
     prompts: int
     responses: int
@@ -36,26 +42,29 @@ class DemoBudget:
 
 
 BUDGETS = {
-    "full": DemoBudget(sft_seconds=180, iterations=12, prompts=8, responses=4, eval_every=3,
+    "full": DemoBudget(sft_steps=1400, iterations=12, prompts=8, responses=4, eval_every=3,
                        val_problems=64, test_problems=200, k=3),
-    "quick": DemoBudget(sft_seconds=20, iterations=2, prompts=4, responses=2, eval_every=1,
+    "quick": DemoBudget(sft_steps=40, iterations=2, prompts=4, responses=2, eval_every=1,
                         val_problems=8, test_problems=8, k=2),
 }  # fmt: skip
 
 
 def sft_model(out: Path, budget: DemoBudget, retrain: bool) -> Path:
-    """The SFT model (π_ref): reused from ``out/sft/best`` unless ``retrain``."""
+    """The SFT model (π_ref): reused from ``out/sft/best`` unless ``retrain`` or the task
+    settings it was trained on (``out/sft/task.json``) differ from `DEMO_TASK`."""
     from services.trainer.sft import run_sft
 
-    best = out / "sft" / "best"
-    if best.is_dir() and not retrain:
+    best, stamp = out / "sft" / "best", out / "sft" / "task.json"
+    same_task = stamp.is_file() and json.loads(stamp.read_text()) == DEMO_TASK
+    if best.is_dir() and same_task and not retrain:
         log.info("reusing the SFT model at %s (--retrain-sft to rebuild it)", best)
         return best
-    data = {**SFT_PRESETS["tiny-cpu"], "output_dir": str(out / "sft")}
-    data["time_budget_s"] = budget.sft_seconds
-    if budget.sft_seconds < 60:
+    data = {**SFT_PRESETS["tiny-cpu"], "output_dir": str(out / "sft"), "arithmetic": DEMO_TASK}
+    data.update(max_steps=budget.sft_steps, time_budget_s=None, eval_every=200)
+    if budget.sft_steps < 200:
         data.update(train_problems=800, val_problems=budget.val_problems, eval_every=10**6)
     result = run_sft(SFTConfig.model_validate(data))
+    stamp.write_text(json.dumps(DEMO_TASK))
     log.info("SFT: validation accuracy %.3f after %d steps", result.best_accuracy, result.steps)
     return result.best_dir
 
@@ -67,6 +76,7 @@ def run_config(algo: str, model: Path, out: Path, budget: DemoBudget, seed: int)
         f"rollout.responses_per_prompt={budget.responses}", f"vine.k={budget.k}",
         f"eval.every={budget.eval_every}", f"eval.num_problems={budget.val_problems}",
         f"ppo.mini_batch_size={budget.prompts * budget.responses}",
+        f"arithmetic={json.dumps(DEMO_TASK)}",
     ])  # fmt: skip
 
 
@@ -80,7 +90,8 @@ async def train_and_test(
     from shared.datasets import load_examples
 
     out = Path(cfg.output_dir)
-    test = load_examples(cfg.dataset, "test", n=budget.test_problems, seed=cfg.seed)
+    test = load_examples(cfg.dataset, "test", n=budget.test_problems, seed=cfg.seed,
+                         arithmetic=cfg.arithmetic)  # fmt: skip
     async with run_services(cfg.model.policy, out / "policies", redis_url=redis_url,
                             queue_prefix=f"vineppo-demo-{cfg.algo}:") as services:  # fmt: skip
         trainer = RLTrainer(cfg, services)

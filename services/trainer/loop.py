@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,13 +74,16 @@ class DataOrder:
 class RLTrainer:
     """Runs ``cfg.iterations`` RL iterations of ``cfg.algo`` against ``services``."""
 
-    def __init__(self, cfg: RunConfig, services: Services, *, progress: bool = True) -> None:
+    def __init__(
+        self, cfg: RunConfig, services: Services, *, progress: bool = True, keep_best: bool = True
+    ) -> None:
         from services.trainer.distributed import init_distributed, wrap
         from services.trainer.model import Critic, load_policy, load_tokenizer
 
         if not cfg.model.policy:
             raise ValueError("model.policy is empty: point it at the SFT model directory")
         self.cfg, self.services, self.progress = cfg, services, progress
+        self.keep_best = keep_best  # keep the best policy by validation Pass@1 in best/
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.info = init_distributed()
@@ -106,7 +111,7 @@ class RLTrainer:
         if cfg.algo == "ppo":  # VinePPO never builds a critic
             critic = Critic.from_pretrained(cfg.model.policy, dtype)
             self.critic = wrap(critic, lr=cfg.optim.lr, **common)
-        load = {"seed": cfg.seed}
+        load = {"seed": cfg.seed, "arithmetic": cfg.arithmetic}
         self.train = load_examples(cfg.dataset, "train", **load)
         self.val = load_examples(cfg.dataset, "validation", n=cfg.eval.num_problems, **load)
         self.data = DataOrder(len(self.train), cfg.seed)
@@ -174,14 +179,18 @@ class RLTrainer:
     async def run(self, resume: bool = False) -> Path:
         if not (resume and self.resume()):
             self.metrics_path.unlink(missing_ok=True)
+            shutil.rmtree(self.out / "best", ignore_errors=True)  # a fresh run's own best
         await self.push()
         if self.iteration == 0 and self.cfg.eval.every:
-            self.log_row({"iteration": 0, "version": self.version, **await self.validate()})
+            row0 = {"iteration": 0, "version": self.version, **await self.validate()}
+            self.log_row(row0)
+            self.save_best(row0)
         while self.iteration < self.cfg.iterations:
             row = await self.step()
             if self.iteration % self.cfg.eval.every == 0 or self.iteration == self.cfg.iterations:
                 row.update(await self.validate())
             self.log_row(row)
+            self.save_best(row)
             await asyncio.to_thread(self.checkpoint)
         return self.metrics_path
 
@@ -196,6 +205,24 @@ class RLTrainer:
         )  # fmt: skip
         return {"acc/val": res.mean, "acc/val_spread": res.spread,
                 "time/eval": time.monotonic() - t0}  # fmt: skip
+
+    # -- best-by-validation policy (read by `vineppo eval --select-on validation`) -------
+    def save_best(self, row: dict[str, Any]) -> None:
+        """Keep the policy of ``row`` in ``best/`` (+ ``best.json``) when its ``acc/val`` beats
+        the one kept there; replaced atomically (written aside, then renamed)."""
+        if not self.keep_best or "acc/val" not in row or self.info.rank != 0:
+            return
+        best, meta = self.out / "best", self.out / "best" / "best.json"
+        if meta.is_file() and json.loads(meta.read_text())["acc/val"] >= row["acc/val"]:
+            return
+        tmp = self.out / ".best.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.policy.module.save_pretrained(tmp, safe_serialization=True)
+        self.tokenizer.save_pretrained(tmp)
+        info = {"version": self.version, "iteration": self.iteration, "acc/val": row["acc/val"]}
+        (tmp / "best.json").write_text(json.dumps(info))
+        shutil.rmtree(best, ignore_errors=True)
+        os.rename(tmp, best)
 
     def log_row(self, row: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as f:

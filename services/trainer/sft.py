@@ -115,14 +115,10 @@ def prepare_model(cfg: SFTConfig, train: Sequence[Example]) -> Path:
 
 def _examples(cfg: SFTConfig, split: str, n: int | None, data_dir: Path | None) -> list[Example]:
     """``split`` of the dataset; the built-in task honours ``cfg.arithmetic``."""
-    from shared.datasets import ARITHMETIC_SIZES, load_examples
+    from shared.datasets import load_examples
 
-    if cfg.dataset == "arithmetic" and cfg.arithmetic:
-        from shared.tasks.arithmetic import ArithmeticConfig, generate
-
-        count = ARITHMETIC_SIZES[split] if n is None else n
-        return generate(ArithmeticConfig(**cfg.arithmetic), split=split, n=count, seed=cfg.seed)
-    return load_examples(cfg.dataset, split, data_dir=data_dir, seed=cfg.seed, n=n)
+    return load_examples(cfg.dataset, split, data_dir=data_dir, seed=cfg.seed, n=n,
+                         arithmetic=cfg.arithmetic)  # fmt: skip
 
 
 def _budget_spent(budget_s: float | None, start: float) -> bool:
