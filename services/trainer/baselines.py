@@ -1,0 +1,133 @@
+"""What the RL-free baselines (``restem``, ``dpo_positive``) share with the RL loop.
+
+`SelfTrainRun` holds the data, tokenizer, prompt format, weight push, validation and the
+metrics file of a run that samples from the current policy through the rollout queue, grades
+with the reward service, and trains on what it sampled. Its JSONL rows use the RL loop's
+schema (``iteration``, ``version``, ``algo``, ``reward/mean``, ``acc/val``, ``time/...``) so
+``vineppo report`` plots every method on the same axes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from services.trainer.config import RunConfig
+from services.trainer.evaluate import evaluate
+from services.trainer.jobs import JobOptions, run_generate_jobs, wait_for_replicas
+from services.trainer.loop import DataOrder, Services
+from services.trainer.weights import push_policy
+from shared.datasets import Example, load_examples
+from shared.prompts import format_prompt, style_for
+from shared.schemas import Completion, GradeItem, SamplingParams, Verdict
+
+log = logging.getLogger(__name__)
+
+
+class SelfTrainRun:
+    """Shared state of a baseline run; subclasses implement ``run()``."""
+
+    def __init__(self, cfg: RunConfig, services: Services, *, progress: bool = True) -> None:
+        from services.trainer.distributed import init_distributed
+        from services.trainer.model import load_tokenizer
+
+        if not cfg.model.policy:
+            raise ValueError("model.policy is empty: point it at the SFT model directory")
+        self.cfg, self.services, self.progress = cfg, services, progress
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.info = init_distributed()
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.tokenizer = load_tokenizer(cfg.model.policy)
+        self.style = style_for(self.tokenizer)
+        load = {"seed": cfg.seed, "arithmetic": cfg.arithmetic}
+        self.train = load_examples(cfg.dataset, "train", **load)
+        self.val = load_examples(cfg.dataset, "validation", n=cfg.eval.num_problems, **load)
+        self.data = DataOrder(len(self.train), cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.iteration, self.version = 0, 0
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.policy_root = self.out / "policies"
+        self.dtype = (
+            torch.bfloat16
+            if cfg.model.dtype == "bfloat16" and self.info.device.type == "cuda"
+            else torch.float32
+        )
+
+    def prompt(self, ex: Example) -> str:
+        return format_prompt(ex.question, style=self.style, dataset=ex.dataset,
+                             tokenizer=self.tokenizer)  # fmt: skip
+
+    async def push(self, model: Any, version: int) -> None:
+        """Save ``model`` as policy ``version``, announce it, wait until replicas serve it."""
+        self.version = version
+        await push_policy(self.services.queue, model, self.tokenizer, self.policy_root, version)
+        await wait_for_replicas(self.services.queue, version, self.services.min_replicas,
+                                self.services.replica_timeout_s)  # fmt: skip
+
+    async def sample(
+        self, examples: Sequence[Example], n: int, seed: int
+    ) -> tuple[list[str], list[list[Completion]], list[Verdict]]:
+        """``n`` responses per example from the served version, graded (flat verdicts)."""
+        r = self.cfg.rollout
+        prompts = [self.prompt(x) for x in examples]
+        sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p,
+                                  max_tokens=r.max_response_tokens, seed=seed)  # fmt: skip
+        options = JobOptions(job_size=self.services.job_size, desc="sample",
+                             progress=self.progress)  # fmt: skip
+        outs = await run_generate_jobs(self.services.queue, prompts, version=self.version, n=n,
+                                       sampling=sampling, options=options)  # fmt: skip
+        items = [GradeItem(response=c.text, gold=ex.answer, dataset=ex.dataset)
+                 for ex, per in zip(examples, outs, strict=True) for c in per]  # fmt: skip
+        verdicts = await self.services.grader.grade(items)
+        return prompts, outs, list(verdicts)
+
+    async def validate(self) -> dict[str, float]:
+        """Pass@1 of the served version on the validation split (as the RL loop measures it)."""
+        e = self.cfg.eval
+        t0 = time.monotonic()
+        res = await evaluate(
+            self.services.queue, self.services.grader, self.val,
+            [self.prompt(x) for x in self.val], version=self.version, seeds=e.seeds,
+            temperature=e.temperature, max_tokens=e.max_response_tokens,
+            seed=self.cfg.seed + 7, progress=self.progress,
+        )  # fmt: skip
+        return {"acc/val": res.mean, "acc/val_spread": res.spread,
+                "time/eval": time.monotonic() - t0}  # fmt: skip
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.progress:
+            keys = ("iteration", "reward/mean", "acc/val", "time/iteration")
+            log.info("  ".join(f"{k}={row[k]:.4g}" for k in keys if k in row))
+
+
+def rewards_of(outs: Sequence[Sequence[Completion]], verdicts: Sequence[Verdict]) -> list[float]:
+    """Flat rewards; a length-truncated response gets 0 (the RL loop's rule)."""
+    flat = [c for per in outs for c in per]
+    return [v.reward if c.finish_reason == "stop" else 0.0
+            for c, v in zip(flat, verdicts, strict=True)]  # fmt: skip
+
+
+async def run_baseline(cfg: RunConfig, services: Services, *, resume: bool = False) -> Path:
+    """Run ``cfg.algo`` (``restem`` or ``dpo_positive``) to completion; the metrics path."""
+    if resume:
+        raise ValueError(f"--resume is not supported for {cfg.algo}: start a fresh run")
+    if cfg.algo == "restem":
+        from services.trainer.restem import RestEM
+
+        return Path(await RestEM(cfg, services).run())
+    if cfg.algo == "dpo_positive":
+        from services.trainer.dpo import DPOPositive
+
+        return Path(await DPOPositive(cfg, services).run())
+    raise ValueError(f"{cfg.algo!r} is not a baseline run here; known: restem, dpo_positive")
