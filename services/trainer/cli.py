@@ -13,6 +13,12 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
 
     app.command("sft")(sft_cmd)
     register_rl(app)
+    from services.trainer.models_cmd import register_models
+
+    register_models(app)
+    from services.trainer.eval_cmds import register_eval
+
+    register_eval(app)
 
 
 def sft_cmd(

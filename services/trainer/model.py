@@ -129,7 +129,10 @@ def load_policy(
     """A causal LM from ``model_dir`` on ``device`` in ``dtype``, dropout off."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    # SDPA attention (flash/memory-efficient kernels on CUDA), like the rollout engine
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=dtype, attn_implementation="sdpa"
+    )
     return disable_dropout(model).to(device)
 
 
@@ -150,7 +153,9 @@ class Critic(nn.Module):
         from safetensors.torch import load_file
         from transformers import AutoModel
 
-        backbone = AutoModel.from_pretrained(str(model_dir), dtype=dtype)
+        backbone = AutoModel.from_pretrained(
+            str(model_dir), dtype=dtype, attn_implementation="sdpa"
+        )
         critic = cls(backbone, backbone.config.hidden_size).to(dtype)
         head = Path(model_dir) / VALUE_HEAD_FILE
         if head.is_file():

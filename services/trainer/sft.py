@@ -45,11 +45,17 @@ def score(response: str, example: Example) -> float:
     return float(grade(response, example.answer, example.dataset).reward)
 
 
+def prompt_for(tokenizer: Any, ex: Example) -> str:
+    """The prompt the RL loop will use too: chat template for instruct tokenizers, else plain."""
+    from shared.prompts import format_prompt, style_for
+
+    return format_prompt(ex.question, style=style_for(tokenizer), dataset=ex.dataset,
+                         tokenizer=tokenizer)  # fmt: skip
+
+
 def encode_example(tokenizer: Any, ex: Example, max_len: int) -> tuple[list[int], list[int]]:
     """(input_ids, labels): BOS + prompt + solution + EOS; labels −100 on the prompt."""
-    from shared.prompts import format_prompt
-
-    prompt = tokenizer(format_prompt(ex.question))["input_ids"]
+    prompt = tokenizer(prompt_for(tokenizer, ex))["input_ids"]
     response = tokenizer(ex.solution, add_special_tokens=False)["input_ids"]
     response = [*response, tokenizer.eos_token_id]
     ids = (prompt + response)[:max_len]
@@ -75,8 +81,6 @@ def greedy_accuracy(
     model: Any, tokenizer: Any, examples: Sequence[Example], max_new_tokens: int, batch_size: int
 ) -> float:
     """Pass@1 of greedy decoding on ``examples`` (graded by `score`)."""
-    from shared.prompts import format_prompt
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -84,7 +88,7 @@ def greedy_accuracy(
     correct = 0.0
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
-        enc = tokenizer([format_prompt(e.question) for e in chunk], return_tensors="pt",
+        enc = tokenizer([prompt_for(tokenizer, e) for e in chunk], return_tensors="pt",
                         padding=True).to(device)  # fmt: skip
         out = model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=False,

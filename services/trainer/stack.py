@@ -28,14 +28,25 @@ async def run_services(
     redis_url: str | None = None,
     reward_url: str | None = None,
     local_replicas: int = 1,
-    device: str = "cpu",
+    device: str | None = None,
     queue_prefix: str = "vineppo:",
     job_size: int = 16,
+    max_batch: int = 64,
 ) -> AsyncIterator[Services]:
+    """Start (or connect to) the services of a run; yields the `Services` the loop uses.
+
+    ``device`` of the local rollout engines: None = ``cuda`` when available (bf16, SDPA),
+    else ``cpu`` (float32). ``max_batch``: rows one engine decodes together (raise it to fill
+    a GPU: e.g. 256-512 for a 135 M model on an 80 GB card).
+    """
+    import torch
+
     from services.reward.client import RewardClient
     from services.rollout.engine.torch_engine import TorchEngine
     from services.rollout.worker import WorkerConfig, run_worker
 
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if redis_url is None and local_replicas < 1:
         raise ValueError("the in-process queue needs at least one local rollout replica")
     with contextlib.ExitStack() as stack:
@@ -50,7 +61,9 @@ async def run_services(
         stop = asyncio.Event()
         workers = []
         for i in range(local_replicas):
-            engine = await asyncio.to_thread(TorchEngine, model_dir, device=device)
+            engine = await asyncio.to_thread(
+                TorchEngine, model_dir, device=device, max_batch=max_batch
+            )
             config = WorkerConfig(replica_id=f"local-{i}", checkpoint_root=checkpoint_root)
             workers.append(asyncio.create_task(run_worker(queue, engine, grader, config, stop)))
         try:
