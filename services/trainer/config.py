@@ -50,6 +50,10 @@ class RolloutConfig(_Section):
     """Nucleus sampling threshold of the responses."""
     max_response_tokens: int = Field(default=1024, ge=1)
     """Longest response; a truncated response gets reward 0."""
+    few_shot: int = Field(default=0, ge=0, le=16)
+    """Worked examples (the first ones of the training split) put before every training and
+    validation prompt; 0 (the paper) for SFT models, a few for a base or instruct model
+    that has not been SFT'd on the dataset."""
 
 
 class PPOConfig(_Section):

@@ -42,7 +42,7 @@ class DemoBudget:
 
 
 BUDGETS = {
-    "full": DemoBudget(sft_steps=1400, iterations=12, prompts=8, responses=4, eval_every=3,
+    "full": DemoBudget(sft_steps=1600, iterations=24, prompts=8, responses=4, eval_every=4,
                        val_problems=64, test_problems=200, k=3),
     "quick": DemoBudget(sft_steps=40, iterations=2, prompts=4, responses=2, eval_every=1,
                         val_problems=8, test_problems=8, k=2),

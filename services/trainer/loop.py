@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import random
-import resource
 import shutil
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from services.trainer.config import RunConfig
 from services.trainer.episodes import Batch, Episode, build_episodes, collate
 from services.trainer.evaluate import evaluate
 from services.trainer.jobs import JobOptions, run_generate_jobs, run_value_jobs, wait_for_replicas
+from services.trainer.memory import memory_stats, reset_peak
 from services.trainer.ppo import UpdateInputs, critic_values, policy_logprobs, ppo_epochs
 from services.trainer.weights import push_policy
 from shared.datasets import Example, load_examples
@@ -115,6 +115,7 @@ class RLTrainer:
         self.train = load_examples(cfg.dataset, "train", **load)
         self.val = load_examples(cfg.dataset, "validation", n=cfg.eval.num_problems, **load)
         self.data = DataOrder(len(self.train), cfg.seed)
+        self.shots = self.train[: cfg.rollout.few_shot]  # worked examples before each prompt
         self.iteration, self.version = 0, 0
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.metrics_path = self.out / "metrics.jsonl"
@@ -124,7 +125,7 @@ class RLTrainer:
     # -- helpers ----------------------------------------------------------------------
     def prompt(self, ex: Example) -> str:
         return format_prompt(ex.question, style=self.style, dataset=ex.dataset,
-                             tokenizer=self.tokenizer)  # fmt: skip
+                             tokenizer=self.tokenizer, few_shot=self.shots)  # fmt: skip
 
     def engines(self) -> dict[str, Any]:
         return {"policy": self.policy} | ({"critic": self.critic} if self.critic else {})
@@ -234,6 +235,7 @@ class RLTrainer:
     async def step(self) -> dict[str, Any]:
         """One RL iteration; returns its metrics row."""
         cfg, t_start = self.cfg, time.monotonic()
+        reset_peak(self.info.device)
         seed = cfg.seed * 100_003 + self.iteration
         examples = [self.train[i] for i in self.data.take(cfg.rollout.prompts_per_iteration)]
         prompts = [self.prompt(x) for x in examples]
@@ -277,7 +279,7 @@ class RLTrainer:
             "time/generate": t_gen, "time/values": t_values, "time/train": t_train,
             "time/push": time.monotonic() - t0, "time/iteration": time.monotonic() - t_start,
             "rollout/tokens_per_s": sampled / max(t_gen, 1e-9),
-            "mem/peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **memory_stats(self.info.device),  # host RSS; peak CUDA memory on a GPU
         }  # fmt: skip
 
     async def advantages(
