@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 
 from services.trainer.config import RunConfig
-from services.trainer.evaluate import evaluate
+from services.trainer.evaluate import validation_metrics
 from services.trainer.jobs import JobOptions, run_generate_jobs, wait_for_replicas
 from services.trainer.loop import DataOrder, Services
 from services.trainer.weights import push_policy
@@ -92,16 +91,11 @@ class SelfTrainRun:
 
     async def validate(self) -> dict[str, float]:
         """Pass@1 of the served version on the validation split (as the RL loop measures it)."""
-        e = self.cfg.eval
-        t0 = time.monotonic()
-        res = await evaluate(
+        return await validation_metrics(
             self.services.queue, self.services.grader, self.val,
-            [self.prompt(x) for x in self.val], version=self.version, seeds=e.seeds,
-            temperature=e.temperature, max_tokens=e.max_response_tokens,
+            [self.prompt(x) for x in self.val], version=self.version, eval_cfg=self.cfg.eval,
             seed=self.cfg.seed + 7, progress=self.progress,
         )  # fmt: skip
-        return {"acc/val": res.mean, "acc/val_spread": res.spread,
-                "time/eval": time.monotonic() - t0}  # fmt: skip
 
     def log_row(self, row: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as f:

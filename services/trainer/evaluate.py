@@ -4,8 +4,10 @@ average. Used by the RL loop for validation and by ``vineppo eval``."""
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from services.trainer.jobs import JobOptions, run_generate_jobs
 from shared.datasets import Example
@@ -67,3 +69,24 @@ async def evaluate(
     ]
     grouped = [flat[i * seeds : (i + 1) * seeds] for i in range(len(examples))]
     return pass_at_1(grouped)
+
+
+async def validation_metrics(
+    queue: JobQueue,
+    grader: object,
+    examples: Sequence[Example],
+    prompts: Sequence[str],
+    *,
+    version: int,
+    eval_cfg: Any,
+    seed: int,
+    progress: bool = True,
+) -> dict[str, float]:
+    """The loop's validation row: Pass@1 of ``version`` per ``eval_cfg`` (an ``EvalConfig``)."""
+    t0 = time.monotonic()
+    res = await evaluate(
+        queue, grader, examples, prompts, version=version, seeds=eval_cfg.seeds,
+        temperature=eval_cfg.temperature, max_tokens=eval_cfg.max_response_tokens,
+        seed=seed, progress=progress,
+    )  # fmt: skip
+    return {"acc/val": res.mean, "acc/val_spread": res.spread, "time/eval": time.monotonic() - t0}

@@ -30,7 +30,7 @@ from services.trainer.algos.states import num_steps_tensor, plan_states, scatter
 from services.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from services.trainer.config import RunConfig
 from services.trainer.episodes import Batch, Episode, build_episodes, collate
-from services.trainer.evaluate import evaluate
+from services.trainer.evaluate import validation_metrics
 from services.trainer.jobs import JobOptions, run_generate_jobs, run_value_jobs, wait_for_replicas
 from services.trainer.memory import memory_stats, reset_peak
 from services.trainer.ppo import UpdateInputs, critic_values, policy_logprobs, ppo_epochs
@@ -196,16 +196,11 @@ class RLTrainer:
         return self.metrics_path
 
     async def validate(self) -> dict[str, float]:
-        e = self.cfg.eval
-        t0 = time.monotonic()
-        res = await evaluate(
+        return await validation_metrics(
             self.services.queue, self.services.grader, self.val,
-            [self.prompt(x) for x in self.val], version=self.version, seeds=e.seeds,
-            temperature=e.temperature, max_tokens=e.max_response_tokens,
+            [self.prompt(x) for x in self.val], version=self.version, eval_cfg=self.cfg.eval,
             seed=self.cfg.seed + 7, progress=self.progress,
         )  # fmt: skip
-        return {"acc/val": res.mean, "acc/val_spread": res.spread,
-                "time/eval": time.monotonic() - t0}  # fmt: skip
 
     # -- best-by-validation policy (read by `vineppo eval --select-on validation`) -------
     def save_best(self, row: dict[str, Any]) -> None:
