@@ -39,13 +39,17 @@ class DemoBudget:
     val_problems: int
     test_problems: int
     k: int
+    probe_prompts: int
+    """Test prompts whose step values are probed for the value-MAE column."""
+    truth_k: int
+    """MC samples of the ground-truth values (the paper uses 256)."""
 
 
 BUDGETS = {
     "full": DemoBudget(sft_steps=1600, iterations=24, prompts=8, responses=4, eval_every=4,
-                       val_problems=64, test_problems=200, k=3),
+                       val_problems=64, test_problems=200, k=3, probe_prompts=8, truth_k=64),
     "quick": DemoBudget(sft_steps=40, iterations=2, prompts=4, responses=2, eval_every=1,
-                        val_problems=8, test_problems=8, k=2),
+                        val_problems=8, test_problems=8, k=2, probe_prompts=2, truth_k=4),
 }  # fmt: skip
 
 
@@ -114,6 +118,35 @@ async def train_and_test(
     return {"method": cfg.algo, "test Pass@1": acc, "wall-clock (s)": wall}
 
 
+def value_mae(out: Path, budget: DemoBudget, cfg: RunConfig) -> dict[str, float]:
+    """MAE against ground-truth MC values (``truth_k`` samples) of step states sampled from
+    the final PPO policy: VinePPO's MC estimate (its K) vs PPO's critic. The analysis (JSON +
+    plots) lands in ``out/ppo/value-analysis`` and the report picks it up."""
+    from services.trainer.eval_cmds import analyze_checkpoint, load_critic, run_policy
+    from services.trainer.value_probe import ProbeConfig
+    from shared.datasets import load_examples
+
+    policy, critic_file = run_policy(out / "ppo")
+    examples = load_examples(cfg.dataset, "test", n=budget.probe_prompts, seed=cfg.seed + 1,
+                             arithmetic=cfg.arithmetic)  # fmt: skip
+    probe = ProbeConfig(
+        responses=4,
+        truth_k=budget.truth_k,
+        vine_k=budget.k,
+        temperature=cfg.rollout.temperature,
+        max_tokens=cfg.rollout.max_response_tokens,
+        top_action_states=0,
+    )
+    critic = load_critic(policy, critic_file) if critic_file is not None else None
+    doc = asyncio.run(analyze_checkpoint(policy, examples, probe, out / "ppo" / "value-analysis",
+                                         critic=critic))  # fmt: skip
+    metrics = doc["metrics"]
+    maes = {"vine": metrics[f"VinePPO K={budget.k}"]["mae"]}
+    if "PPO critic" in metrics:
+        maes["ppo"] = metrics["PPO critic"]["mae"]
+    return maes
+
+
 def run_demo(
     out: Path = Path("runs/demo"), *, budget: str = "full", retrain_sft: bool = False,
     redis_url: str | None = None, seed: int = 0,
@@ -134,9 +167,13 @@ def run_demo(
             f"--set iterations={b.iterations} --output-dir {out / algo}\n"
         )
         rows.append(asyncio.run(train_and_test(cfg, b, redis_url, sft_acc)))
+    maes = value_mae(out, b, run_config("ppo", model, out, b, seed))
     names = {"ppo": "PPO", "vine": "VinePPO"}
-    summary = [{"method": "SFT", "test Pass@1": sft_acc["test"], "wall-clock (s)": 0.0}]
-    summary += [{**r, "method": names[r["method"]]} for r in rows]
+    summary = [{"method": "SFT", "test Pass@1": sft_acc["test"], "value MAE": "",
+                "wall-clock (s)": 0.0}]  # fmt: skip
+    summary += [{"method": names[r["method"]], "test Pass@1": r["test Pass@1"],
+                 "value MAE": maes.get(r["method"], ""), "wall-clock (s)": r["wall-clock (s)"]}
+                for r in rows]  # fmt: skip
     runs = [load_run(out / a, names[a]) for a in ("ppo", "vine")]
     write_report(runs, out / "report.html", summary, title="vineppo demo: PPO vs VinePPO")
     return summary

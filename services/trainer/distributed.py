@@ -51,10 +51,11 @@ def init_distributed(*, cpu_shm_comm: bool = False) -> DistInfo:
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        if int(os.environ["WORLD_SIZE"]) > 1:
-            raise RuntimeError("WORLD_SIZE > 1 needs MASTER_PORT (set by the launcher)")
+    if int(os.environ["WORLD_SIZE"]) == 1 and not dist.is_initialized():
+        # alone: a fresh port, never one inherited from a parent process that holds it
         os.environ["MASTER_PORT"] = str(_free_port())
+    elif "MASTER_PORT" not in os.environ:
+        raise RuntimeError("WORLD_SIZE > 1 needs MASTER_PORT (set by the launcher)")
     local_rank = int(os.environ["LOCAL_RANK"])
     device = default_device(local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"

@@ -119,6 +119,7 @@ class RLTrainer:
         self.iteration, self.version = 0, 0
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.metrics_path = self.out / "metrics.jsonl"
+        self._tb: Any = None  # TensorBoard writer, opened on the first metrics row
         self.ckpt_root = self.out / "checkpoints"
         self.policy_root = self.out / "policies"
 
@@ -221,8 +222,17 @@ class RLTrainer:
         os.rename(tmp, best)
 
     def log_row(self, row: dict[str, Any]) -> None:
+        """One JSONL line per iteration, and the same scalars as TensorBoard events (``tb/``)."""
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.out / "tb"))
+        for key, value in row.items():
+            if isinstance(value, int | float) and key not in ("iteration", "version"):
+                self._tb.add_scalar(key, value, global_step=int(row["iteration"]))
+        self._tb.flush()
         if self.progress:
             keys = ("iteration", "reward/mean", "acc/val", "kl/ref", "time/iteration")
             log.info("  ".join(f"{k}={row[k]:.4g}" for k in keys if k in row))

@@ -67,6 +67,7 @@ def test_three_iterations_through_real_services(sft_model: Path, tmp_path: Path,
         assert all(math.isfinite(r["loss/value"]) for r in steps)
     assert "acc/val" in rows[0] and "acc/val" in steps[-1]
     assert (tmp_path / algo / "policies" / "policy-v3").is_dir()
+    assert list((tmp_path / algo / "tb").glob("events.out.tfevents.*"))  # TensorBoard events
 
 
 def _train_cmd(model: Path, out: Path, iterations: int, *extra: str) -> list[str]:
