@@ -46,7 +46,7 @@ class DemoBudget:
 
 
 BUDGETS = {
-    "full": DemoBudget(sft_steps=1600, iterations=24, prompts=8, responses=4, eval_every=4,
+    "full": DemoBudget(sft_steps=1600, iterations=40, prompts=8, responses=4, eval_every=4,
                        val_problems=64, test_problems=200, k=3, probe_prompts=8, truth_k=64),
     "quick": DemoBudget(sft_steps=40, iterations=2, prompts=4, responses=2, eval_every=1,
                         val_problems=8, test_problems=8, k=2, probe_prompts=2, truth_k=4),
