@@ -61,8 +61,8 @@ def import_model(args: argparse.Namespace) -> Path:
 
 
 def sft(args: argparse.Namespace, model: Path) -> Path:
-    from services.trainer.config import SFTConfig
     from services.trainer.sft import run_sft
+    from services.trainer.sft_config import SFTConfig
 
     out = args.out / "sft"
     if (out / "best" / "config.json").is_file():

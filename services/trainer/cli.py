@@ -42,8 +42,9 @@ def sft_cmd(
     accuracy (greedy decoding + grader)."""
     import torch
 
-    from services.trainer.config import SFT_PRESETS, SFTConfig, merge_dicts, parse_overrides
+    from services.trainer.config import merge_dicts, parse_overrides
     from services.trainer.sft import run_sft
+    from services.trainer.sft_config import SFT_PRESETS, SFTConfig
 
     if threads is not None:
         torch.set_num_threads(threads)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.trainer.config import SFT_PRESETS, RunConfig, SFTConfig, load_config
+from services.trainer.config import RunConfig, load_config
+from services.trainer.sft_config import SFT_PRESETS, SFTConfig
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from services.trainer.config import SFTConfig
+from services.trainer.sft_config import SFTConfig
 from shared.datasets import Example
 
 IGNORE = -100

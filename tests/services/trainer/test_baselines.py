@@ -17,9 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from services.cli import app
-from services.trainer.config import SFTConfig
 from services.trainer.report import load_run, write_report
 from services.trainer.sft import run_sft
+from services.trainer.sft_config import SFTConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 

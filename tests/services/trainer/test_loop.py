@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from services.trainer.config import RunConfig, SFTConfig, load_config
+from services.trainer.config import RunConfig, load_config
 from services.trainer.loop import RLTrainer
 from services.trainer.sft import run_sft
+from services.trainer.sft_config import SFTConfig
 from services.trainer.stack import run_services
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]

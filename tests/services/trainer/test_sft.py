@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.trainer.config import SFTConfig
 from services.trainer.sft import collate, encode_example, score
+from services.trainer.sft_config import SFTConfig
 from shared.datasets import Example
 
 ROOT = Path(__file__).resolve().parents[3]
