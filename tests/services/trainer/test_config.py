@@ -11,11 +11,11 @@ from pydantic import BaseModel, ValidationError
 from services.trainer.config import (
     PRESETS,
     RunConfig,
-    SFTConfig,
     load_config,
     lr_multiplier,
     parse_overrides,
 )
+from services.trainer.sft_config import SFTConfig
 
 
 def test_defaults_are_table_1() -> None:
