@@ -1,9 +1,11 @@
 """Dataset loaders: GSM8K and MATH jsonl files, and the built-in arithmetic task.
 
 Every loader returns `Example`s with the gold solution and final answer. Train/validation
-come from one training file split deterministically by a seed, as in the paper
+come from one training file split by the fixed `SPLIT_SEED`, as in the paper
 (GSM8K 7,473 → 7,100 train / 373 validation; MATH 12,000 → 11,500 / 500); test is the
-test file (GSM8K 1,319; MATH-500).
+test file (GSM8K 1,319; MATH-500). The validation split never depends on a run's seed, so
+SFT and every RL run (any seed) select checkpoints on the same problems and never train on
+them.
 
 Files are read from ``data_dir`` (argument) or ``$VINEPPO_DATA_DIR`` or the repo's ``data/``:
 ``gsm8k/{train,test}.jsonl`` (``question``, ``answer`` with ``#### n``) and
@@ -26,6 +28,9 @@ SPLITS = ("train", "validation", "test")
 VALIDATION_SIZE = {"gsm8k": 373, "math": 500}
 """Size of the validation split carved out of each training file (the paper's numbers)."""
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+SPLIT_SEED = 0
+"""Seed of the train/validation split of a training file and of the generated validation
+problems: fixed, independent of the run seed."""
 ARITHMETIC_SIZES = {"train": 5000, "validation": 500, "test": 1000}
 """Default number of generated problems per split for ``arithmetic`` when ``n`` is None."""
 
@@ -62,10 +67,12 @@ def load_examples(
 ) -> list[Example]:
     """Load ``split`` (train | validation | test) of ``name`` (gsm8k | math | arithmetic).
 
-    Train and validation are a seeded split of the training file, each in file order;
-    ``n`` keeps the first ``n`` examples. For ``arithmetic`` the problems are generated
-    (``ArithmeticConfig(**arithmetic)``, default config when None; ``n`` or
-    `ARITHMETIC_SIZES` problems), with ``seed`` as the generator seed.
+    Train and validation are the `SPLIT_SEED` split of the training file, each in file
+    order; ``n`` keeps the first ``n`` examples (so a smaller ``n`` is a prefix of a larger
+    one). For ``arithmetic`` the problems are generated (``ArithmeticConfig(**arithmetic)``,
+    default config when None; ``n`` or `ARITHMETIC_SIZES` problems): train and test with
+    ``seed`` as the generator seed, validation always with `SPLIT_SEED`. ``seed`` changes
+    nothing else: the validation split is the same for every run seed.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
@@ -77,7 +84,8 @@ def load_examples(
         from shared.tasks.arithmetic import ArithmeticConfig, generate
 
         count = ARITHMETIC_SIZES[split] if n is None else n
-        return generate(ArithmeticConfig(**(arithmetic or {})), split=split, n=count, seed=seed)
+        gen_seed = SPLIT_SEED if split == "validation" else seed
+        return generate(ArithmeticConfig(**(arithmetic or {})), split=split, n=count, seed=gen_seed)
     file_split = "test" if split == "test" else "train"
     path = data_root(data_dir) / name / f"{file_split}.jsonl"
     if not path.is_file():
@@ -92,7 +100,7 @@ def load_examples(
     rows = _read_jsonl(path)
     examples = [parse(row, f"{name}/{file_split}/{i}") for i, row in enumerate(rows)]
     if split != "test":
-        examples = _train_validation(examples, VALIDATION_SIZE[name], seed)[split]
+        examples = _train_validation(examples, VALIDATION_SIZE[name], SPLIT_SEED)[split]
     return examples if n is None else examples[:n]
 
 

@@ -10,7 +10,7 @@ import pytest
 from shared.datasets import Example, last_boxed, load_examples
 
 
-def test_gsm8k_split_sizes_and_the_split_is_a_seeded_partition(data_dir: Path) -> None:
+def test_gsm8k_split_sizes_and_one_fixed_partition(data_dir: Path) -> None:
     train = load_examples("gsm8k", "train", data_dir=data_dir)
     val = load_examples("gsm8k", "validation", data_dir=data_dir)
     test = load_examples("gsm8k", "test", data_dir=data_dir)
@@ -18,9 +18,23 @@ def test_gsm8k_split_sizes_and_the_split_is_a_seeded_partition(data_dir: Path) -
     ids = {e.id for e in train} | {e.id for e in val}
     assert len(ids) == 7473 and not {e.id for e in train} & {e.id for e in val}
     assert load_examples("gsm8k", "validation", data_dir=data_dir) == val
-    other = load_examples("gsm8k", "validation", data_dir=data_dir, seed=1)
-    assert {e.id for e in other} != {e.id for e in val} and len(other) == 373
+    # the run seed does not move the split: every run validates on the same 373 problems and
+    # none of them is ever a training problem of another seed's run
+    for seed in (1, 7):
+        assert load_examples("gsm8k", "validation", data_dir=data_dir, seed=seed) == val
+        assert load_examples("gsm8k", "train", data_dir=data_dir, seed=seed) == train
     assert load_examples("gsm8k", "train", data_dir=data_dir, n=5) == train[:5]
+
+
+def test_arithmetic_validation_is_independent_of_the_seed() -> None:
+    val = load_examples("arithmetic", "validation", n=20)
+    for seed in (1, 3):
+        assert load_examples("arithmetic", "validation", n=20, seed=seed) == val
+    assert load_examples("arithmetic", "validation", n=8, seed=5) == val[:8]  # n: a prefix
+    # train and test problems are still drawn with the seed (their splits never overlap)
+    assert load_examples("arithmetic", "train", n=20, seed=1) != load_examples(
+        "arithmetic", "train", n=20, seed=2
+    )
 
 
 def test_gsm8k_gold_is_cleaned(data_dir: Path) -> None:

@@ -45,6 +45,21 @@ def test_labels_mask_the_prompt() -> None:
     assert bool((batch["labels"][1, 3:] == -100).all())
 
 
+def test_sft_validates_on_the_problems_every_rl_run_validates_on() -> None:
+    """One fixed validation split: SFT (seed 5) and RL runs of any seed (the loop and the
+    baselines load ``validation`` with their own seed) see the same problems."""
+    from services.trainer.sft import _examples
+    from shared.datasets import load_examples
+
+    task = {"max_steps": 4}
+    sft_val = _examples(SFTConfig(seed=5, arithmetic=task), "validation", 12, None)
+    for run_seed in (0, 1, 2):  # RLTrainer / SelfTrainRun: n=eval.num_problems, seed=cfg.seed
+        rl_val = load_examples("arithmetic", "validation", n=12, seed=run_seed, arithmetic=task)
+        assert rl_val == sft_val
+    sft_train = {e.id for e in _examples(SFTConfig(seed=5, arithmetic=task), "train", 200, None)}
+    assert not sft_train & {e.id for e in sft_val}
+
+
 def test_needs_a_model_or_from_scratch() -> None:
     from services.trainer.sft import prepare_model
 
