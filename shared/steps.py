@@ -8,11 +8,29 @@ starting where the previous one ends.
 Rules:
 - ``gsm8k`` (and ``arithmetic``): one step per line; a line keeps its trailing newline(s);
   the ``#### answer`` line joins the step before it; blank-only parts join their neighbour.
-- ``math``: cut after newlines and after sentence ends (``.``/``!``/``?`` followed by space),
-  never inside ``$…$``, ``$$…$$``, ``\\(…\\)``, ``\\[…\\]``, ``\\begin{x}…\\end{x}``,
-  ``[asy]…[/asy]`` (an unclosed delimiter protects the rest of the text). A part longer than
-  100 characters is cut again at ``,``/``;``/``:``/``=`` in prose or where a math region ends,
-  never inside math. Parts with fewer than 8 non-space characters join their neighbour.
+- ``math``: the VinePPO authors' rule (their ``split_solution_inplace``, re-implemented from
+  its behaviour), in four stages; a cut falls *before* the whitespace that separates two
+  steps, so a step starts with its newline or space:
+  1. With math regions (`math_regions`) hidden, cut before every newline and after every
+     sentence end (``.`` then whitespace then a capital, not after a lone letter or after two
+     letters that follow whitespace: ``e.g.``, ``Dr.``). Left to right, a part that does not
+     end with ``.`` and is shorter than 20 characters, a math region counting as 60, absorbs
+     the next part (the last part never does).
+  2. Cut after each math region whose text ends with ``.$``, ``.$$``, ``.\\)`` or ``.\\]``.
+     Left to right, a part shorter than 20 characters that does not end so absorbs the next
+     part; the last such part joins the previous one.
+  3. Cut before every newline inside a math region. Left to right, a part that is a lone
+     opener once stripped (``$``, ``$$``, ``\\(``, ``\\[``, ``\\begin{x}``, ``[asy]``) or
+     shorter than 3 characters absorbs the next part; the last such part joins the previous.
+  4. A part longer than 100 characters is broken, again and again, at the candidate closest
+     to its middle: first in prose (after ``,``, else `` and``, else ``:``, else `` to``,
+     math hidden as in stage 1, both sides ≥ 40 characters), else in math (after ``,$``,
+     ``,\\)``, ``,\\]``, ``=``, ``\\equiv``, ``+``, ``\\cancelto``, in that order of
+     preference, both sides ≥ 20 characters).
+  On the 500 MATH-500 gold solutions the steps are the authors' own, cut for cut
+  (bench/steps.py). On purpose, texts their splitter raises on (a whole text under 20
+  characters, math nested in an environment) still get steps here, and a display block
+  repeated verbatim within one part is cut at its newlines every time, not only the first.
 
 `token_step_ranges` turns character spans into token index ranges with a tokenizer's offset
 mapping; `char_offsets` builds that mapping from generated token ids when only ids are at hand.
@@ -23,20 +41,26 @@ from __future__ import annotations
 import bisect
 import itertools
 import re
-import sys
 from collections.abc import Callable, Sequence
 
 Span = tuple[int, int]
 
 KNOWN_DATASETS = ("gsm8k", "math", "arithmetic")
-MAX_STEP_CHARS = 100
-"""MATH parts longer than this are cut again at a weaker boundary (comma, '=', math end)."""
-MIN_STEP_CHARS = 8
-"""MATH parts with fewer non-space characters than this join their neighbour."""
 
-_BEGIN = re.compile(r"\\begin\{([^{}]*)\}")
-_SENTENCE_END = re.compile(r"[.!?](?=\s+(?![\sa-z]))")
-_WEAK_CUT = re.compile(r"[,;:=](?=\s)")
+MAX_STEP_CHARS = 100
+"""MATH stage 4: a part longer than this is broken again (in prose, else in math)."""
+SHORT_PART_CHARS = 20
+"""MATH stages 1-2: a part shorter than this that does not end a sentence absorbs the next."""
+REGION_CHARS = 60
+"""MATH stages 1 and 4 (prose): where the authors measure text with its math hidden, each
+math region counts as this many characters (the length of their placeholder)."""
+TINY_PART_CHARS = 3
+"""MATH stage 3: a part shorter than this absorbs the next."""
+MIN_PROSE_SIDE = 40
+"""MATH stage 4: a prose cut leaves at least this many characters on each side."""
+MIN_MATH_SIDE = 20
+"""MATH stage 4: a cut inside math leaves at least this many characters on each side."""
+
 _ANSWER_LINE = re.compile(r"[ \t]*####")
 
 
@@ -50,146 +74,229 @@ def split_steps(text: str, dataset: str) -> list[Span]:
     if not text:
         return []
     if dataset == "math":
-        return _split_math(text)
+        return _spans_from_cuts(text, math_cuts(text))
     return _split_lines(text)
 
 
 # ---------------------------------------------------------------- gsm8k / arithmetic
 
 
-def _line_cuts(text: str, lo: int, hi: int, protected: Sequence[Span] = ()) -> list[int]:
-    """Positions right after each run of newlines in text[lo:hi], outside ``protected``."""
-    cuts = []
-    for m in re.finditer(r"\n+", text[lo:hi]):
-        pos = lo + m.end()
-        if pos < len(text) and not _inside(pos, protected):
-            cuts.append(pos)
-    return cuts
-
-
 def _split_lines(text: str) -> list[Span]:
     # 1) a cut after every newline run; 2) the '#### answer' line joins the step before it
-    cuts = [c for c in _line_cuts(text, 0, len(text)) if not _ANSWER_LINE.match(text, c)]
+    cuts = [m.end() for m in re.finditer(r"\n+", text) if m.end() < len(text)]
+    cuts = [c for c in cuts if not _ANSWER_LINE.match(text, c)]
     spans = _spans_from_cuts(text, cuts)
     # 3) blank-only parts join their neighbour
     return _merge_small(text, spans, min_chars=1)
 
 
-# ---------------------------------------------------------------- math
+# ---------------------------------------------------------------- math: regions
+
+# Math regions are found pass by pass, in this order; a later pass sees the regions found by
+# earlier ones as opaque (so `$` inside `\[...\]` or `[asy]` is not a region of its own, and
+# an environment may swallow `$...$` regions found before it). Each pass takes the leftmost
+# shortest non-overlapping matches. An opener without its closer is not a region.
+_REGION_PASSES = tuple(
+    re.compile(p, re.DOTALL)
+    for p in (
+        r"\[asy\].*?\[/asy\]",
+        r"\$\\begin\{tabular\}.*?\\end\{tabular\}\$",
+        r"\\begin\{tabular\}.*?\\end\{tabular\}",
+        r"\\\(.*?\\\)",
+        r"\\\[.*?\\\]",
+        r"\$\$.*?\$\$",
+        # `$`, not escaped, at least one character, a closing `$` not escaped nor doubled
+        r"(?<!\\)\$.*?[^\\]\$(?!\$)",
+        r"\\begin\{([^}]*)\}.*?\\end\{\1\}",
+    )
+)
+_HIDDEN = "\0"
+"""Fills a hidden math region (same length, so positions stay those of the text). No region
+pattern, sentence end or prose cut can match it, and like the authors' placeholder it is
+neither a word character nor whitespace."""
 
 
 def math_regions(text: str) -> list[Span]:
-    """Spans of math (and [asy]) regions in ``text``, in order; no cut may fall inside one.
+    """Spans of the top-level math (and ``[asy]``) regions of ``text``, sorted and disjoint.
 
-    A region runs from its opening delimiter to the end of its closing one; an unclosed
-    opener runs to the end of the text. ``\\$`` is an escaped dollar, not a delimiter.
+    Stages 1, 2 and 4 (prose) of the ``math`` rule never cut inside one; stages 3 and 4
+    (math) do.
     """
     regions: list[Span] = []
-    i, n = 0, len(text)
-    while i < n:
-        end = _region_end(text, i)
-        if end is None:
-            i += 2 if text.startswith("\\$", i) else 1
-            continue
-        regions.append((i, end))
-        i = end
+    masked = text
+    for pattern in _REGION_PASSES:
+        found = [m.span() for m in pattern.finditer(masked)]
+        if found:
+            regions = [r for r in regions if not any(s <= r[0] and r[1] <= e for s, e in found)]
+            regions = sorted(regions + found)
+            masked = _hide(masked, found)
     return regions
 
 
-def _region_end(text: str, i: int) -> int | None:
-    """If a math region opens at ``i``, the index just after it closes; else None."""
+def _hide(text: str, regions: Sequence[Span]) -> str:
+    """``text`` with every region overwritten by _HIDDEN characters (same length)."""
+    out, pos = [], 0
+    for s, e in sorted(regions):
+        out += [text[pos:s], _HIDDEN * (e - s)]
+        pos = e
+    return "".join([*out, text[pos:]])
+
+
+def _hidden_pos(pos: int, regions: Sequence[Span]) -> int:
+    """Where ``pos`` (outside every region) falls once each region counts REGION_CHARS."""
+    return pos - sum(e - s - REGION_CHARS for s, e in regions if e <= pos)
+
+
+# ---------------------------------------------------------------- math: the four stages
+
+# stage 1: '.' not after a lone letter nor after whitespace + two letters, then \s+ capital
+_SENTENCE_END = re.compile(r"(?<!\b[A-Za-z])(?<!\s[A-Za-z]{2})\.(?=\s+[A-Z])")
+_PERIOD_TAILS = (".$", ".$$", ".\\)", ".\\]")
+"""Stage 2: a math region ending so ends a sentence; a part ending so is never short."""
+_LONE_OPENER = re.compile(r"\$\$?|\\\(|\\\[|\\begin\{[^}]*\}|\[asy\]")
+_PROSE_CUTS = tuple(
+    (re.compile(p), after) for p, after in ((",", 1), (r"\sand\s", 4), (":", 1), (r"\sto\s", 3))
+)
+"""Stage 4 prose cuts, by preference: (pattern, the cut's offset from the match start)."""
+_MATH_CUTS = tuple(
+    re.compile(re.escape(s)) for s in (",$", ",\\)", ",\\]", "=", "\\equiv", "+", "\\cancelto")
+)
+"""Stage 4 math cuts, by preference: right after the matched text."""
+
+
+def math_cuts(text: str) -> list[int]:
+    """Interior cut positions of ``text`` under the ``math`` rule (module docstring), sorted."""
     n = len(text)
-    if text.startswith("$$", i):
-        return _find_close(text, "$$", i + 2)
-    if text.startswith("$", i):
-        j = i + 1
-        while j < n:
-            if text[j] == "\\":
-                j += 2
-                continue
-            if text[j] == "$":
-                return j + 1
-            j += 1
-        return n
-    if text.startswith("\\(", i):
-        return _find_close(text, "\\)", i + 2)
-    if text.startswith("\\[", i):
-        return _find_close(text, "\\]", i + 2)
-    if text.startswith("[asy]", i):
-        return _find_close(text, "[/asy]", i + 5)
-    m = _BEGIN.match(text, i)
-    if m:
-        return _matching_end(text, m.group(1), m.end())
+    if n == 0:
+        return []
+    regions = math_regions(text)
+    masked = _hide(text, regions)
+
+    # stage 1: sentences and lines, math hidden
+    cuts = {m.end() for m in _SENTENCE_END.finditer(masked)}
+    cuts |= {m.start() for m in re.finditer("\n", masked)}
+    bounds = [0, *sorted(c for c in cuts if 0 < c < n), n]
+
+    def short_prose(a: int, b: int) -> bool:
+        hidden_len = _hidden_pos(b, regions) - _hidden_pos(a, regions)
+        return text[b - 1] != "." and hidden_len < SHORT_PART_CHARS
+
+    bounds = _absorb_next(bounds, short_prose, last_joins_previous=False)
+
+    # stage 2: math that ends a sentence ends a part
+    bounds = _with_cuts(bounds, [e for s, e in regions if text.endswith(_PERIOD_TAILS, s, e)])
+
+    def short(a: int, b: int) -> bool:
+        return b - a < SHORT_PART_CHARS and not text.endswith(_PERIOD_TAILS, a, b)
+
+    bounds = _absorb_next(bounds, short, last_joins_previous=True)
+
+    # stage 3: lines inside math
+    bounds = _with_cuts(bounds, [q for s, e in regions for q in _find_all("\n", text, s, e)])
+
+    def tiny(a: int, b: int) -> bool:
+        return b - a < TINY_PART_CHARS or bool(_LONE_OPENER.fullmatch(text[a:b].strip()))
+
+    bounds = _absorb_next(bounds, tiny, last_joins_previous=True)
+
+    # stage 4: long parts
+    out: list[int] = []
+    for a, b in itertools.pairwise(bounds):
+        out += _break_long(text, a, b) if b - a > MAX_STEP_CHARS else []
+        out.append(b)
+    return out[:-1]
+
+
+def _find_all(sub: str, text: str, start: int, end: int) -> list[int]:
+    return [start + m.start() for m in re.finditer(re.escape(sub), text[start:end])]
+
+
+def _with_cuts(bounds: list[int], cuts: Sequence[int]) -> list[int]:
+    return sorted(set(bounds) | {c for c in cuts if bounds[0] < c < bounds[-1]})
+
+
+def _absorb_next(
+    bounds: list[int], small: Callable[[int, int], bool], last_joins_previous: bool
+) -> list[int]:
+    """Scan the parts ``bounds[i]:bounds[i+1]`` left to right; while a part is ``small`` it
+    absorbs the next part (the grown part is judged again). A small last part joins the part
+    before it when ``last_joins_previous``; a lone part stays as it is."""
+    bounds = list(bounds)
+    i = 0
+    while i < len(bounds) - 1:
+        if not small(bounds[i], bounds[i + 1]):
+            i += 1
+        elif i < len(bounds) - 2:
+            del bounds[i + 1]
+        else:
+            if last_joins_previous and i > 0:
+                del bounds[i]
+            break
+    return bounds
+
+
+def _break_long(text: str, start: int, end: int) -> list[int]:
+    """Stage 4: interior cuts that break the part ``text[start:end]``, sorted.
+
+    A piece longer than MAX_STEP_CHARS is cut at its prose cut, else at its math cut, and its
+    left half is judged again; a piece with neither stays. After a math cut the authors skip
+    prose cuts for pieces that start inside a "math zone": the union hull of
+    ``[cut, len(piece))`` over every math cut so far, in offsets *within the piece that was
+    cut* but compared against offsets within the part. That is how their splitter behaves
+    (it makes the zone wrong once a piece not at the part's start is cut), and it is kept
+    here so that the steps are theirs.
+    """
+    bounds = [start, end]
+    zone: Span | None = None
+    i = 0
+    while i < len(bounds) - 1:
+        a, b = bounds[i], bounds[i + 1]
+        if b - a <= MAX_STEP_CHARS:
+            i += 1
+            continue
+        piece = text[a:b]
+        in_zone = zone is not None and zone[0] <= a - start < zone[1]
+        cut = None if in_zone else _prose_cut(piece)
+        if cut is None:
+            cut = _math_cut(piece)
+            if cut is not None:
+                lo, hi = (cut, len(piece)) if zone is None else zone
+                zone = (min(lo, cut), max(hi, len(piece)))
+        if cut is None:
+            i += 1
+        else:
+            bounds.insert(i + 1, a + cut)
+    return bounds[1:-1]
+
+
+def _closest_to_middle(cands: Sequence[int], where: Callable[[int], int], total: int) -> int:
+    """The candidate whose position ``where(c)`` is nearest ``total / 2`` (the first on ties)."""
+    return min(cands, key=lambda c: abs(2 * where(c) - total))
+
+
+def _prose_cut(piece: str) -> int | None:
+    """Stage 4: the prose cut of ``piece`` (math hidden and counted REGION_CHARS), or None."""
+    regions = math_regions(piece)
+    masked = _hide(piece, regions)
+    total = _hidden_pos(len(piece), regions)
+    for pattern, after in _PROSE_CUTS:
+        cands = [m.start() + after for m in pattern.finditer(masked)]
+        if cands:
+            cut = _closest_to_middle(cands, lambda c: _hidden_pos(c, regions), total)
+            if min(cut, len(piece) - cut) >= MIN_PROSE_SIDE:
+                return cut
     return None
 
 
-def _find_close(text: str, closer: str, start: int) -> int:
-    j = text.find(closer, start)
-    return len(text) if j < 0 else j + len(closer)
-
-
-def _matching_end(text: str, name: str, start: int) -> int:
-    """Index after the ``\\end{name}`` that closes a ``\\begin{name}`` (same-name nesting)."""
-    opener, closer = "\\begin{" + name + "}", "\\end{" + name + "}"
-    depth, j = 1, start
-    while depth:
-        nxt_close = text.find(closer, j)
-        if nxt_close < 0:
-            return len(text)
-        nxt_open = text.find(opener, j)
-        if 0 <= nxt_open < nxt_close:
-            depth, j = depth + 1, nxt_open + len(opener)
-        else:
-            depth, j = depth - 1, nxt_close + len(closer)
-    return j
-
-
-def _inside(pos: int, regions: Sequence[Span]) -> bool:
-    """True when ``pos`` lies strictly inside one of the sorted, disjoint ``regions``."""
-    k = bisect.bisect_right(regions, (pos, sys.maxsize)) - 1
-    return k >= 0 and regions[k][0] < pos < regions[k][1]
-
-
-def _split_math(text: str) -> list[Span]:
-    regions = math_regions(text)
-    # 1) strong cuts: after newline runs and after sentence ends, outside math
-    cuts = set(_line_cuts(text, 0, len(text), regions))
-    cuts.update(m.end() for m in _SENTENCE_END.finditer(text) if not _inside(m.end(), regions))
-    # a sentence that ends inside its math ("... = 3.$  Next") ends where the math closes
-    cuts.update(
-        e for s, e in regions if text[s:e].rstrip("$\\)] ").endswith(".") and _ws_at(text, e)
-    )
-    cuts = {c for c in cuts if 0 < c < len(text) and not _inside(c, regions)}
-    spans = _spans_from_cuts(text, sorted(cuts))
-    # 2) long parts: cut again at weaker boundaries
-    spans = [piece for span in spans for piece in _split_long(text, span, regions)]
-    # 3) tiny parts join their neighbour
-    return _merge_small(text, spans, min_chars=MIN_STEP_CHARS)
-
-
-def _ws_at(text: str, pos: int) -> bool:
-    return pos < len(text) and text[pos].isspace()
-
-
-def _split_long(text: str, span: Span, regions: Sequence[Span]) -> list[Span]:
-    """Cut a part longer than MAX_STEP_CHARS at commas/'='/math ends, greedily."""
-    start, end = span
-    if end - start <= MAX_STEP_CHARS:
-        return [span]
-    weak = [start + m.end() for m in _WEAK_CUT.finditer(text, start, end)]
-    weak += [e for s, e in regions if start < e < end and _ws_at(text, e)]
-    cands = sorted({c for c in weak if start < c < end and not _inside(c, regions)})
-    pieces, lo = [], start
-    while end - lo > MAX_STEP_CHARS:
-        ok = [c for c in cands if lo + MIN_STEP_CHARS <= c <= lo + MAX_STEP_CHARS]
-        later = [c for c in cands if c > lo + MIN_STEP_CHARS]
-        cut = ok[-1] if ok else (later[0] if later else None)
-        if cut is None or end - cut < MIN_STEP_CHARS:
-            break
-        pieces.append((lo, cut))
-        lo = cut
-    pieces.append((lo, end))
-    return pieces
+def _math_cut(piece: str) -> int | None:
+    """Stage 4: the cut of ``piece`` after '=', '+' and the like, or None."""
+    for pattern in _MATH_CUTS:
+        cands = [m.end() for m in pattern.finditer(piece)]
+        if cands:
+            cut = _closest_to_middle(cands, lambda c: c, len(piece))
+            if min(cut, len(piece) - cut) >= MIN_MATH_SIDE:
+                return cut
+    return None
 
 
 # ---------------------------------------------------------------- shared helpers

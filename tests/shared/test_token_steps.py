@@ -13,6 +13,10 @@ LINES = [
     "7 + 5 = 12\n12 - 3 = 9\n9 * 2 = 18\n#### 18",
     "We have $x = 3.$  Therefore, \\[y = x^2 = 9.\\] The answer is $\\boxed{9}$.",
     "Question: How many?\nAnswer:\n",
+    "So\n$$\\frac{2}{3} \\cdot \\frac{3}{4} \\cdot \\frac{4}{5} \\cdot \\frac{5}{6} \\cdot "
+    "\\frac{6}{7} = \\frac{720}{2520} = \\frac{2 \\cdot 360}{7 \\cdot 360} = \\frac{2}{7} "
+    "\\approx 0.2857.$$\n"
+    "The answer is $\\frac{2}{7}$.",
 ]
 
 
@@ -38,7 +42,9 @@ def check_ranges(ranges: list[tuple[int, int]], n_steps: int, n_tokens: int) -> 
     assert all(a <= b for a, b in ranges)
 
 
-@pytest.mark.parametrize(("text", "dataset"), [(LINES[1], "gsm8k"), (LINES[2], "math")])
+@pytest.mark.parametrize(
+    ("text", "dataset"), [(LINES[1], "gsm8k"), (LINES[2], "math"), (LINES[4], "math")]
+)
 def test_each_token_lands_in_the_step_holding_its_first_char(bpe, text, dataset) -> None:  # type: ignore[no-untyped-def]
     enc = bpe.encode(text)
     spans = split_steps(text, dataset)
@@ -46,9 +52,11 @@ def test_each_token_lands_in_the_step_holding_its_first_char(bpe, text, dataset)
     check_ranges(ranges, len(spans), len(enc.ids))
     for (s, e), (a, b) in zip(spans, ranges, strict=True):
         assert all(s <= enc.offsets[t][0] < e for t in range(a, b))
-    # gsm8k steps end at newlines, which byte-level BPE never merges with a word: exact text
-    if dataset == "gsm8k":
-        assert [bpe.decode(enc.ids[a:b]) for a, b in ranges] == [text[s:e] for s, e in spans]
+    # gsm8k steps end at newlines and MATH steps here start with their space or newline or
+    # follow an '=' before a space: byte-level BPE never merges across those, so the tokens
+    # of each step decode to exactly its text
+    assert len(spans) > 1
+    assert [bpe.decode(enc.ids[a:b]) for a, b in ranges] == [text[s:e] for s, e in spans]
 
 
 def test_response_after_prompt_and_eos_go_to_the_right_steps(bpe) -> None:  # type: ignore[no-untyped-def]
