@@ -1,9 +1,11 @@
-"""The run config: one typed model per component, defaults = the VinePPO paper's Table 1.
+"""The run config: one typed model per component, defaults = the VinePPO paper's Table 1
+(and the authors' configs where the paper is silent: top_p 0.9, MC step cap by dataset).
 
 Every field is documented (the docstrings become the field descriptions). Load a run with
 `load_config(path, overrides, preset=...)`: preset values first, then the YAML/JSON file,
 then ``section.field=value`` overrides (values parsed as YAML). Derived values (episodes per
-iteration, optimizer steps, warm-up steps) are computed and checked once in `RunConfig`.
+iteration, optimizer steps, warm-up steps) are computed and checked once in `RunConfig`;
+``auto`` values (advantage whitening per method, MC step cap per dataset) are resolved there.
 The LR schedule is the pure function `lr_multiplier`.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -46,8 +48,9 @@ class RolloutConfig(_Section):
     """Responses sampled per prompt (paper: 8), so 512 episodes per iteration."""
     temperature: float = Field(default=0.6, gt=0)
     """Sampling temperature of the responses; PPO log-probs use logits / this."""
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    """Nucleus sampling threshold of the responses."""
+    top_p: float = Field(default=0.9, gt=0, le=1)
+    """Nucleus sampling threshold of the responses and of VinePPO's MC continuations (the
+    authors' configs: 0.9; the paper does not say). PPO log-probs still use the full softmax."""
     max_response_tokens: int = Field(default=1024, ge=1)
     """Longest response; a truncated response gets reward 0."""
     few_shot: int = Field(default=0, ge=0, le=16)
@@ -69,12 +72,20 @@ class PPOConfig(_Section):
     """Value-loss clip ε′ (PPO critic only)."""
     kl_coef: float = Field(default=1e-4, ge=0)
     """β of the k3 KL to π_ref added to the loss (fixed)."""
+    kl_reduction: Literal["sequence_sum", "token_mean"] = "sequence_sum"
+    """How the per-token k3 enters the loss: ``sequence_sum`` = β·Σ_t k3 per response, averaged
+    over responses (the authors' code); ``token_mean`` = β·mean of k3 over all response tokens
+    (about L× weaker for L-token responses)."""
     kl_clamp: float = Field(default=10.0, gt=0)
     """Per-token KL is clamped to [0, kl_clamp]."""
     ratio_skip: float = Field(default=10.0, gt=1)
     """Skip an optimizer step whose mean ratio π_θ/π_θk exceeds this."""
-    whiten_advantages: bool = True
-    """Normalise advantages to zero mean / unit variance over the mini-batch (all ranks)."""
+    whiten_advantages: bool | Literal["auto"] = "auto"
+    """Normalise token advantages to zero mean / unit variance over each mini-batch (all ranks
+    together) before the loss. ``auto`` = the method's own rule (`WHITEN_BY_ALGO`): on for
+    ``vine`` and ``ppo`` (the authors whiten both), off for ``grpo`` and ``rloo``, whose
+    advantages are already normalised per group (whitening again would turn the 0 of an
+    all-wrong group into a push on every token)."""
     gamma: float = Field(default=1.0, ge=0, le=1)
     """Discount of GAE (paper: 1)."""
     lam: float = Field(default=1.0, ge=0, le=1)
@@ -84,8 +95,9 @@ class PPOConfig(_Section):
 class VineConfig(_Section):
     k: int = Field(default=9, ge=1)
     """Monte Carlo continuations per step-boundary state (paper: 9; 1 still works)."""
-    mc_step_cap: int | None = Field(default=25, ge=1)
-    """Estimate values only for the first this-many steps (GSM8K: 25); null = no cap."""
+    mc_step_cap: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
+    """Estimate values only for the first this-many steps; null = no cap; ``auto`` = the
+    dataset's rule (`MC_STEP_CAP_BY_DATASET`: the authors cap GSM8K at 25 and MATH not at all)."""
 
 
 class EvalConfig(_Section):
@@ -95,6 +107,8 @@ class EvalConfig(_Section):
     """Evaluation sampling temperature (paper: 0.35)."""
     seeds: int = Field(default=16, ge=1)
     """Samples per problem averaged into Pass@1 (paper: 16)."""
+    top_p: float = Field(default=0.9, gt=0, le=1)
+    """Nucleus sampling threshold of validation samples (the authors' eval configs: 0.9)."""
     max_response_tokens: int = Field(default=1024, ge=1)
     """Longest evaluation response."""
     num_problems: int | None = Field(default=None, ge=1)
@@ -165,6 +179,17 @@ class DPOConfig(_Section):
         return 0.1 if dataset == "math" else 0.3
 
 
+WHITEN_BY_ALGO: dict[str, bool] = {"vine": True, "ppo": True, "grpo": False, "rloo": False}
+"""``ppo.whiten_advantages: auto`` per method (the others do not use it: True)."""
+MC_STEP_CAP_BY_DATASET: dict[str, int | None] = {"gsm8k": 25, "math": None, "arithmetic": 25}
+"""``vine.mc_step_cap: auto`` per dataset: the authors' GSM8K config caps at 25 steps, their
+MATH config has no cap; the built-in task follows GSM8K (its responses have few steps)."""
+
+
+def _section_dict(value: Any) -> dict[str, Any]:
+    return value.model_dump() if isinstance(value, BaseModel) else dict(value or {})
+
+
 class RunConfig(_Section):
     algo: Literal["vine", "ppo", "grpo", "rloo", "restem", "dpo_positive"] = "vine"
     """Method: vine (MC values), ppo (critic + GAE), grpo, rloo (the RL loop), restem
@@ -221,6 +246,24 @@ class RunConfig(_Section):
         """Micro-batches per optimizer step on each rank."""
         return self.ppo.mini_batch_size // (self.ppo.micro_batch_size * self.dist.world_size)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_auto(cls, data: Any) -> Any:
+        """Replace ``auto`` by the method's / dataset's value, so a loaded config holds only
+        concrete ``ppo.whiten_advantages`` and ``vine.mc_step_cap``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        algo = data.get("algo", cls.model_fields["algo"].default)
+        dataset = data.get("dataset", cls.model_fields["dataset"].default)
+        ppo, vine = _section_dict(data.get("ppo")), _section_dict(data.get("vine"))
+        if ppo.get("whiten_advantages", "auto") == "auto":
+            ppo["whiten_advantages"] = WHITEN_BY_ALGO.get(algo, True)
+        if vine.get("mc_step_cap", "auto") == "auto":
+            vine["mc_step_cap"] = MC_STEP_CAP_BY_DATASET.get(dataset, 25)
+        data["ppo"], data["vine"] = ppo, vine
+        return data
+
     @model_validator(mode="after")
     def _check_derived(self) -> RunConfig:
         eps, mb = self.episodes_per_iteration, self.ppo.mini_batch_size
@@ -258,14 +301,22 @@ PRESETS: dict[str, dict[str, Any]] = {
             "prompts_per_iteration": 8,
             "responses_per_prompt": 4,
             "max_response_tokens": 96,
+            "top_p": 1.0,  # the full distribution (the measured demo/benchmark runs used it)
         },
         "ppo": {"mini_batch_size": 16, "micro_batch_size": 8, "kl_coef": 1e-4},
         "vine": {"k": 3, "mc_step_cap": 25},
-        "eval": {"every": 5, "seeds": 1, "max_response_tokens": 96, "num_problems": 100},
+        "eval": {
+            "every": 5,
+            "seeds": 1,
+            "max_response_tokens": 96,
+            "num_problems": 100,
+            "top_p": 1.0,
+        },
         "model": {"dtype": "float32"},
     },
 }
-"""Named starting points: ``paper`` = Table 1; ``tiny-cpu`` = built-in task on 2 CPU cores."""
+"""Named starting points: ``paper`` = the defaults (Table 1 of the paper, and the authors'
+configs where the paper is silent); ``tiny-cpu`` = built-in task on 2 CPU cores."""
 
 BASELINE_PRESETS: dict[str, dict[str, Any]] = {
     "tiny-cpu-restem": {

@@ -19,7 +19,8 @@ import socket
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -45,7 +46,14 @@ def default_device(local_rank: int = 0) -> torch.device:
     return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def init_distributed(*, cpu_shm_comm: bool = False) -> DistInfo:
+COLLECTIVE_TIMEOUT_S = 4 * 3600.0
+"""How long a collective may wait: in the RL loop ranks > 0 wait in a broadcast while rank 0
+samples, grades and estimates MC values (far longer than torch's 30-minute default)."""
+
+
+def init_distributed(
+    *, cpu_shm_comm: bool = False, timeout_s: float = COLLECTIVE_TIMEOUT_S
+) -> DistInfo:
     """Start (or join) the default process group: gloo on CPU, nccl on CUDA. Idempotent."""
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
@@ -68,7 +76,9 @@ def init_distributed(*, cpu_shm_comm: bool = False) -> DistInfo:
             import deepspeed.ops
 
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        deepspeed.init_distributed(
+            dist_backend=backend, auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s)
+        )
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
 
 
@@ -97,6 +107,19 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+T = TypeVar("T")
+
+
+def broadcast_from_main(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (any picklable object; other ranks pass anything, e.g.
+    None). Alone, ``obj`` itself. Used to do queue/grader work once and share the result."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]  # type: ignore[return-value]
 
 
 def gathered_params(model: nn.Module, zero_stage: int) -> AbstractContextManager[Any]:

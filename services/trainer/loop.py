@@ -28,7 +28,8 @@ import torch
 from services.trainer.algos.advantages import AdvantageInputs, compute_advantages
 from services.trainer.algos.states import num_steps_tensor, plan_states, scatter_state_values
 from services.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from services.trainer.config import RunConfig
+from services.trainer.config import RunConfig, merge_dicts
+from services.trainer.distributed import broadcast_from_main
 from services.trainer.episodes import Batch, Episode, build_episodes, collate
 from services.trainer.evaluate import validation_metrics
 from services.trainer.jobs import JobOptions, run_generate_jobs, run_value_jobs, wait_for_replicas
@@ -87,6 +88,11 @@ class RLTrainer:
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.info = init_distributed()
+        if cfg.dist.world_size != self.info.world_size:  # the launcher's world size rules
+            cfg = RunConfig.model_validate(
+                merge_dicts(cfg.model_dump(), {"dist": {"world_size": self.info.world_size}})
+            )
+            self.cfg = cfg
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model.policy)
@@ -244,24 +250,31 @@ class RLTrainer:
         seed = cfg.seed * 100_003 + self.iteration
         examples = [self.train[i] for i in self.data.take(cfg.rollout.prompts_per_iteration)]
         prompts = [self.prompt(x) for x in examples]
-        # 1) sample n responses per prompt from v_N
-        t0 = time.monotonic()
-        outs = await run_generate_jobs(
-            self.services.queue, prompts, version=self.version,
-            n=cfg.rollout.responses_per_prompt, sampling=self.sampling(seed),
-            options=self.job_options("sample"),
-        )  # fmt: skip
-        t_gen = time.monotonic() - t0
-        # 2) grade, 3) segment into steps
-        items = [GradeItem(response=c.text, gold=ex.answer, dataset=ex.dataset)
-                 for ex, per in zip(examples, outs, strict=True) for c in per]  # fmt: skip
-        verdicts = await self.services.grader.grade(items)
+        # 1) sample n responses per prompt from v_N, 2) grade: once, on rank 0
+        rank0_sample: Any = None
+        if self.info.rank == 0:
+            t0 = time.monotonic()
+            outs = await run_generate_jobs(
+                self.services.queue, prompts, version=self.version,
+                n=cfg.rollout.responses_per_prompt, sampling=self.sampling(seed),
+                options=self.job_options("sample"),
+            )  # fmt: skip
+            t_gen = time.monotonic() - t0
+            items = [GradeItem(response=c.text, gold=ex.answer, dataset=ex.dataset)
+                     for ex, per in zip(examples, outs, strict=True) for c in per]  # fmt: skip
+            rank0_sample = (outs, await self.services.grader.grade(items), t_gen)
+        outs, verdicts, t_gen = await asyncio.to_thread(broadcast_from_main, rank0_sample)
+        # 3) segment into steps (every rank: deterministic)
         rules = "math" if cfg.dataset == "math" else "gsm8k"
         episodes = build_episodes(examples, prompts, outs, verdicts, self.tokenizer, rules)
         batch = collate(episodes, int(self.tokenizer.pad_token_id))
-        # 4) advantages
+        # 4) advantages: on rank 0 (MC values go through the queue), or on every rank when
+        # they need the critic (its forward is a collective under ZeRO-3); rank 0's are used
         t0 = time.monotonic()
-        adv, extra, value_stats = await self.advantages(episodes, batch, seed)
+        result = None
+        if self.info.rank == 0 or cfg.algo == "ppo":
+            result = await self.advantages(episodes, batch, seed)
+        adv, extra, value_stats = await asyncio.to_thread(broadcast_from_main, result)
         t_values = time.monotonic() - t0
         # 5) PPO epochs (in a thread so replicas' heartbeats keep beating)
         t0 = time.monotonic()
@@ -347,4 +360,4 @@ class RLTrainer:
                               ref_logprobs=ref, old_values=extra.get("old_values"),
                               returns=extra.get("returns"))  # fmt: skip
         return ppo_epochs(self.policy, self.critic, inputs, cfg.ppo, t, self.gen,
-                          distributed=self.info.world_size > 1)  # fmt: skip
+                          rank=self.info.rank, world_size=self.info.world_size)  # fmt: skip

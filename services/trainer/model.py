@@ -136,6 +136,14 @@ def load_policy(
     return disable_dropout(model).to(device)
 
 
+def init_value_head(head: nn.Linear) -> nn.Linear:
+    """The authors' value-head init: weight ~ N(0, 1/(H+1)) (std 1/√(H+1), H = hidden size),
+    bias 0, so the initial V(s) has a spread about the RMS of the last hidden state."""
+    nn.init.normal_(head.weight, std=(head.in_features + 1) ** -0.5)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class Critic(nn.Module):
     """PPO value network: the LM's transformer body + a scalar head on each position."""
 
@@ -143,8 +151,7 @@ class Critic(nn.Module):
         super().__init__()
         self.backbone = disable_dropout(backbone)
         self.value_head = nn.Linear(hidden_size, 1)
-        nn.init.normal_(self.value_head.weight, std=1.0 / (hidden_size + 1))
-        nn.init.zeros_(self.value_head.bias)
+        init_value_head(self.value_head)
 
     @classmethod
     def from_pretrained(cls, model_dir: Path | str, dtype: torch.dtype = torch.float32) -> Critic:

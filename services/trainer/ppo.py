@@ -61,6 +61,45 @@ class UpdateInputs:
     returns: Tensor | None = None  # (B, L-1) value targets (ppo)
 
 
+def minibatch_advantages(
+    advantages: Tensor, mask: Tensor, whiten_advantages: bool, distributed: bool = False
+) -> Tensor:
+    """The advantages one mini-batch trains on: (b, T) -> (b, T).
+
+    Whitened, (A − mean) / std over the masked tokens of the whole mini-batch (all ranks'
+    shares together when ``distributed``), if ``whiten_advantages``; else unchanged. The
+    authors whiten VinePPO's and PPO's advantages this way (mean shift included, over the
+    per-step global batch = one mini-batch in their paper configs).
+    """
+    if whiten_advantages:
+        return whiten(advantages, mask, distributed=distributed)
+    return advantages
+
+
+def rank_rows(minibatch: Tensor, rank: int, world_size: int) -> Tensor:
+    """This rank's contiguous 1/W share of a mini-batch's episode indices.
+
+    With ``mini_batch_size`` a multiple of micro × W, the W shares split into exactly the
+    micro-batches one process would use, so W ranks take the same optimizer step as one.
+    """
+    if len(minibatch) % world_size:
+        raise ValueError(f"a mini-batch of {len(minibatch)} does not split over {world_size} ranks")
+    per = len(minibatch) // world_size
+    return minibatch[rank * per : (rank + 1) * per]
+
+
+def _check_accumulation(engine: Any, cfg: PPOConfig, world_size: int) -> None:
+    """DeepSpeed must step once per mini-batch: accumulation = mini / (micro × W)."""
+    want = cfg.mini_batch_size // (cfg.micro_batch_size * world_size)
+    got = getattr(engine, "gradient_accumulation_steps", None)
+    if callable(got) and int(got()) != want:
+        raise ValueError(
+            f"the engine accumulates {int(got())} micro-batches per optimizer step but a "
+            f"mini-batch of {cfg.mini_batch_size} over {world_size} ranks × micro-batch "
+            f"{cfg.micro_batch_size} needs {want}"
+        )
+
+
 def ppo_epochs(
     policy: Any,
     critic: Any | None,
@@ -68,31 +107,59 @@ def ppo_epochs(
     cfg: PPOConfig,
     temperature: float,
     generator: torch.Generator,
-    distributed: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, float]:
-    """E epochs of shuffled minibatch updates; returns the mean of every logged statistic.
+    """E epochs of shuffled minibatch updates; returns the mean of every logged statistic
+    (over all micro-batches of all ranks).
 
-    1) shuffle episodes; 2) per minibatch, whiten advantages (over all ranks when
-    distributed); 3) per micro-batch, clipped policy loss + β·KL, backward, DeepSpeed step
-    (it steps the optimizer at each accumulation boundary); 4) the same for the critic.
+    Every rank holds the whole batch and draws the same permutations from ``generator``.
+    1) shuffle episodes; 2) per mini-batch, take this rank's 1/W share (`rank_rows`) and
+    whiten advantages over the whole mini-batch (`minibatch_advantages`, all ranks); 3) per
+    micro-batch, clipped policy loss + β·KL, backward, DeepSpeed step (the optimizer steps
+    once per mini-batch: gradients are averaged over accumulation and ranks); 4) the same
+    for the critic.
     """
+    if cfg.whiten_advantages == "auto":
+        raise ValueError("ppo.whiten_advantages is 'auto': load the config through RunConfig")
     b = inputs.batch
+    if b.size % cfg.mini_batch_size or cfg.mini_batch_size % (cfg.micro_batch_size * world_size):
+        raise ValueError(
+            f"{b.size} episodes must split into mini-batches of {cfg.mini_batch_size}, each "
+            f"a multiple of micro-batch {cfg.micro_batch_size} × {world_size} ranks"
+        )
+    for engine in (policy, critic):
+        if engine is not None:
+            _check_accumulation(engine, cfg, world_size)
     logs: dict[str, list[float]] = defaultdict(list)
     for _ in range(cfg.epochs):
         perm = torch.randperm(b.size, generator=generator)
         for mb in _micro(perm, cfg.mini_batch_size):
-            adv = inputs.advantages[mb]
-            mask = b.response_mask[mb]
-            if cfg.whiten_advantages:
-                adv = whiten(adv, mask, distributed=distributed)
-            for part in _micro(torch.arange(len(mb)), cfg.micro_batch_size):
-                rows = mb[part]
+            mine = rank_rows(mb, rank, world_size)
+            adv = minibatch_advantages(
+                inputs.advantages[mine], b.response_mask[mine], bool(cfg.whiten_advantages),
+                distributed=world_size > 1,
+            )  # fmt: skip
+            for part in _micro(torch.arange(len(mine)), cfg.micro_batch_size):
+                rows = mine[part]
                 stats = _policy_step(policy, b, rows, adv[part], inputs, cfg, temperature)
                 if critic is not None:
                     stats.update(_critic_step(critic, b, rows, inputs, cfg))
                 for key, value in stats.items():
                     logs[key].append(value)
-    return {key: sum(v) / len(v) for key, v in logs.items()}
+    return _mean_over_ranks({key: sum(v) / len(v) for key, v in logs.items()}, world_size)
+
+
+def _mean_over_ranks(stats: dict[str, float], world_size: int) -> dict[str, float]:
+    """Average every statistic over ranks (each rank ran the same number of micro-batches)."""
+    if world_size == 1 or not stats:
+        return stats
+    import torch.distributed as dist
+
+    keys = sorted(stats)
+    values = torch.tensor([stats[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return {k: float(v) / world_size for k, v in zip(keys, values, strict=True)}
 
 
 def _policy_step(
@@ -106,6 +173,7 @@ def _policy_step(
     loss, stats = policy_loss(
         logp, inputs.old_logprobs[rows], adv, mask, cfg.clip_eps,
         ref_logprobs=inputs.ref_logprobs[rows], kl_coef=cfg.kl_coef, kl_clamp=cfg.kl_clamp,
+        kl_reduction=cfg.kl_reduction,
     )  # fmt: skip
     skipped = should_skip_update(stats["ratio/mean"], cfg.ratio_skip)
     if skipped:  # the authors skip an update whose mean ratio explodes
@@ -116,7 +184,7 @@ def _policy_step(
         entropy = masked_mean(entropy_from_logits(logits.detach(), temperature), mask)
     result = {k: float(v) for k, v in stats.items()}
     result.update(
-        {"loss/policy": float(loss.detach()), "entropy": float(entropy), "skipped": skipped}
+        {"loss/policy": float(loss.detach()), "entropy": float(entropy), "skipped": float(skipped)}
     )
     return result
 

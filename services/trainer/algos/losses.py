@@ -7,9 +7,15 @@ like the metrics (``clipfrac``, ``ratio/mean``, ...).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+KLReduction = Literal["sequence_sum", "token_mean"]
+"""How the per-token k3 KL enters the loss: ``sequence_sum`` = Σ_t over each response,
+averaged over responses (the authors' code); ``token_mean`` = mean over all masked tokens."""
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
@@ -49,6 +55,19 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor, clamp: float = 10.0) -> Tensor
     return kl.clamp(0.0, clamp)
 
 
+def kl_penalty(kl: Tensor, mask: Tensor, reduction: KLReduction = "sequence_sum") -> Tensor:
+    """The KL term of the loss (before β) from per-token KL estimates: (B, T) -> scalar.
+
+    ``sequence_sum``: (1/B)·Σ_b Σ_t kl_bt·m_bt, the authors' form (a response's KL is the sum
+    over its tokens); ``token_mean``: Σ kl·m / Σ m, about L× smaller for L-token responses.
+    """
+    if reduction == "sequence_sum":
+        return masked_sum(kl, mask, dim=1).mean()
+    if reduction == "token_mean":
+        return masked_mean(kl, mask)
+    raise ValueError(f"unknown kl_reduction {reduction!r}; known: sequence_sum, token_mean")
+
+
 def policy_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -58,23 +77,25 @@ def policy_loss(
     ref_logprobs: Tensor | None = None,
     kl_coef: float = 0.0,
     kl_clamp: float = 10.0,
+    kl_reduction: KLReduction = "sequence_sum",
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO clipped objective + β·KL̂ (DESIGN.md §1), masked mean over tokens.
+    """PPO clipped objective (masked token mean) + β·KL term (DESIGN.md §1); inputs (B, T).
 
-    L = max(−A·r, −A·clip(r, 1−ε, 1+ε)) + β·k3(π_θ, π_ref), r = π_θ/π_θk; all inputs (B, T).
+    L = mean_t max(−A·r, −A·clip(r, 1−ε, 1+ε)) + β·`kl_penalty`(k3(π_θ, π_ref), kl_reduction),
+    r = π_θ/π_θk. Stats: ``kl/ref`` (k3 per token), ``kl/ref_seq`` (Σ_t k3 per response).
     """
     log_ratio = logprobs - old_logprobs  # (B, T)
     ratio = torch.exp(log_ratio)
     pg_loss1 = -advantages * ratio
     pg_loss2 = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
     pg_loss = torch.max(pg_loss1, pg_loss2)  # (B, T)
-    loss_tok = pg_loss
+    loss = masked_mean(pg_loss, mask)
     stats: dict[str, Tensor] = {}
     if ref_logprobs is not None:
         kl = kl_k3(logprobs, ref_logprobs, kl_clamp)  # (B, T)
-        loss_tok = pg_loss + kl_coef * kl
+        loss = loss + kl_coef * kl_penalty(kl, mask, kl_reduction)
         stats["kl/ref"] = masked_mean(kl, mask).detach()
-    loss = masked_mean(loss_tok, mask)
+        stats["kl/ref_seq"] = masked_sum(kl, mask, dim=1).mean().detach()
     with torch.no_grad():
         stats["loss/pg"] = masked_mean(pg_loss, mask)
         stats["clipfrac"] = masked_mean((pg_loss2 > pg_loss1).float(), mask)

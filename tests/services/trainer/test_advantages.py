@@ -192,3 +192,62 @@ def test_grpo_rloo_match_loop_over_groups() -> None:
         expect_rloo = r - statistics.mean(others) if others else 0.0
         assert grpo_adv[i, 0].item() == pytest.approx((r - statistics.mean(grp)) / (std + 1e-6))
         assert rloo_adv[i, 1].item() == pytest.approx(expect_rloo, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- whitening
+# What a mini-batch trains on (`ppo.minibatch_advantages`), per method's default
+# (`config.WHITEN_BY_ALGO`): vine/ppo whitened (mean shift included, as the authors), grpo/rloo
+# as their definitions give them.
+def _two_groups() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Group 0 all wrong (2 responses of 2 tokens); group 1: right (1 token), wrong (3)."""
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.float32)
+    return torch.tensor([0.0, 0.0, 1.0, 0.0]), torch.tensor([0, 0, 1, 1]), mask
+
+
+@pytest.mark.parametrize("algo", ["grpo", "rloo"])
+def test_all_wrong_group_gets_zero_push_by_default(algo: str) -> None:
+    from services.trainer.config import RunConfig
+    from services.trainer.ppo import minibatch_advantages
+
+    rewards, groups, mask = _two_groups()
+    adv, _ = compute_advantages(algo, AdvantageInputs(rewards, mask, group_ids=groups))
+    whiten = RunConfig(algo=algo).ppo.whiten_advantages
+    assert whiten is False
+    used = minibatch_advantages(adv, mask, whiten)
+    assert torch.equal(used[:2], torch.zeros(2, 3))  # all-wrong group: no push at all
+    # group 1: GRPO ±1/√2 (unbiased std of {1, 0}), RLOO ±1, on every token of the response
+    a = 1 / math.sqrt(2) if algo == "grpo" else 1.0
+    torch.testing.assert_close(used[2:], torch.tensor([[a, 0, 0], [-a, -a, -a]]), atol=1e-5,
+                               rtol=0)  # fmt: skip
+    # whitening again (the old behaviour) would push the all-wrong group's 4 tokens:
+    # token mean (a − 3a)/8 = −a/4 ≠ 0, so they get +a/4 / std > 0
+    again = minibatch_advantages(adv, mask, True)
+    values = [a, -a, -a, -a, 0.0, 0.0, 0.0, 0.0]
+    mu, sd = statistics.mean(values), statistics.stdev(values)
+    assert again[0, 0].item() == pytest.approx((0 - mu) / sd, rel=1e-5) and mu == -a / 4
+
+
+def test_vine_advantages_whitened_with_mean_shift_by_hand() -> None:
+    from services.trainer.config import RunConfig
+    from services.trainer.ppo import minibatch_advantages
+
+    # vine token advantages: mostly 0; the authors whiten them with the mean shift
+    adv = torch.tensor([[0.0, 0.0, 0.6], [0.0, 0.2, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    assert RunConfig(algo="vine").ppo.whiten_advantages is True
+    assert RunConfig(algo="ppo").ppo.whiten_advantages is True
+    used = minibatch_advantages(adv, mask, True)
+    values = [0.0, 0.0, 0.6, 0.0, 0.2]  # mean 0.16, unbiased std 0.26077
+    mu, sd = statistics.mean(values), statistics.stdev(values)
+    want = torch.tensor([[-mu / sd, -mu / sd, (0.6 - mu) / sd], [-mu / sd, (0.2 - mu) / sd, 0]])
+    torch.testing.assert_close(used, want, atol=1e-5, rtol=0)  # zero steps become −0.61
+    assert torch.equal(minibatch_advantages(adv, mask, False), adv)
+
+
+def test_ppo_epochs_refuses_unresolved_whitening() -> None:
+    from services.trainer.config import PPOConfig
+    from services.trainer.ppo import UpdateInputs, ppo_epochs
+
+    with pytest.raises(ValueError, match="RunConfig"):
+        ppo_epochs(None, None, UpdateInputs(None, None, None, None), PPOConfig(), 1.0,  # type: ignore[arg-type]
+                   torch.Generator())  # fmt: skip

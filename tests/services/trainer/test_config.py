@@ -33,6 +33,30 @@ def test_defaults_are_table_1() -> None:
     assert c.steps_per_iteration == 2 * 512 // 64
 
 
+def test_paper_preset_follows_the_authors_configs_where_the_paper_is_silent() -> None:
+    c = load_config(preset="paper")
+    assert c == RunConfig()  # the defaults are the paper preset
+    assert (c.rollout.top_p, c.eval.top_p) == (0.9, 0.9)  # their sampling and eval configs
+    assert c.ppo.kl_reduction == "sequence_sum"  # β·Σ_t k3 per response, mean over responses
+    # MC step cap: 25 on GSM8K (max_step_for_value_estimation), none on MATH
+    assert c.dataset == "gsm8k" and c.vine.mc_step_cap == 25
+    assert RunConfig(dataset="math").vine.mc_step_cap is None
+    assert load_config(preset="paper", overrides=["dataset=math"]).vine.mc_step_cap is None
+    assert RunConfig(dataset="math", vine={"mc_step_cap": 40}).vine.mc_step_cap == 40
+    assert RunConfig(vine={"mc_step_cap": None}).vine.mc_step_cap is None  # explicit: no cap
+    with pytest.raises(ValidationError, match="mc_step_cap"):
+        RunConfig(vine={"mc_step_cap": 0})
+    # whitening per method: the authors whiten vine/ppo; grpo/rloo are normalised by the group
+    whiten = {a: RunConfig(algo=a).ppo.whiten_advantages for a in ("vine", "ppo", "grpo", "rloo")}
+    assert whiten == {"vine": True, "ppo": True, "grpo": False, "rloo": False}
+    assert RunConfig(algo="grpo", ppo={"whiten_advantages": True}).ppo.whiten_advantages is True
+    # resolved values survive a dump and reload (a checkpointed config means the same run)
+    again = RunConfig.model_validate(RunConfig(dataset="math", algo="rloo").model_dump())
+    assert (again.vine.mc_step_cap, again.ppo.whiten_advantages) == (None, False)
+    tiny = load_config(preset="tiny-cpu")
+    assert (tiny.rollout.top_p, tiny.eval.top_p) == (1.0, 1.0)  # measured runs kept as they were
+
+
 def test_every_field_is_documented() -> None:
     sections = [type(v) for v in RunConfig().__dict__.values() if isinstance(v, BaseModel)]
     for model in [RunConfig, SFTConfig, *sections]:

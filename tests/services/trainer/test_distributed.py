@@ -69,3 +69,138 @@ def test_two_ranks_zero2_match_plain_torch_on_one_process() -> None:
     ref = _reference(x)
     assert not torch.equal(ref, torch.cat([p.detach().flatten() for p in _model().parameters()]))
     torch.testing.assert_close(p0, ref, rtol=1e-5, atol=1e-6)  # grads averaged, clipped, AdamW
+
+
+# ----------------------------------------------------------------------------- ppo_epochs
+# One PPO update (2 epochs × 2 mini-batches of 4 episodes, micro-batch 2) of a tiny Llama on
+# 2 ranks (each trains its own half of every mini-batch) must equal the same update in one
+# process, for PPO (policy + critic, GAE) and VinePPO (precomputed advantages), ZeRO 0, 2, 3.
+B, L, MINI, MICRO, TEMP, STAGES = 8, 12, 4, 2, 0.7, (0, 2, 3)
+
+
+def _tiny_llama():  # -> LlamaConfig
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                       tie_word_embeddings=True, pad_token_id=0, bos_token_id=1,
+                       eos_token_id=2)  # fmt: skip
+
+
+def _batch():  # -> Batch: 8 right-padded prompt+response rows, 2-token reasoning steps
+    from services.trainer.episodes import Batch
+
+    g = torch.Generator().manual_seed(7)
+    ids = torch.zeros(B, L, dtype=torch.long)
+    attn = torch.zeros(B, L, dtype=torch.long)
+    resp = torch.zeros(B, L - 1)
+    steps = torch.full((B, L - 1), -1, dtype=torch.long)
+    for row in range(B):
+        p = 3 + row % 3  # prompt 3..5 tokens, response 3..6 tokens
+        r = 3 + (row * 5) % 4
+        ids[row, : p + r] = torch.randint(3, 40, (p + r,), generator=g)
+        attn[row, : p + r] = 1
+        resp[row, p - 1 : p + r - 1] = 1.0
+        steps[row, p - 1 : p + r - 1] = torch.arange(r) // 2
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+    return Batch(ids, attn, resp, steps, rewards, torch.arange(B) // 4)
+
+
+def _update(algo: str, stage: int, rank: int, world: int) -> dict:
+    """Build the models, compute advantages, run `ppo_epochs`; the parameters afterwards."""
+    import copy
+
+    from transformers import LlamaForCausalLM, LlamaModel
+
+    from services.trainer.algos.advantages import AdvantageInputs, compute_advantages
+    from services.trainer.config import PPOConfig
+    from services.trainer.distributed import gathered_params, wrap
+    from services.trainer.model import Critic
+    from services.trainer.ppo import UpdateInputs, critic_values, policy_logprobs, ppo_epochs
+
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(_tiny_llama())
+    ref = copy.deepcopy(policy).eval()
+    with torch.no_grad():  # π_ref ≠ π_θ so the KL term has a gradient from the first step
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    critic = Critic(LlamaModel(_tiny_llama()), 16) if algo == "ppo" else None
+    common = dict(lr=1e-2, grad_clip=1.0, zero_stage=stage, total_steps=4, warmup_steps=0,
+                  micro_batch_size=MICRO, grad_accum_steps=MINI // (MICRO * world))  # fmt: skip
+    engine = wrap(policy, **common)
+    crit = wrap(critic, **common) if critic is not None else None
+    batch = _batch()
+    old = policy_logprobs(engine, batch, TEMP, MICRO)
+    ref_lp = policy_logprobs(ref, batch, TEMP, MICRO)
+    inputs = AdvantageInputs(rewards=batch.rewards, response_mask=batch.response_mask,
+                             step_ids=batch.step_ids.clamp(min=0))  # fmt: skip
+    old_values = returns = None
+    if crit is not None:
+        old_values = inputs.values = critic_values(crit, batch, MICRO)
+        adv, extra = compute_advantages("gae", inputs)
+        returns = extra["returns"]
+    else:
+        inputs.step_values = torch.rand(B, 3, generator=torch.Generator().manual_seed(3))
+        adv, _ = compute_advantages("vine", inputs)
+    cfg = PPOConfig(mini_batch_size=MINI, micro_batch_size=MICRO, epochs=2, kl_coef=0.05,
+                    whiten_advantages=True)  # fmt: skip
+    upd = UpdateInputs(batch, adv, old, ref_lp, old_values=old_values, returns=returns)
+    stats = ppo_epochs(engine, crit, upd, cfg, TEMP, torch.Generator().manual_seed(1),
+                       rank=rank, world_size=world)  # fmt: skip
+    out = {"steps": engine.global_steps, "stats": stats}
+    for name, eng in (("policy", engine), ("critic", crit)):
+        if eng is not None:
+            with gathered_params(eng.module, stage):
+                out[name] = torch.cat([p.detach().flatten().clone() for p in eng.parameters()])
+    return out
+
+
+def _update_worker(index: int, ports: tuple[int, int], out: dict) -> None:
+    """Processes 0 and 1: a 2-rank group running ZeRO 0, 2, 3; process 2: one process alone
+    (ZeRO 0), the reference. One spawn, so the slow imports happen once, in parallel."""
+    alone = index == 2
+    rank, world = (0, 1) if alone else (index, 2)
+    env = {"RANK": rank, "WORLD_SIZE": world, "LOCAL_RANK": rank,
+           "MASTER_PORT": ports[1] if alone else ports[0]}  # fmt: skip
+    os.environ.update({k: str(v) for k, v in env.items()}, MASTER_ADDR="127.0.0.1")
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    stages = (0,) if alone else STAGES
+    out[index] = {(a, s): _update(a, s, rank, world) for s in stages for a in ("ppo", "vine")}
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def updates() -> dict:
+    """index -> (algo, stage) -> result; 0 and 1 are the two ranks, 2 the lone process."""
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_update_worker, args=((free_port(), free_port()), out), nprocs=3, join=True)
+        return dict(out)
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("algo", ["ppo", "vine"])
+def test_ppo_epochs_two_ranks_equal_one_process(updates: dict, algo: str, stage: int) -> None:
+    r0, r1, ref = updates[0][(algo, stage)], updates[1][(algo, stage)], updates[2][(algo, 0)]
+    # one optimizer step per mini-batch whatever the world size: 2 epochs × 8/4 = 4
+    assert ref["steps"] == r0["steps"] == r1["steps"] == 4
+    init = _initial_policy()
+    assert (ref["policy"] - init).abs().max() > 1e-3  # the update did move the policy
+    names = ["policy", "critic"] if algo == "ppo" else ["policy"]
+    for name in names:
+        torch.testing.assert_close(r0[name], r1[name])  # ranks stay in sync
+        torch.testing.assert_close(r0[name], ref[name], rtol=1e-4, atol=2e-5)
+    for key in ("loss/policy", "kl/ref", "clipfrac", *(["loss/value"] if algo == "ppo" else [])):
+        assert r0["stats"][key] == pytest.approx(ref["stats"][key], rel=1e-4, abs=1e-6), key
+        assert r0["stats"][key] == r1["stats"][key]  # averaged over ranks
+
+
+def _initial_policy() -> torch.Tensor:
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return torch.cat([p.detach().flatten() for p in LlamaForCausalLM(_tiny_llama()).parameters()])

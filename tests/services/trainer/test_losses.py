@@ -53,20 +53,23 @@ def test_kl_k3_by_hand_and_clamped() -> None:
     assert bool((L.kl_k3(torch.randn(50), torch.randn(50)) >= 0).all())
 
 
-def _policy_loop(lp, old, adv, mask, eps, ref, beta):
-    tot, n, clipped = 0.0, 0, 0
-    for i in range(lp.numel()):
-        if not mask.flatten()[i]:
-            continue
-        r = math.exp(float(lp.flatten()[i]) - float(old.flatten()[i]))
-        a = float(adv.flatten()[i])
-        l1, l2 = -a * r, -a * min(max(r, 1 - eps), 1 + eps)
-        lr = float(ref.flatten()[i]) - float(lp.flatten()[i])
-        kl = min(max(math.exp(lr) - lr - 1, 0.0), 10.0)
-        tot += max(l1, l2) + beta * kl
-        clipped += l2 > l1
-        n += 1
-    return tot / n, clipped / n
+def _policy_loop(lp, old, adv, mask, eps, ref, beta, reduction):
+    rows, tot_pg, n, clipped = lp.shape[0], 0.0, 0, 0
+    kl_rows = [0.0] * rows
+    for b in range(rows):
+        for t in range(lp.shape[1]):
+            if not mask[b, t]:
+                continue
+            r = math.exp(float(lp[b, t]) - float(old[b, t]))
+            a = float(adv[b, t])
+            l1, l2 = -a * r, -a * min(max(r, 1 - eps), 1 + eps)
+            lr = float(ref[b, t]) - float(lp[b, t])
+            kl_rows[b] += min(max(math.exp(lr) - lr - 1, 0.0), 10.0)
+            tot_pg += max(l1, l2)
+            clipped += l2 > l1
+            n += 1
+    kl = sum(kl_rows) / rows if reduction == "sequence_sum" else sum(kl_rows) / n
+    return tot_pg / n + beta * kl, clipped / n
 
 
 def test_policy_loss_by_hand() -> None:
@@ -79,17 +82,55 @@ def test_policy_loss_by_hand() -> None:
     assert stats["ratio/mean"].item() == pytest.approx(1.0)
 
 
-def test_policy_loss_matches_loop() -> None:
+@pytest.mark.parametrize("reduction", ["sequence_sum", "token_mean"])
+def test_policy_loss_matches_loop(reduction: str) -> None:
     g = torch.Generator().manual_seed(3)
     lp = -torch.rand(4, 6, generator=g) * 3
     old = lp + torch.randn(4, 6, generator=g) * 0.3
     ref = lp + torch.randn(4, 6, generator=g) * 0.5
     adv = torch.randn(4, 6, generator=g)
     mask = (torch.rand(4, 6, generator=g) > 0.3).long()
-    loss, stats = L.policy_loss(lp, old, adv, mask, 0.2, ref_logprobs=ref, kl_coef=0.1)
-    exp_loss, exp_clip = _policy_loop(lp, old, adv, mask, 0.2, ref, 0.1)
+    loss, stats = L.policy_loss(
+        lp, old, adv, mask, 0.2, ref_logprobs=ref, kl_coef=0.1, kl_reduction=reduction
+    )
+    exp_loss, exp_clip = _policy_loop(lp, old, adv, mask, 0.2, ref, 0.1, reduction)
     assert loss.item() == pytest.approx(exp_loss, abs=1e-5)
     assert stats["clipfrac"].item() == pytest.approx(exp_clip)
+
+
+def test_kl_penalty_reductions_by_hand() -> None:
+    # rows of 3 and 1 response tokens; the masked-out 9s never count
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    # sequence_sum: mean over responses of Σ_t k3 = (0.6 + 0.4) / 2; token_mean: 1.0 / 4
+    assert L.kl_penalty(kl, mask, "sequence_sum").item() == pytest.approx(0.5)
+    assert L.kl_penalty(kl, mask, "token_mean").item() == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="known: sequence_sum, token_mean"):
+        L.kl_penalty(kl, mask, "nope")  # type: ignore[arg-type]
+
+
+def test_kl_term_of_policy_loss_by_hand_both_reductions() -> None:
+    # π_θ = 0.25, π_ref = 0.5 on every token, A = 0, r = 1: only β·KL remains.
+    # k3 = 2 − ln 2 − 1 per token; ∂k3/∂log π_θ = 1 − π_ref/π_θ = −1.
+    # Responses of 3 and 1 tokens (B = 2, 4 tokens), β = 0.1:
+    #   sequence_sum (the authors): β·(3·k3 + k3)/2 = 2β·k3, gradient β·(−1)/2 per token
+    #   token_mean:                 β·(4·k3)/4 = β·k3,      gradient β·(−1)/4 per token
+    k3, beta = 1 - math.log(2), 0.1
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    for reduction, want, grad in (("sequence_sum", 2 * beta * k3, -beta / 2),
+                                  ("token_mean", beta * k3, -beta / 4)):  # fmt: skip
+        lp = torch.full((2, 3), math.log(0.25), requires_grad=True)
+        ref = torch.full((2, 3), math.log(0.5))
+        loss, stats = L.policy_loss(
+            lp, lp.detach(), torch.zeros(2, 3), mask, ref_logprobs=ref, kl_coef=beta,
+            kl_reduction=reduction,
+        )  # fmt: skip
+        assert loss.item() == pytest.approx(want)
+        assert stats["kl/ref"].item() == pytest.approx(k3)  # per token, whatever the reduction
+        assert stats["kl/ref_seq"].item() == pytest.approx(2 * k3)  # (3 + 1)·k3 / 2 responses
+        loss.backward()
+        assert lp.grad is not None
+        torch.testing.assert_close(lp.grad, grad * mask)
 
 
 def test_policy_loss_gradient_zero_when_clipped() -> None:

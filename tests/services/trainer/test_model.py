@@ -11,6 +11,7 @@ from services.trainer.model import (
     VALUE_HEAD_FILE,
     Critic,
     build_tiny_model,
+    init_value_head,
     load_policy,
     load_tokenizer,
 )
@@ -77,6 +78,17 @@ def test_critic_values_and_save_load(tiny_dir: Path, tmp_path: Path) -> None:
     values.sum().backward()  # the head and the body both get gradients
     assert critic.value_head.weight.grad is not None
     assert any(p.grad is not None for p in critic.backbone.parameters())
+
+
+def test_value_head_initialised_as_the_authors(tiny_dir: Path) -> None:
+    # their critic: weight ~ N(0, std = 1/√(H+1)), bias 0 (not 1/(H+1), √H times smaller)
+    torch.manual_seed(0)
+    head = init_value_head(torch.nn.Linear(4095, 1))
+    assert float(head.weight.std()) == pytest.approx(1 / 64, rel=0.05)
+    assert float(head.bias.abs().max()) == 0.0
+    critic = Critic.from_pretrained(tiny_dir)  # fresh head on the 64-wide micro model
+    assert critic.value_head.in_features == 64 and float(critic.value_head.bias.abs().max()) == 0
+    assert float(critic.value_head.weight.std()) == pytest.approx(1 / 65**0.5, rel=0.3)
 
 
 def test_unknown_preset(tmp_path: Path) -> None:
