@@ -18,11 +18,20 @@ class Prefix:
 
     ``token_ids`` (when given) must be the tokenisation of ``prompt + partial`` the trainer
     used, so continuations extend exactly the tokens the policy produced.
+
+    ``max_tokens`` (when given) caps this prefix's continuations below
+    ``SamplingParams.max_tokens`` (MC states get what is left of the response budget).
+
+    ``stream`` keys the prefix's random streams: sample j draws from (seed, stream, j).
+    ``None`` means its position in the call; callers that split a batch pass the global
+    position, so samples never depend on how the batch was cut into requests.
     """
 
     prompt: str
     partial: str = ""
     token_ids: tuple[int, ...] | None = None
+    max_tokens: int | None = None
+    stream: int | None = None
 
 
 @dataclass
@@ -51,15 +60,26 @@ class Engine(Protocol):
     def model_name(self) -> str: ...
 
     async def generate(
-        self, prompts: list[str], n: int, sampling: SamplingParams
+        self, prompts: list[str], n: int, sampling: SamplingParams, *, stream_offset: int = 0
     ) -> list[list[Completion]]:
-        """``n`` completions for each prompt; result[i] belongs to prompts[i]."""
+        """``n`` completions for each prompt; result[i] belongs to prompts[i].
+
+        Sample j of prompts[i] draws from the random stream (seed, stream_offset + i, j).
+        """
         ...
 
     async def continue_from(
         self, prefixes: list[Prefix], k: int, sampling: SamplingParams
     ) -> list[list[Completion]]:
         """``k`` continuations of each prefix (identical prefixes are computed once)."""
+        ...
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids the engine conditions on for ``Prefix(text)`` (BOS included if added)."""
+        ...
+
+    def max_context(self) -> int:
+        """Most tokens (prefix + sampled) one sequence may hold."""
         ...
 
     async def load_weights(self, version: int, path: str) -> None:
@@ -84,3 +104,13 @@ class EngineInputError(ValueError):
 
 class WeightsError(ValueError):
     """A weights directory/file that cannot be loaded (not safetensors, wrong shapes, ...)."""
+
+
+def row_budget(prefix: Prefix, sampling: SamplingParams) -> int:
+    """Most tokens one continuation of ``prefix`` may sample (``EngineInputError`` if < 1)."""
+    if prefix.max_tokens is None:
+        return sampling.max_tokens
+    if prefix.max_tokens < 1:
+        raise EngineInputError(f"Prefix.max_tokens must be >= 1, got {prefix.max_tokens}",
+                               "bad_max_tokens")  # fmt: skip
+    return min(prefix.max_tokens, sampling.max_tokens)

@@ -6,11 +6,14 @@ How a call runs (``continue_from`` and ``generate`` share it):
   3) per chunk, *prefill* each distinct prefix once (left-padded batch, attention mask and
      position ids from the mask), then *fork* its KV cache to its rows by index-select;
   4) decode one token per step for all live rows; rows that finish (EOS, stop string,
-     max tokens) are dropped from the cache so later steps cost less.
+     their own max tokens: ``min(sampling.max_tokens, Prefix.max_tokens)``) are dropped
+     from the cache so later steps cost less.
 
 Every row draws its uniforms from its own ``random.Random`` seeded by
-(request seed, item index, sample index), so the same seed gives the same samples
-whatever else is in the batch. Log-probs: see ``services.rollout.engine.sampling``.
+(request seed, stream, sample index), where ``stream`` is ``Prefix.stream`` (the item's
+global position in the caller's batch) or else its index in the call; so the same seed
+gives the same samples whatever else is in the batch and however the batch was split
+into requests. Log-probs: see ``services.rollout.engine.sampling``.
 
 Blocking torch work runs in ``asyncio.to_thread`` under a lock, so the event loop stays
 free. Runs on CPU (float32 by default) and CUDA (bfloat16 by default, SDPA attention).
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from services.rollout.engine.base import EngineInputError, EngineStats, Prefix
+from services.rollout.engine.base import EngineInputError, EngineStats, Prefix, row_budget
 from services.rollout.engine.kv_cache import fork_reserved
 from services.rollout.engine.sampling import sample_next
 from services.rollout.engine.weights import load_safetensors_into
@@ -46,9 +49,15 @@ class _Row:
     item: int
     sample: int
     rng: random.Random
+    max_tokens: int
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish: str | None = None
+
+
+def _rng(seed: int, stream: int, sample: int) -> random.Random:
+    """The row's own uniform stream, keyed by (seed, stream, sample) only."""
+    return random.Random(f"{seed}/{stream}/{sample}")
 
 
 class TorchEngine:
@@ -107,10 +116,15 @@ class TorchEngine:
         """Most tokens (prompt + sampled) one sequence may hold."""
         return int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
 
+    def tokenize(self, text: str) -> list[int]:
+        """The tokenizer's ids for ``text`` (what ``encode(Prefix(text))`` continues from)."""
+        return [int(t) for t in self.tokenizer(text)["input_ids"]]
+
     async def generate(
-        self, prompts: list[str], n: int, sampling: SamplingParams
+        self, prompts: list[str], n: int, sampling: SamplingParams, *, stream_offset: int = 0
     ) -> list[list[Completion]]:
-        return await self.continue_from([Prefix(prompt=p) for p in prompts], n, sampling)
+        prefixes = [Prefix(prompt=p, stream=stream_offset + i) for i, p in enumerate(prompts)]
+        return await self.continue_from(prefixes, n, sampling)
 
     async def continue_from(
         self, prefixes: list[Prefix], k: int, sampling: SamplingParams
@@ -118,7 +132,9 @@ class TorchEngine:
         if k < 1:
             raise EngineInputError("k must be >= 1", "bad_k")
         ids = [self.encode(p) for p in prefixes]
-        return await self._run_locked(self._continue_sync, ids, k, sampling)
+        budgets = [row_budget(p, sampling) for p in prefixes]
+        streams = [i if p.stream is None else p.stream for i, p in enumerate(prefixes)]
+        return await self._run_locked(self._continue_sync, ids, k, sampling, budgets, streams)
 
     async def load_weights(self, version: int, path: str) -> None:
         def _load() -> None:
@@ -140,7 +156,7 @@ class TorchEngine:
         if prefix.token_ids is not None:
             ids = [int(t) for t in prefix.token_ids]
         else:
-            ids = list(self.tokenizer(prefix.prompt + prefix.partial)["input_ids"])
+            ids = self.tokenize(prefix.prompt + prefix.partial)
         if not ids:
             raise EngineInputError("empty prompt: nothing to condition on", "empty_prompt")
         vocab = int(self.model.get_input_embeddings().weight.shape[0])
@@ -148,14 +164,15 @@ class TorchEngine:
             raise EngineInputError(f"token id out of range [0, {vocab})", "bad_token_ids")
         return ids
 
-    def _check_lengths(self, ids: list[list[int]], max_tokens: int) -> None:
-        longest = max(len(x) for x in ids)
-        if longest + max_tokens > self.max_context():
-            raise EngineInputError(
-                f"prompt of {longest} tokens + max_tokens {max_tokens} exceeds the model's "
-                f"context of {self.max_context()} tokens; shorten the prompt or lower max_tokens",
-                "prompt_too_long",
-            )
+    def _check_lengths(self, ids: list[list[int]], budgets: list[int]) -> None:
+        for x, max_tokens in zip(ids, budgets, strict=True):
+            if len(x) + max_tokens > self.max_context():
+                raise EngineInputError(
+                    f"prompt of {len(x)} tokens + max_tokens {max_tokens} exceeds the model's "
+                    f"context of {self.max_context()} tokens; shorten the prompt or lower "
+                    "max_tokens",
+                    "prompt_too_long",
+                )
 
     async def _run_locked(self, fn, *args):  # type: ignore[no-untyped-def]
         self.waiting += 1
@@ -189,9 +206,14 @@ class TorchEngine:
 
     # -- the sampler (runs in a worker thread, under the lock) --------------------------
     def _continue_sync(
-        self, ids: list[list[int]], k: int, sampling: SamplingParams
+        self,
+        ids: list[list[int]],
+        k: int,
+        sampling: SamplingParams,
+        budgets: list[int],
+        streams: list[int],
     ) -> list[list[Completion]]:
-        self._check_lengths(ids, sampling.max_tokens)
+        self._check_lengths(ids, budgets)
         self._stats.requests += 1
         base_seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8))
         distinct: dict[tuple[int, ...], int] = {}
@@ -207,7 +229,7 @@ class TorchEngine:
             used = sorted({d for d, _, _ in chunk})
             local = {d: i for i, d in enumerate(used)}
             live = [
-                _Row(local[d], item, j, random.Random(f"{base_seed}/{item}/{j}"))
+                _Row(local[d], item, j, _rng(base_seed, streams[item], j), budgets[item])
                 for d, item, j in chunk
             ]
             self._sample_chunk([list(keys[d]) for d in used], live, sampling)
@@ -252,14 +274,16 @@ class TorchEngine:
         self, prefixes: list[list[int]], live: list[_Row], sp: SamplingParams
     ) -> None:
         cache, last_logits, mask = self._prefill(prefixes)
-        # fork: row r gets a copy of prefix live[r].prefix's KV, with room for max_tokens more
+        # fork: row r gets a copy of prefix live[r].prefix's KV, with room for the longest
+        # row budget
+        longest = max(r.max_tokens for r in live)
         fork = torch.tensor([r.prefix for r in live], device=self.device)
-        fork_reserved(cache, fork, sp.max_tokens)
+        fork_reserved(cache, fork, longest)
         logits = last_logits[fork]  # (R, V)
         mask = mask[fork]  # (R, L)
         next_pos = mask.sum(-1)  # (R,) position id of the next token
         stop_tail = max((len(s) for s in sp.stop), default=0)
-        for step in range(sp.max_tokens):
+        for _ in range(longest):
             uniforms = torch.tensor([r.rng.random() for r in live], dtype=torch.float64)
             tokens, logps = sample_next(
                 logits, sp.temperature, sp.top_p, uniforms.to(logits.device)
@@ -271,7 +295,7 @@ class TorchEngine:
                 r.logprobs.append(lp_list[i])
                 if tok_list[i] in self.eos_ids or self._hit_stop(r, sp.stop, stop_tail):
                     r.finish = "stop"
-                elif step == sp.max_tokens - 1:
+                elif len(r.tokens) >= r.max_tokens:
                     r.finish = "length"
                 else:
                     keep.append(i)

@@ -6,7 +6,9 @@ the import guard); ``vllm`` is imported only when a ``VllmEngine`` is built (ext
 
 - Prefix caching is on (``enable_prefix_caching=True``): the K continuations of a state and
   states sharing a prompt reuse cached KV blocks; one ``SamplingParams(n=K, seed=...)`` per
-  prefix asks for K samples.
+  prefix asks for K samples. The seed is derived from (request seed, ``Prefix.stream``) —
+  the prefix's global position in the caller's batch — so two jobs of one batch never share
+  a random stream, and ``max_tokens`` is the prefix's own budget (``Prefix.max_tokens``).
 - Log-probs: ``logprobs=0`` returns the sampled token's log-prob; the engine is built with
   ``logprobs_mode="processed_logprobs"`` (vLLM >= 0.10.2) so they are taken after the
   temperature, like the torch engine's log_softmax(logits / T). vLLM's processed log-probs
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.rollout.engine.base import EngineInputError, EngineStats, Prefix
+from services.rollout.engine.base import EngineInputError, EngineStats, Prefix, row_budget
 from shared.schemas import Completion, SamplingParams
 
 
@@ -41,13 +43,15 @@ def import_vllm() -> Any:
     return vllm
 
 
-def to_vllm_kwargs(sampling: SamplingParams, n: int, seed: int | None) -> dict[str, Any]:
+def to_vllm_kwargs(
+    sampling: SamplingParams, n: int, seed: int | None, max_tokens: int | None = None
+) -> dict[str, Any]:
     """Our SamplingParams -> keyword arguments of ``vllm.SamplingParams``."""
     return {
         "n": n,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
-        "max_tokens": sampling.max_tokens,
+        "max_tokens": sampling.max_tokens if max_tokens is None else max_tokens,
         "stop": list(sampling.stop) or None,
         "include_stop_str_in_output": True,
         "seed": seed,
@@ -57,8 +61,25 @@ def to_vllm_kwargs(sampling: SamplingParams, n: int, seed: int | None) -> dict[s
 
 
 def prefix_seed(seed: int | None, index: int) -> int | None:
-    """Per-prefix seed so each prefix's K samples reproduce independently of the batch."""
+    """Per-prefix seed so each prefix's K samples reproduce independently of the batch.
+
+    ``index`` is the prefix's stream (its global position in the caller's batch)."""
     return None if seed is None else (seed * 1_000_003 + index) % (2**31 - 1)
+
+
+def request_kwargs(
+    prefixes: list[Prefix], k: int, sampling: SamplingParams
+) -> list[dict[str, Any]]:
+    """``vllm.SamplingParams`` keyword arguments of each prefix: its own seed and budget."""
+    return [
+        to_vllm_kwargs(
+            sampling,
+            k,
+            prefix_seed(sampling.seed, i if p.stream is None else p.stream),
+            row_budget(p, sampling),
+        )
+        for i, p in enumerate(prefixes)
+    ]
 
 
 def _chosen_logprob(step: Any, token_id: int) -> float:
@@ -142,24 +163,26 @@ class VllmEngine:
     def max_context(self) -> int:
         return int(self.llm.llm_engine.model_config.max_model_len)
 
+    def tokenize(self, text: str) -> list[int]:
+        return [int(t) for t in self.tokenizer(text)["input_ids"]]
+
     async def generate(
-        self, prompts: list[str], n: int, sampling: SamplingParams
+        self, prompts: list[str], n: int, sampling: SamplingParams, *, stream_offset: int = 0
     ) -> list[list[Completion]]:
-        return await self.continue_from([Prefix(prompt=p) for p in prompts], n, sampling)
+        prefixes = [Prefix(prompt=p, stream=stream_offset + i) for i, p in enumerate(prompts)]
+        return await self.continue_from(prefixes, n, sampling)
 
     async def continue_from(
         self, prefixes: list[Prefix], k: int, sampling: SamplingParams
     ) -> list[list[Completion]]:
+        kwargs = request_kwargs(prefixes, k, sampling)
         inputs = []
-        for p in prefixes:
-            ids = list(p.token_ids or self.tokenizer(p.prompt + p.partial)["input_ids"])
-            if len(ids) + sampling.max_tokens > self.max_context():
+        for p, kw in zip(prefixes, kwargs, strict=True):
+            ids = list(p.token_ids or self.tokenize(p.prompt + p.partial))
+            if len(ids) + kw["max_tokens"] > self.max_context():
                 raise EngineInputError("prompt + max_tokens exceed the context", "prompt_too_long")
             inputs.append({"prompt_token_ids": ids})
-        params = [
-            self._vllm.SamplingParams(**to_vllm_kwargs(sampling, k, prefix_seed(sampling.seed, i)))
-            for i in range(len(inputs))
-        ]
+        params = [self._vllm.SamplingParams(**kw) for kw in kwargs]
         outputs = await self._locked(self.llm.generate, inputs, params, use_tqdm=False)
         result = [from_vllm_output(o) for o in outputs]
         self._stats.requests += 1

@@ -77,6 +77,46 @@ async def test_same_seed_same_samples_other_seed_differs(engine: TorchEngine) ->
     assert tokens(alone)[0] == tokens(a)[0]
 
 
+def _tokens(res):  # type: ignore[no-untyped-def]
+    return [[x.token_ids for x in per] for per in res]
+
+
+async def test_streams_are_keyed_by_global_position(engine: TorchEngine) -> None:
+    """Sample j of prompt i draws from (seed, stream_offset + i, j): a prompt sent alone at
+    its global position reproduces its samples from the whole batch."""
+    sp = SamplingParams(temperature=1.0, max_tokens=12, seed=9)
+    whole = await engine.generate(PROMPTS, 3, sp)
+    tail = await engine.generate(PROMPTS[1:], 3, sp, stream_offset=1)
+    assert _tokens(tail) == _tokens(whole)[1:]
+    by_prefix = await engine.continue_from([Prefix(PROMPTS[2], stream=2)], 3, sp)
+    assert _tokens(by_prefix) == _tokens(whole)[2:]
+    assert _tokens(await engine.generate(PROMPTS[1:], 3, sp)) != _tokens(tail)  # offset 0
+
+
+async def test_prefix_max_tokens_caps_only_its_own_rows(engine: TorchEngine) -> None:
+    sp = SamplingParams(temperature=1.0, max_tokens=10, seed=4)
+    free = await engine.continue_from([Prefix(PROMPTS[0]), Prefix(PROMPTS[1])], 4, sp)
+    capped = await engine.continue_from(
+        [Prefix(PROMPTS[0], max_tokens=3), Prefix(PROMPTS[1], max_tokens=50)], 4, sp
+    )
+    for f, c in zip(free[0], capped[0], strict=True):
+        assert c.token_ids == f.token_ids[:3]  # the same stream, cut at its own budget
+        assert c.finish_reason == ("length" if len(f.token_ids) > 3 else f.finish_reason)
+    assert _tokens(capped)[1] == _tokens(free)[1]  # never above sampling.max_tokens
+    assert all(len(c.token_ids) <= 10 for c in capped[1])
+    with pytest.raises(EngineInputError, match="max_tokens"):
+        await engine.continue_from([Prefix(PROMPTS[0], max_tokens=0)], 1, sp)
+    # a prefix whose own budget fits the context is served though sampling.max_tokens would not
+    long_prompt = "Tom " * 60
+    room = engine.max_context() - len(engine.encode(Prefix(long_prompt)))
+    assert 0 < room < 200
+    big = SamplingParams(temperature=1.0, max_tokens=200, seed=4)
+    with pytest.raises(EngineInputError, match="exceeds"):
+        await engine.continue_from([Prefix(long_prompt)], 1, big)
+    (per,) = await engine.continue_from([Prefix(long_prompt, max_tokens=room)], 1, big)
+    assert len(per[0].token_ids) <= room
+
+
 async def test_token_ids_prefix_is_continued_exactly(engine: TorchEngine) -> None:
     ids = engine.tokenizer("Question: Tom")["input_ids"] + [7, 8, 9]  # not a re-tokenisation
     sp = SamplingParams(temperature=0.0, max_tokens=6)

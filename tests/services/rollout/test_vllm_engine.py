@@ -11,8 +11,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from services.rollout.engine import make_engine
-from services.rollout.engine.vllm_engine import from_vllm_output, prefix_seed, to_vllm_kwargs
+from services.rollout.engine import Prefix, make_engine
+from services.rollout.engine.vllm_engine import (
+    from_vllm_output,
+    prefix_seed,
+    request_kwargs,
+    to_vllm_kwargs,
+)
 from shared.schemas import SamplingParams
 
 
@@ -46,6 +51,18 @@ def test_sampling_params_to_vllm_kwargs() -> None:
     assert to_vllm_kwargs(SamplingParams(), 1, None)["stop"] is None
     assert prefix_seed(None, 3) is None
     assert len({prefix_seed(5, i) for i in range(100)}) == 100  # distinct per prefix
+
+
+def test_request_kwargs_seed_by_stream_and_cap_by_prefix_budget() -> None:
+    sp = SamplingParams(temperature=1.0, max_tokens=64, seed=5)
+    prefixes = [Prefix("a", stream=16), Prefix("b", max_tokens=10), Prefix("c", max_tokens=99)]
+    kws = request_kwargs(prefixes, 4, sp)
+    # a prefix's seed comes from its global stream (default: its position in the call)
+    assert [kw["seed"] for kw in kws] == [prefix_seed(5, 16), prefix_seed(5, 1), prefix_seed(5, 2)]
+    assert [kw["max_tokens"] for kw in kws] == [64, 10, 64]  # own budget, never above the request
+    assert {kw["n"] for kw in kws} == {4}
+    unseeded = sp.model_copy(update={"seed": None})
+    assert request_kwargs([Prefix("a", stream=16)], 4, unseeded)[0]["seed"] is None
 
 
 def test_fake_vllm_output_conversion() -> None:
