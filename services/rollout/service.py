@@ -95,15 +95,20 @@ class RolloutService:
         self._check_batch(len(req.prompts), req.n, "n")
         self.requests.labels("generate").inc()
         version = self.engine.version
-        outputs = await self._engine_call(self.engine.generate(req.prompts, req.n, req.sampling))
+        outputs = await self._engine_call(
+            self.engine.generate(req.prompts, req.n, req.sampling, stream_offset=req.stream_offset)
+        )
         return GenerateResult(outputs=outputs, policy_version=version)
 
     async def value(self, req: ValueRequest) -> ValueResult:
         self._check_batch(len(req.items), req.k, "k")
         self.requests.labels("value").inc()
         version = self.engine.version
+        offset = req.stream_offset
         values = await self._engine_call(
-            estimate_values(self.engine, self.grader, req.items, req.k, req.sampling)
+            estimate_values(
+                self.engine, self.grader, req.items, req.k, req.sampling, stream_offset=offset
+            )
         )
         return ValueResult(values=values, policy_version=version)
 

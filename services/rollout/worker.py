@@ -184,13 +184,17 @@ class RolloutWorker:
             from services.rollout.values import estimate_values
 
             req = job.value
-            values = await estimate_values(self.engine, self.grader, req.items, req.k, req.sampling)
+            values = await estimate_values(
+                self.engine, self.grader, req.items, req.k, req.sampling,
+                stream_offset=req.stream_offset,
+            )  # fmt: skip
             value = ValueResult(values=values, policy_version=version)
             return JobResult(job_id=job.job_id, policy_version=version, worker_id=rid, ok=True,
                              value=value, elapsed_s=time.perf_counter() - t0)  # fmt: skip
         assert job.generate is not None
         gen = job.generate
-        outputs = await self.engine.generate(gen.prompts, gen.n, gen.sampling)
+        outputs = await self.engine.generate(gen.prompts, gen.n, gen.sampling,
+                                             stream_offset=gen.stream_offset)  # fmt: skip
         result = GenerateResult(outputs=outputs, policy_version=version)
         return JobResult(job_id=job.job_id, policy_version=version, worker_id=rid, ok=True,
                          generate=result, elapsed_s=time.perf_counter() - t0)  # fmt: skip

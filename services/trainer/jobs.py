@@ -3,12 +3,16 @@
     results = await run_value_jobs(queue, items, version=3, k=9, sampling=sp, job_size=8)
     # results[i] is the ValueEstimate of items[i], served by policy version 3
 
-Each chunk of ``job_size`` items becomes one job. Attempt ``a`` of chunk ``c`` has the
-job id ``<batch>-c<c>-a<a>``: a worker stores at most one result per job id (first wins), so
-a reclaimed job never yields two results, and the client takes exactly one result per chunk
-(the first ``ok`` one among its attempts). A chunk whose attempt failed (``ok=False``) or
-timed out is resubmitted with ``attempt+1`` — the timed-out attempt stays valid and wins if
-it finishes first — up to ``max_attempts``; then :class:`JobsFailed` is raised.
+Each chunk of ``job_size`` items becomes one job, carrying ``stream_offset`` = the position
+of its first item in the batch: every sample's random stream is keyed by its global
+position, so chunks never share a stream and ``job_size`` changes no sample.
+
+Attempt ``a`` of chunk ``c`` has the job id ``<batch>-c<c>-a<a>``: a worker stores at most
+one result per job id (first wins), so a reclaimed job never yields two results, and the
+client takes exactly one result per chunk (the first ``ok`` one among its attempts). A chunk
+whose attempt failed (``ok=False``) or timed out is resubmitted with ``attempt+1`` — the
+timed-out attempt stays valid and wins if it finishes first — up to ``max_attempts``; then
+:class:`JobsFailed` is raised.
 """
 
 from __future__ import annotations
@@ -137,7 +141,8 @@ async def run_value_jobs(
     spans = _chunks(len(items), options.job_size)
     jobs = [
         Job(kind="value", policy_version=version,
-            value=ValueRequest(items=[items[i] for i in r], k=k, sampling=sampling))
+            value=ValueRequest(items=[items[i] for i in r], k=k, sampling=sampling,
+                               stream_offset=r.start))
         for r in spans
     ]  # fmt: skip
     results = await run_jobs(queue, jobs, options)
@@ -163,7 +168,8 @@ async def run_generate_jobs(
     spans = _chunks(len(prompts), options.job_size)
     jobs = [
         Job(kind="generate", policy_version=version,
-            generate=GenerateRequest(prompts=[prompts[i] for i in r], n=n, sampling=sampling))
+            generate=GenerateRequest(prompts=[prompts[i] for i in r], n=n, sampling=sampling,
+                                     stream_offset=r.start))
         for r in spans
     ]  # fmt: skip
     results = await run_jobs(queue, jobs, options)

@@ -11,6 +11,17 @@ from shared.schemas.grade import MAX_TEXT_CHARS, VerdictStatus
 
 FinishReason = Literal["stop", "length"]
 MAX_BATCH = 4096
+MAX_STREAM = 2**40
+
+ReturnStatus = Literal[VerdictStatus, "truncated"]
+"""A continuation's outcome: the grader's verdict, or ``truncated`` (cut at its token limit,
+or no room to continue at all: return 0, not graded — exactly like a truncated episode)."""
+
+_STREAM_OFFSET_DOC = (
+    "Position of the first item in the caller's whole batch. Sample j of item i draws from "
+    "the random stream (seed, stream_offset + i, j), so splitting a batch into jobs changes "
+    "no sample and no two jobs of one batch share a stream."
+)
 
 
 class SamplingParams(Message):
@@ -36,6 +47,7 @@ class GenerateRequest(Message):
     prompts: list[str] = Field(min_length=1, max_length=MAX_BATCH)
     n: int = Field(default=1, ge=1, le=256, description="Completions per prompt.")
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    stream_offset: int = Field(default=0, ge=0, le=MAX_STREAM, description=_STREAM_OFFSET_DOC)
 
 
 class GenerateResult(Message):
@@ -55,17 +67,29 @@ class ValueItem(Message):
 
 
 class ValueRequest(Message):
+    """MC values of ``items``. ``sampling.max_tokens`` is the **response** budget: a state's
+    continuations get what its partial response left of it, and no more than fits in the
+    model's context after prompt + partial."""
+
     items: list[ValueItem] = Field(min_length=1, max_length=MAX_BATCH)
     k: int = Field(default=9, ge=1, le=256, description="Monte Carlo continuations per state.")
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    stream_offset: int = Field(default=0, ge=0, le=MAX_STREAM, description=_STREAM_OFFSET_DOC)
 
 
 class ValueEstimate(Message):
     value: float = Field(ge=0.0, le=1.0, description="Mean return of the k continuations.")
-    returns: list[float] = Field(description="Return of each continuation (one if terminal).")
-    verdicts: list[VerdictStatus]
+    returns: list[float] = Field(
+        description="Return of each continuation (one if terminal or out of budget)."
+    )
+    verdicts: list[ReturnStatus]
     num_tokens: int = Field(ge=0, description="Tokens sampled for this state.")
     terminal: bool = Field(default=False, description="State already final: graded directly.")
+    out_of_budget: bool = Field(
+        default=False,
+        description="No token left to continue (response budget or context used up): "
+        "value 0, nothing sampled, like a truncated episode.",
+    )
 
 
 class ValueResult(Message):

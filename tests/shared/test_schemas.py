@@ -17,6 +17,11 @@ EXAMPLES: list[BaseModel] = [
         policy_version=3,
     ),
     S.ValueRequest(items=[S.ValueItem(prompt="Q", partial_response="a\n", gold="4")], k=9),
+    S.GenerateRequest(prompts=["Q"], stream_offset=16),
+    S.ValueRequest(items=[S.ValueItem(prompt="Q", gold="4")], stream_offset=32),
+    S.ValueEstimate(
+        value=0.0, returns=[0.0], verdicts=["truncated"], num_tokens=0, out_of_budget=True
+    ),
     S.ValueResult(
         values=[
             S.ValueEstimate(
@@ -71,6 +76,8 @@ def test_ids_are_generated_and_unique() -> None:
         (S.GenerateRequest, {"prompts": ["a"], "extra": 1}),  # unknown field
         (S.WeightsRequest, {"version": 1, "path": "p", "schema_version": 2}),  # future schema
         (S.Job, {"kind": "value", "policy_version": 0}),  # payload missing
+        (S.GenerateRequest, {"prompts": ["a"], "stream_offset": -1}),  # negative offset
+        (S.ValueEstimate, {"value": 0, "returns": [0], "verdicts": ["cut"], "num_tokens": 0}),
     ],
 )
 def test_edge_rejects(model: type[BaseModel], data: dict[str, object]) -> None:

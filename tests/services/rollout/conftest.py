@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.services.rollout.tiny import make_tiny_model_dir, train_tiny_model_dir
+from tests.services.rollout.tiny import (
+    EOS,
+    make_fixed_next_token_model_dir,
+    make_tiny_model_dir,
+    train_tiny_model_dir,
+)
 from tests.support import serve_app
 
 PROMPT = "Question: Tom has 3 apples and buys 4 more. How many apples?\nAnswer:\n"
@@ -32,6 +37,22 @@ def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama trained to answer PROMPT with SOLUTION (always '#### 7')."""
     return train_tiny_model_dir(
         tmp_path_factory.mktemp("trained") / "model", [PROMPT + SOLUTION], steps=150
+    )
+
+
+@pytest.fixture(scope="session")
+def sevens_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Writes '7' forever, whatever the prompt: every continuation runs to its budget."""
+    path = tmp_path_factory.mktemp("sevens") / "model"
+    return make_fixed_next_token_model_dir(path, vocab_texts=VOCAB_TEXTS, probs={"7": 1.0})
+
+
+@pytest.fixture(scope="session")
+def coin_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Next token is '7' or EOS with probability 1/2 each, whatever the prompt."""
+    path = tmp_path_factory.mktemp("coin") / "model"
+    return make_fixed_next_token_model_dir(
+        path, vocab_texts=VOCAB_TEXTS, probs={"7": 0.5, EOS: 0.5}
     )
 
 

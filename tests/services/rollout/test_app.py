@@ -106,7 +106,6 @@ def test_generate_healthz_metrics(rollout_url: str) -> None:
         ("/v1/value", {"items": [{"prompt": "Q", "gold": "1", "dataset": "aime"}]}, 422),
         ("/v1/generate", {"prompts": []}, 422),  # empty batch
         ("/v1/generate", {"prompts": ["Tom " * 400], "sampling": {"max_tokens": 8}}, 400),
-        ("/v1/value", {"items": [{"prompt": "Tom " * 400, "gold": "1"}]}, 400),  # too long
         ("/v1/value", "not json", 422),
     ],
 )
@@ -115,6 +114,18 @@ def test_bad_requests_get_typed_4xx(rollout_url: str, path: str, body: object, s
     err = _error(httpx.post(f"{rollout_url}{path}", **kw), status)  # type: ignore[arg-type]
     if status == 400:
         assert err.error == "prompt_too_long"
+
+
+def test_value_of_a_state_longer_than_the_context_is_zero_not_an_error(rollout_url: str) -> None:
+    items = [{"prompt": "Tom " * 400, "gold": "1"}, {"prompt": PROMPT, "gold": "7"}]
+    body = {"items": items, "k": 2, "sampling": SAMPLING}
+    resp = httpx.post(f"{rollout_url}/v1/value", json=body, timeout=120)
+    assert resp.status_code == 200, resp.text
+    result = ValueResult.model_validate(resp.json())
+    long, fine = result.values
+    assert long.out_of_budget and long.value == 0.0 and long.verdicts == ["truncated"]
+    assert long.num_tokens == 0
+    assert not fine.out_of_budget and fine.value == 1.0
 
 
 def test_weights_push_changes_outputs_and_refuses_bad_requests(

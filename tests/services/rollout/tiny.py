@@ -6,10 +6,14 @@
 - ``train_tiny_model_dir(path, texts, steps=...)``: the same, then Adam on ``texts`` (each
   wrapped as ``<s> text </s>``) so it learns to write them — seconds on CPU.
 - ``save_weights(model_dir, out_dir, seed)``: a fresh random init's weights as safetensors.
+- ``make_fixed_next_token_model_dir(path, vocab_texts=..., probs={"7": 0.5, EOS: 0.5})``: a
+  tiny Llama whose next-token distribution is ``probs`` whatever the prompt (for tests of
+  budgets and of random streams, where the prompt must not change the draw).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -111,3 +115,40 @@ def save_weights(model_dir: Path, out_dir: Path, *, seed: int) -> Path:
         {k: v.contiguous() for k, v in model.state_dict().items()}, out_dir / "model.safetensors"
     )
     return out_dir
+
+
+def _one_token(tokenizer, text: str) -> int:  # type: ignore[no-untyped-def]
+    if text == EOS:
+        return int(tokenizer.eos_token_id)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"{text!r} is {len(ids)} tokens, not one")
+    return int(ids[0])
+
+
+def make_fixed_next_token_model_dir(
+    path: Path, *, vocab_texts: Sequence[str], probs: dict[str, float]
+) -> Path:
+    """A tiny Llama whose next-token distribution is ``probs`` whatever the context.
+
+    ``probs`` maps token texts (each one token; ``EOS`` for end of sequence) to
+    probabilities; every other token gets ~e^-40 of the mass. How: every embedding row is
+    the same vector, so every position of every prompt carries the same hidden state h
+    (attention averages identical values); then ``lm_head`` is set to
+    outer(log probs, h) / |h|², so the logits are exactly ``log probs`` at every step.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = make_tokenizer(vocab_texts)
+    model = make_model(tokenizer, seed=0)
+    target = torch.full((len(tokenizer),), -40.0)
+    for text, p in probs.items():
+        target[_one_token(tokenizer, text)] = math.log(p)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb.copy_(torch.randn(emb.shape[1]).expand_as(emb) * 0.02)
+        h = model.model(input_ids=torch.tensor([[0]])).last_hidden_state[0, -1]
+        model.lm_head.weight.copy_(torch.outer(target, h) / h.dot(h))
+    tokenizer.save_pretrained(path)
+    model.save_pretrained(path)
+    return path

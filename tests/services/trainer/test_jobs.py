@@ -89,15 +89,18 @@ async def test_value_jobs_split_and_return_in_input_order() -> None:
     assert [v.num_tokens for v in out] == list(range(1, 24))
     assert [len(j.value.items) for j in seen if j.value] == [5, 5, 5, 5, 3]
     assert all(j.value and j.value.k == 3 for j in seen)
+    # each job's random streams start at the global position of its first item
+    assert [j.value.stream_offset for j in seen if j.value] == [0, 5, 10, 15, 20]
 
 
 async def test_generate_jobs_in_order() -> None:
     prompts = [f"p{i}" for i in range(7)]
     opts = JobOptions(job_size=2, progress=False)
-    out, _ = await run_with(ok, lambda q: run_generate_jobs(
+    out, seen = await run_with(ok, lambda q: run_generate_jobs(
         q, prompts, version=0, n=1, sampling=SamplingParams(), options=opts))  # fmt: skip
     assert isinstance(out, list)
     assert [c[0].text for c in out] == [p.upper() for p in prompts]
+    assert [j.generate.stream_offset for j in seen if j.generate] == [0, 2, 4, 6]
 
 
 async def test_failed_attempt_is_retried_with_attempt_plus_one(
