@@ -8,8 +8,10 @@ Figures 9-11. The sampling that produces the inputs lives in ``services/trainer/
 Methods compared on the same states:
 - ``VinePPO``: the MC estimate with the run's K continuations;
 - ``PPO critic``: the value network of a PPO run (when the run has one);
-- ``GRPO``: the group's mean reward, one shared baseline for every state of a response;
-- ``RLOO``: the mean reward of the *other* responses to the prompt, likewise shared.
+- ``GRPO/RLOO``: the mean reward of the *other* responses to the prompt (leave-one-out, so
+  the prediction never contains the trajectory's own outcome), one shared baseline for every
+  state of a response.
+Predictions are scored as the method produces them: nothing is clamped to [0, 1].
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from torch import Tensor
 
 TOLERANCE = 0.05
 """|V̂ − V| within this counts as accurate (paper: 0.05)."""
+GROUP_BASELINE = "GRPO/RLOO"
+"""Name of the leave-one-out group baseline in the analysis (`group_baseline`)."""
 CURVE_TOLERANCES = [0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]
 """Tolerances of the accuracy curve (accuracy = share of states with |V̂ − V| ≤ tol)."""
 
@@ -82,18 +86,24 @@ def top_action_accuracy(pred: Tensor, truth: Tensor) -> float:
     return float(hits.mean())
 
 
-def group_baseline(rewards: Tensor, groups: Tensor, leave_one_out: bool = False) -> Tensor:
-    """rewards (B,), groups (B,) -> (B,) the shared baseline GRPO (group mean) or RLOO
-    (mean of the other responses of the group; the own reward when alone) uses as V."""
+def group_baseline(rewards: Tensor, groups: Tensor) -> Tensor:
+    """rewards (B,), groups (B,) -> (B,) the group baseline of each response as a value
+    predictor: the mean reward of the *other* responses of its group,
+    V̂_b = (Σ_{j in g(b)} R_j − R_b) / (n_g − 1).
+
+    A value predictor must not see the outcome it predicts: GRPO's group mean includes R_b
+    (weight 1/n_g), which pulls it towards the trajectory's own 0/1 outcome and flatters its
+    error. Left out, GRPO's and RLOO's baselines are the same number. A group of one response
+    has no baseline: ValueError.
+    """
     out = torch.empty_like(rewards, dtype=torch.float32)
     for g in sorted(set(groups.tolist())):
         sel = groups == g
         r = rewards[sel].float()
         n = r.numel()
-        if leave_one_out and n > 1:
-            out[sel] = (r.sum() - r) / (n - 1)
-        else:
-            out[sel] = r.mean()
+        if n < 2:
+            raise ValueError(f"group {g} has {n} response; a leave-one-out baseline needs >= 2")
+        out[sel] = (r.sum() - r) / (n - 1)
     return out
 
 

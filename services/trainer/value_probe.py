@@ -5,7 +5,8 @@ Through the rollout queue (policy version ``version``) and the reward service:
 2) cut each into reasoning steps; every step-boundary state s_i (s_0 = the prompt) is a record;
 3) ground truth V(s) = mean of ``truth_k`` MC returns; VinePPO's estimate = an independent
    MC mean of ``vine_k`` returns; the PPO critic's V(s) at the state's last token (when a
-   critic is given); GRPO's / RLOO's shared baseline of the response's group;
+   critic is given, unclamped); GRPO's / RLOO's shared baseline of the response's group,
+   leave-one-out (the mean reward of the *other* responses to the prompt);
 4) top-action identification: at up to ``top_action_states`` non-terminal states sample
    ``candidates`` next steps, and score every child state with each method and the truth.
 Returns JSON-ready ``records`` for ``analysis.summarize`` and ``analysis.plot_analysis``.
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from services.trainer.analysis import group_baseline
+from services.trainer.analysis import GROUP_BASELINE, group_baseline
 from services.trainer.episodes import build_episodes
 from services.trainer.jobs import JobOptions, run_generate_jobs, run_value_jobs
 from shared.datasets import Example
@@ -34,7 +35,8 @@ State = tuple[str, str]  # (prompt, partial response)
 @dataclass
 class ProbeConfig:
     responses: int = 4
-    """Trajectories sampled per prompt (the GRPO/RLOO group)."""
+    """Trajectories sampled per prompt (the GRPO/RLOO group; >= 2 for its leave-one-out
+    baseline)."""
     truth_k: int = 256
     """MC continuations of the ground-truth value (paper: 256)."""
     vine_k: int = 9
@@ -67,7 +69,8 @@ def first_step(text: str, finished: bool, rules: str, eos_text: str) -> str:
 def critic_state_values(
     critic: Any, tokenizer: Any, states: Sequence[State], micro: int = 8
 ) -> list[float]:
-    """V(s) of the PPO critic at the last token of each state (prompt + partial)."""
+    """V(s) of the PPO critic at the last token of each state (prompt + partial), as the
+    critic predicts it: not clamped to [0, 1] (clamping would hide part of its error)."""
     ids = [
         list(tokenizer(p)["input_ids"])
         + (list(tokenizer(r, add_special_tokens=False)["input_ids"]) if r else [])
@@ -85,7 +88,7 @@ def critic_state_values(
             mask[row, : len(x)] = 1
         values = critic(input_ids, mask)  # (b, W)
         last = torch.tensor([len(x) - 1 for x in chunk])
-        out += values[torch.arange(len(chunk)), last].clamp(0.0, 1.0).tolist()
+        out += values[torch.arange(len(chunk)), last].tolist()
     return out
 
 
@@ -157,11 +160,10 @@ async def probe_values(
     est = await probe.estimate(state_items, critic)
     rewards = torch.tensor([e.reward for e in episodes])
     groups = torch.tensor([e.group for e in episodes])
-    grpo, rloo = group_baseline(rewards, groups), group_baseline(rewards, groups, True)
+    baseline = group_baseline(rewards, groups)  # (B,) leave-one-out: never the own reward
     methods = [k for k in est if k not in ("truth", "terminal")]
     preds: dict[str, list[float]] = {m: [est[m][u] for u in rec_state] for m in methods}
-    preds["GRPO"] = [float(grpo[b]) for b in rec_ep]
-    preds["RLOO"] = [float(rloo[b]) for b in rec_ep]
+    preds[GROUP_BASELINE] = [float(baseline[b]) for b in rec_ep]
     records: dict[str, Any] = {
         "truth": [est["truth"][u] for u in rec_state], "step": rec_step, "preds": preds,
         "episode": rec_ep, "group": [e.group for e in episodes],
@@ -169,7 +171,7 @@ async def probe_values(
         "config": {k: v for k, v in cfg.__dict__.items() if k != "progress"},
     }  # fmt: skip
     # 4) top-action identification
-    records["top"] = await _top_actions(probe, state_items, est, owner, (grpo, rloo), critic)
+    records["top"] = await _top_actions(probe, state_items, est, owner, baseline, critic)
     return records
 
 
@@ -178,7 +180,7 @@ async def _top_actions(
     state_items: list[ValueItem],
     est: dict[str, Any],
     owner: dict[int, int],
-    baselines: tuple[torch.Tensor, torch.Tensor],
+    baseline: torch.Tensor,
     critic: Any,
 ) -> dict[str, Any]:
     cfg = probe.cfg
@@ -206,6 +208,5 @@ async def _top_actions(
 
     preds = {m: rows(v) for m, v in child.items() if m not in ("truth", "terminal")}
     # GRPO/RLOO have one baseline per response: every candidate of a state gets the same value
-    for name, base in zip(("GRPO", "RLOO"), baselines, strict=True):
-        preds[name] = [[float(base[owner[u]])] * cfg.candidates for u in picked]
+    preds[GROUP_BASELINE] = [[float(baseline[owner[u]])] * cfg.candidates for u in picked]
     return {"truth": rows(child["truth"]), "preds": preds, "states": picked}

@@ -53,14 +53,34 @@ def test_top_action_breaks_ties_at_random() -> None:
         top_action_accuracy(pred, truth[:, :2])
 
 
-def test_group_baselines_grpo_and_rloo_by_hand() -> None:
+def test_group_baseline_leaves_the_own_outcome_out() -> None:
+    # a value predictor must not contain the reward it predicts: GRPO's and RLOO's baseline of
+    # response b is the mean of the *other* rewards of its group (GRPO's plain group mean
+    # would give [2/3] * 3 + [1/3] * 3, i.e. 1/n of every response's own outcome)
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
     groups = torch.tensor([0, 0, 0, 1, 1, 1])
-    grpo = group_baseline(rewards, groups)
-    rloo = group_baseline(rewards, groups, leave_one_out=True)
-    assert grpo.tolist() == pytest.approx([2 / 3] * 3 + [1 / 3] * 3)
-    assert rloo.tolist() == pytest.approx([0.5, 1.0, 0.5, 0.0, 0.5, 0.5])
-    assert group_baseline(torch.tensor([1.0]), torch.tensor([7]), True).tolist() == [1.0]
+    assert group_baseline(rewards, groups).tolist() == pytest.approx([0.5, 1.0, 0.5, 0.0, 0.5, 0.5])
+    # one right answer among four: its predictor says 0, the three wrong ones 1/3
+    lone = group_baseline(torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.zeros(4, dtype=torch.long))
+    assert lone.tolist() == pytest.approx([0.0, 1 / 3, 1 / 3, 1 / 3])
+    with pytest.raises(ValueError, match="needs >= 2"):  # alone in its group: nothing to use
+        group_baseline(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([7, 8, 8]))
+
+
+def test_critic_values_are_not_clamped(tmp_path: Path) -> None:
+    """The critic's V(s) is scored as it is: a head that says 1.5 (or −0.5) is 0.5 off a
+    true value of 1 (or 0); clamping to [0, 1] would report 0."""
+    from services.trainer.model import Critic, build_tiny_model, load_tokenizer
+    from services.trainer.value_probe import critic_state_values
+
+    texts = ["Question: 1 + 2?\nAnswer:\n1 + 2 = 3\n#### 3"] * 4
+    model_dir = build_tiny_model(tmp_path / "m", texts, preset="micro")
+    critic, tok = Critic.from_pretrained(model_dir).eval(), load_tokenizer(model_dir)
+    states = [("Question: 1 + 2?\nAnswer:\n", ""), ("Question: 1 + 2?\nAnswer:\n", "1 + 2 = 3\n")]
+    for bias in (1.5, -0.5):
+        torch.nn.init.zeros_(critic.value_head.weight)
+        torch.nn.init.constant_(critic.value_head.bias, bias)
+        assert critic_state_values(critic, tok, states) == pytest.approx([bias, bias])
 
 
 def test_method_metrics_and_summarize_are_json_ready() -> None:
@@ -109,10 +129,13 @@ def test_greedy_policy_gives_exact_mc_values(tiny_sft: Path, tmp_path: Path) -> 
     vine = doc["metrics"]["VinePPO K=2"]
     assert vine["mae"] == 0.0 and vine["accuracy"] == 1.0
     assert set(doc["records"]["truth"]) <= {0.0, 1.0}
-    # the two greedy trajectories of a prompt are identical: the group's baseline is exact at s_0
+    # the two greedy trajectories of a prompt are identical: the other one's reward (the
+    # leave-one-out baseline) is exact at s_0
     rec = doc["records"]
     s0 = [i for i, s in enumerate(rec["step"]) if s == 0]
-    assert all(rec["preds"]["GRPO"][i] == rec["truth"][i] for i in s0)
+    assert all(rec["preds"]["GRPO/RLOO"][i] == rec["truth"][i] for i in s0)
+    assert set(rec["preds"]) == {"VinePPO K=2", "GRPO/RLOO"}
+    assert set(rec["top"]["preds"]) == {"VinePPO K=2", "GRPO/RLOO"}
     assert sorted(p.name for p in (tmp_path / "va").iterdir()) == [
         "analysis.json",
         "values-accuracy.png",
