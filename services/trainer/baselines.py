@@ -1,17 +1,25 @@
 """What the RL-free baselines (``restem``, ``dpo_positive``) share with the RL loop.
 
-`SelfTrainRun` holds the data, tokenizer, prompt format, weight push, validation and the
-metrics file of a run that samples from the current policy through the rollout queue, grades
-with the reward service, and trains on what it sampled. Its JSONL rows use the RL loop's
-schema (``iteration``, ``version``, ``algo``, ``reward/mean``, ``acc/val``, ``time/...``) so
+`SelfTrainRun` holds the data, tokenizer, prompt format (with the run's ``rollout.few_shot``
+worked examples, as the RL loop), weight push, validation, the metrics file and the resumable
+checkpoints of a run that samples from a policy through the rollout queue, grades with the
+reward service, and trains on what it sampled. Its JSONL rows use the RL loop's schema
+(``iteration``, ``version``, ``algo``, ``reward/mean``, ``acc/val``, ``time/...``) so
 ``vineppo report`` plots every method on the same axes.
+
+Resume (``vineppo train --algo restem|dpo_positive --resume``) works like the RL loop's:
+``checkpoints/iter-N`` (`services.trainer.checkpoint`, written atomically after every
+iteration) holds what the next iteration depends on, metric rows after N are dropped, and the
+run continues exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,10 +59,12 @@ class SelfTrainRun:
         self.train = load_examples(cfg.dataset, "train", **load)
         self.val = load_examples(cfg.dataset, "validation", n=cfg.eval.num_problems, **load)
         self.data = DataOrder(len(self.train), cfg.seed)
+        self.shots = self.train[: cfg.rollout.few_shot]  # worked examples before each prompt
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.iteration, self.version = 0, 0
         self.metrics_path = self.out / "metrics.jsonl"
         self.policy_root = self.out / "policies"
+        self.ckpt_root = self.out / "checkpoints"
         self.dtype = (
             torch.bfloat16
             if cfg.model.dtype == "bfloat16" and self.info.device.type == "cuda"
@@ -63,7 +73,7 @@ class SelfTrainRun:
 
     def prompt(self, ex: Example) -> str:
         return format_prompt(ex.question, style=self.style, dataset=ex.dataset,
-                             tokenizer=self.tokenizer)  # fmt: skip
+                             tokenizer=self.tokenizer, few_shot=self.shots)  # fmt: skip
 
     async def push(self, model: Any, version: int) -> None:
         """Save ``model`` as policy ``version``, announce it, wait until replicas serve it."""
@@ -97,12 +107,61 @@ class SelfTrainRun:
             seed=self.cfg.seed + 7, progress=self.progress,
         )  # fmt: skip
 
+    def fresh_start(self) -> None:
+        """Forget a previous run in ``output_dir``: metrics, checkpoints, ``best/``."""
+        self.metrics_path.unlink(missing_ok=True)
+        shutil.rmtree(self.ckpt_root, ignore_errors=True)
+        shutil.rmtree(self.out / "best", ignore_errors=True)
+
+    def trainer_state(self) -> dict[str, Any]:
+        """What every baseline's checkpoint holds besides its own fields."""
+        return {"iteration": self.iteration, "version": self.version,
+                "data_position": self.data.position,
+                "generator": self.gen.get_state()}  # fmt: skip
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Undo `trainer_state` (after `checkpoint.load_checkpoint`); drop later metric rows."""
+        self.iteration, self.version = int(state["iteration"]), int(state["version"])
+        self.data.position = int(state["data_position"])
+        self.gen.set_state(state["generator"])
+        if self.metrics_path.is_file():
+            rows = [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x]
+            kept = [r for r in rows if r["iteration"] <= self.iteration]
+            self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def save_best(self, row: dict[str, Any], model: Any) -> None:
+        """Keep ``model`` in ``best/`` (+ ``best.json``) when ``row``'s ``acc/val`` beats the one
+        kept there (the RL loop's rule; replaced atomically)."""
+        if "acc/val" not in row or self.info.rank != 0:
+            return
+        best, meta = self.out / "best", self.out / "best" / "best.json"
+        if meta.is_file() and json.loads(meta.read_text())["acc/val"] >= row["acc/val"]:
+            return
+        tmp = self.out / ".best.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        self.tokenizer.save_pretrained(tmp)
+        info = {"version": self.version, "iteration": self.iteration, "acc/val": row["acc/val"]}
+        (tmp / "best.json").write_text(json.dumps(info))
+        shutil.rmtree(best, ignore_errors=True)
+        os.rename(tmp, best)
+
     def log_row(self, row: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self.progress:
             keys = ("iteration", "reward/mean", "acc/val", "time/iteration")
             log.info("  ".join(f"{k}={row[k]:.4g}" for k in keys if k in row))
+
+
+def rng_state() -> tuple[Any, torch.Tensor]:
+    """The global Python and torch RNG states (what `checkpoint.load_checkpoint` restores)."""
+    return random.getstate(), torch.get_rng_state()
+
+
+def set_rng_state(state: tuple[Any, torch.Tensor]) -> None:
+    random.setstate(state[0])
+    torch.set_rng_state(state[1])
 
 
 def rewards_of(outs: Sequence[Sequence[Completion]], verdicts: Sequence[Verdict]) -> list[float]:
@@ -113,15 +172,14 @@ def rewards_of(outs: Sequence[Sequence[Completion]], verdicts: Sequence[Verdict]
 
 
 async def run_baseline(cfg: RunConfig, services: Services, *, resume: bool = False) -> Path:
-    """Run ``cfg.algo`` (``restem`` or ``dpo_positive``) to completion; the metrics path."""
-    if resume:
-        raise ValueError(f"--resume is not supported for {cfg.algo}: start a fresh run")
+    """Run ``cfg.algo`` (``restem`` or ``dpo_positive``) to completion, or continue it from its
+    newest checkpoint with ``resume``; the metrics path."""
     if cfg.algo == "restem":
         from services.trainer.restem import RestEM
 
-        return Path(await RestEM(cfg, services).run())
+        return Path(await RestEM(cfg, services).run(resume=resume))
     if cfg.algo == "dpo_positive":
         from services.trainer.dpo import DPOPositive
 
-        return Path(await DPOPositive(cfg, services).run())
+        return Path(await DPOPositive(cfg, services).run(resume=resume))
     raise ValueError(f"{cfg.algo!r} is not a baseline run here; known: restem, dpo_positive")

@@ -10,7 +10,9 @@ Each iteration (``vineppo train --algo restem``):
    training stops there); it becomes ``output_dir/best`` and is what the next iteration
    samples from; 5) with ``stop_on_drop`` the run ends when an iteration's selected
    checkpoint validates below the previous one (that iteration's row is still written).
-One JSONL row per iteration; iteration 0 is the SFT model's validation.
+One JSONL row per iteration; iteration 0 is the SFT model's validation. After every iteration
+``checkpoints/iter-N`` keeps what the next one needs (data position, RNG, the selected
+weights, the accuracy to beat), so ``--resume`` after a kill reproduces the run.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import Any
 
 import torch
 
-from services.trainer.baselines import SelfTrainRun, rewards_of
+from services.trainer.baselines import SelfTrainRun, rewards_of, rng_state, set_rng_state
+from services.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from services.trainer.sft import IGNORE, collate
 from services.trainer.weights import policy_dir
 from shared.schemas import Completion
@@ -76,28 +79,63 @@ def keep_correct(
 class RestEM(SelfTrainRun):
     """``cfg.iterations`` RestEM iterations against ``services``."""
 
-    async def run(self) -> Any:
-        self.metrics_path.unlink(missing_ok=True)
+    async def run(self, resume: bool = False) -> Any:
+        """The whole run; with ``resume``, continue from the newest checkpoint (if any)."""
         self.best_dir = self.out / "best"
-        base = self._load_base()
-        await self.push(base, 0)
-        del base
-        row0 = {"iteration": 0, "version": 0, "algo": "restem", **await self.validate()}
-        self.log_row(row0)
-        prev_acc = row0["acc/val"]
-        self._save_best(policy_dir(self.policy_root, 0))
+        path = latest_checkpoint(self.ckpt_root) if resume else None
+        if path is not None:
+            state = load_checkpoint(path, {})
+            rng = rng_state()  # as saved; loading a model below must not move it
+            self.restore(state)
+            prev_acc, stopped = float(state["prev_acc"]), bool(state["stopped"])
+            model = self._load_base()  # the selected checkpoint: base architecture, saved weights
+            model.load_state_dict(state["selected"])
+            await self.push(model, self.version)  # what the run served when it checkpointed
+            if self.info.rank == 0:
+                self._save_best_model(model)
+            del model
+            set_rng_state(rng)
+            log.info("resumed from %s (iteration %d)", path, self.iteration)
+            if stopped:
+                return self.metrics_path
+        else:
+            self.fresh_start()
+            base = self._load_base()
+            await self.push(base, 0)
+            del base
+            row0 = {"iteration": 0, "version": 0, "algo": "restem", **await self.validate()}
+            self.log_row(row0)
+            prev_acc = row0["acc/val"]
+            self._save_best(policy_dir(self.policy_root, 0))
+            await asyncio.to_thread(self.checkpoint, prev_acc, False)
         while self.iteration < self.cfg.iterations:
             row = await self.step()
             self.log_row(row)
-            if not row["restem/kept"]:
-                continue  # nothing correct: the selected checkpoint stays
-            if self.cfg.restem.stop_on_drop and row["acc/val"] < prev_acc:
-                log.info("validation dropped (%.4g < %.4g): RestEM stops", row["acc/val"],
-                         prev_acc)  # fmt: skip
+            stop = False
+            if row["restem/kept"]:  # nothing correct: the selected checkpoint stays
+                if self.cfg.restem.stop_on_drop and row["acc/val"] < prev_acc:
+                    log.info("validation dropped (%.4g < %.4g): RestEM stops", row["acc/val"],
+                             prev_acc)  # fmt: skip
+                    stop = True
+                else:
+                    prev_acc = row["acc/val"]
+                    await self._select(int(row["restem/selected_version"]))
+            await asyncio.to_thread(self.checkpoint, prev_acc, stop)
+            if stop:
                 break
-            prev_acc = row["acc/val"]
-            await self._select(int(row["restem/selected_version"]))
         return self.metrics_path
+
+    def checkpoint(self, prev_acc: float, stopped: bool) -> None:
+        """``checkpoints/iter-N``: data position, RNG, the selected weights (what the next
+        iteration samples from), the accuracy the next one must beat, and whether it stopped."""
+        from services.trainer.model import load_policy
+
+        if self.info.rank != 0:
+            return
+        selected = load_policy(self.best_dir, "cpu", self.dtype).state_dict()
+        state = {**self.trainer_state(), "prev_acc": prev_acc, "stopped": stopped,
+                 "selected": selected}  # fmt: skip
+        save_checkpoint(self.ckpt_root, self.iteration, {}, state)
 
     async def _select(self, version: int) -> None:
         """Make policy ``version`` the run's best and the one the next iteration samples."""
@@ -112,6 +150,14 @@ class RestEM(SelfTrainRun):
         from services.trainer.model import load_policy
 
         return load_policy(self.cfg.model.policy, self.info.device, self.dtype)
+
+    def _save_best_model(self, model: Any) -> None:
+        tmp = self.out / ".best.src"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        self.tokenizer.save_pretrained(tmp)
+        self._save_best(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     def _save_best(self, src: Any) -> None:
         tmp = self.out / ".best.tmp"

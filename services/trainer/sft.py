@@ -1,9 +1,11 @@
 """Supervised finetuning on gold solutions: makes π_ref for the RL runs.
 
 Loss on response tokens only (prompt tokens are masked out); validation accuracy by greedy
-decoding + the grader; the best checkpoint by validation accuracy is kept in
-``output_dir/best`` (model + tokenizer, save_pretrained/safetensors); one JSONL line per
-evaluation in ``output_dir/metrics.jsonl``. DeepSpeed wraps the model (see distributed.py).
+decoding + the grader, on the fixed validation split every RL run validates on too
+(``shared.datasets.SPLIT_SEED``: independent of ``seed``); the best checkpoint by validation
+accuracy is kept in ``output_dir/best`` (model + tokenizer, save_pretrained/safetensors); one
+JSONL line per evaluation in ``output_dir/metrics.jsonl``. DeepSpeed wraps the model (see
+distributed.py).
 Run: ``vineppo sft --preset tiny-cpu --output-dir runs/sft`` (builds the tiny model first).
 """
 

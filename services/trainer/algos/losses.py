@@ -165,16 +165,16 @@ def dpo_positive_loss(
     beta: float = 0.1,
     lam: float = 50.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """DPO-Positive as DESIGN.md §1 and issue 7 write it: sequence log-probs (B,) -> mean loss.
+    """DPO-Positive (Pal et al. 2024, eq. 3): sequence log-probs (B,) -> mean loss.
 
-    −log σ(β·(Δ_w − Δ_l) − λ·max(0, log π_ref(y_w) − log π_θ(y_w))), Δ = log π_θ − log π_ref.
-    λ multiplies the penalty directly (outside β). Pal et al. 2024 (eq. 3) and TRL's
-    ``use_dpop`` put it inside β; that form is this one with ``lam = β·λ_pal``.
+    −log σ(β·(Δ_w − Δ_l − λ·max(0, log π_ref(y_w) − log π_θ(y_w)))), Δ = log π_θ − log π_ref.
+    λ sits inside β, as in Pal et al., the VinePPO authors' trainer and TRL's ``use_dpop``:
+    a chosen response that fell δ below π_ref lowers the logit by β·λ·δ.
     """
     delta_w = chosen_logps - ref_chosen_logps  # (B,)
     delta_l = rejected_logps - ref_rejected_logps  # (B,)
     penalty = (ref_chosen_logps - chosen_logps).clamp(min=0)  # (B,)
-    logits = beta * (delta_w - delta_l) - lam * penalty  # (B,)
+    logits = beta * (delta_w - delta_l - lam * penalty)  # (B,)
     losses = -F.logsigmoid(logits)  # (B,)
     with torch.no_grad():
         stats = {

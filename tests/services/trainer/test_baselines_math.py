@@ -11,7 +11,7 @@ import torch
 from services.trainer.algos import AdvantageInputs, compute_advantages
 from services.trainer.algos.losses import dpo_positive_loss
 from services.trainer.config import PRESETS, load_config
-from services.trainer.dpo import make_pairs, sequence_logprobs
+from services.trainer.dpo import PairRound, chunk_seed, make_pairs, sequence_logprobs
 from services.trainer.restem import keep_correct, select_checkpoint
 from services.trainer.sft import IGNORE
 from shared.schemas import Completion
@@ -48,18 +48,34 @@ def test_grpo_all_equal_group_gets_zero() -> None:
 
 
 def test_dpo_positive_batch_by_hand() -> None:
-    # β = 0.3, λ = 50. Pair 0: Δ_w = −4 − (−5) = 1, Δ_l = −7 − (−6) = −1, chosen above ref
-    #   -> logits 0.3·2 − 0 = 0.6. Pair 1: Δ_w = −3.2 − (−3) = −0.2, Δ_l = −2 − (−2.5) = 0.5,
-    #   penalty 0.2 -> logits 0.3·(−0.7) − 50·0.2 = −10.21.
+    # β = 0.3, λ = 50, λ inside β (Pal et al. eq. 3, the authors' trainer, TRL use_dpop).
+    # Pair 0: Δ_w = −4 − (−5) = 1, Δ_l = −7 − (−6) = −1, chosen above ref (no penalty)
+    #   -> logits 0.3·2 = 0.6. Pair 1: Δ_w = −3.2 − (−3) = −0.2, Δ_l = −2 − (−2.5) = 0.5,
+    #   penalty 0.2 -> logits 0.3·(−0.7 − 50·0.2) = −3.21 (λ outside β would give −10.21).
     loss, stats = dpo_positive_loss(
         torch.tensor([-4.0, -3.2]), torch.tensor([-7.0, -2.0]),
         torch.tensor([-5.0, -3.0]), torch.tensor([-6.0, -2.5]), beta=0.3, lam=50.0,
     )  # fmt: skip
-    expected = (-math.log(_sigmoid(0.6)) - math.log(_sigmoid(-10.21))) / 2
+    expected = (-math.log(_sigmoid(0.6)) - math.log(_sigmoid(-3.21))) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert stats["dpo/penalty"].item() == pytest.approx(0.1)
     assert stats["dpo/accuracy"].item() == pytest.approx(0.5)
     assert stats["dpo/margin"].item() == pytest.approx((2.0 - 0.7) / 2)
+
+
+def test_dpo_positive_penalty_gradient_scales_with_beta_times_lambda() -> None:
+    # chosen 0.5 below its reference, rejected unchanged: logits = β·(−0.5 − λ·0.5);
+    # d loss / d log π(y_w) = −σ(−logits)·β·(1 + λ) (the penalty's slope is −1 in log π(y_w))
+    beta, lam = 0.1, 50.0
+    chosen = torch.tensor([-2.5], requires_grad=True)
+    loss, _ = dpo_positive_loss(
+        chosen, torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-3.0]), beta, lam
+    )
+    loss.backward()
+    logits = beta * (-0.5 - lam * 0.5)
+    assert loss.item() == pytest.approx(-math.log(_sigmoid(logits)), rel=1e-6)
+    assert chosen.grad is not None
+    assert chosen.grad.item() == pytest.approx(-_sigmoid(-logits) * beta * (1 + lam), rel=1e-5)
 
 
 def test_dpo_positive_gradient_pushes_chosen_up() -> None:
@@ -87,6 +103,28 @@ def test_sequence_logprobs_sums_response_tokens() -> None:
     logp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.25, -9.0]])
     mask = torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     torch.testing.assert_close(sequence_logprobs(logp, mask), torch.tensor([-5.0, -0.75]))
+
+
+def test_pair_round_batch_in_the_action_frame() -> None:
+    # two sequences: prompt [1, 2] + response [5, 6, 7]; prompt [3] + response [8]
+    data = PairRound(seqs=[[1, 2, 5, 6, 7], [3, 8]], prompt_lens=[2, 1],
+                     ref_logprobs=[torch.tensor([-0.5, -1.0, -2.0]), torch.tensor([-3.0])],
+                     chosen=[0], rejected=[1])  # fmt: skip
+    b = data.batch([1, 0], pad_id=0)
+    assert b["input_ids"].tolist() == [[3, 8, 0, 0, 0], [1, 2, 5, 6, 7]]
+    assert b["attention_mask"].tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    # action t predicts token t+1: the response of row 1 is actions 1..3, of row 0 action 0
+    assert b["response_mask"].tolist() == [[1, 0, 0, 0], [0, 1, 1, 1]]
+    assert b["ref_logprobs"].tolist() == [[-3.0, 0, 0, 0], [0, -0.5, -1.0, -2.0]]
+    torch.testing.assert_close(data.ref_seq(), torch.tensor([-3.5, -3.0]))
+    torch.testing.assert_close(
+        sequence_logprobs(b["ref_logprobs"], b["response_mask"]), torch.tensor([-3.0, -3.5])
+    )
+
+
+def test_round_chunks_sample_with_distinct_seeds() -> None:
+    seeds = {chunk_seed(0, c) for c in range(100)} | {chunk_seed(1, c) for c in range(100)}
+    assert len(seeds) == 200 and chunk_seed(0, 3) == chunk_seed(0, 3)
 
 
 @pytest.mark.parametrize(
@@ -128,7 +166,11 @@ def test_baseline_config_sections() -> None:
     assert (cfg.dpo.samples_per_prompt, cfg.dpo.pairs_per_prompt, cfg.dpo.lam) == (64, 64, 50.0)
     assert cfg.dpo.resolved_beta("gsm8k") == 0.3 and cfg.dpo.resolved_beta("math") == 0.1
     assert load_config(overrides=["dpo.beta=0.5"]).dpo.resolved_beta("math") == 0.5
-    assert load_config(overrides=["algo=restem"]).restem.samples_per_prompt == 8
+    # one offline round over the whole training split (the authors' DPO-Positive configs)
+    assert cfg.dpo.train_prompts is None and cfg.dpo.epochs == 3
+    restem = load_config(overrides=["algo=restem"]).restem
+    assert restem.samples_per_prompt == 8
+    assert restem.epochs == 8  # the authors' RestEM configs: num_epochs_per_iteration 8
     with pytest.raises(ValueError, match=r"restem.batch_size \(10\)"):
         load_config(overrides=["restem.batch_size=10", "restem.micro_batch_size=4"])
     for name in ("tiny-cpu-restem", "tiny-cpu-dpo"):
