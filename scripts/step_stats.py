@@ -2,9 +2,9 @@
 
 Segments all 1,319 GSM8K test solutions, all 500 MATH-500 solutions and 1,000 generated
 arithmetic test problems, prints mean / median / max steps and characters per step and a
-histogram per dataset, and writes the same to ``docs/benchmarks/steps.md``.
+histogram per dataset, and writes the same to ``docs/benchmarks/step_stats.md``.
 
-    .venv/bin/python scripts/step_stats.py [--data-dir data] [--out docs/benchmarks/steps.md]
+    .venv/bin/python scripts/step_stats.py [--data-dir data] [--out docs/benchmarks/step_stats.md]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def stats_table(name: str, solutions: list[str], rules: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=None, help="folder with gsm8k/, math/")
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/steps.md"))
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/step_stats.md"))
     args = parser.parse_args()
     gsm8k = load_examples("gsm8k", "test", data_dir=args.data_dir)
     math = load_examples("math", "test", data_dir=args.data_dir)
