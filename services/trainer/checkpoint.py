@@ -3,6 +3,12 @@
 Layout under ``<output_dir>/checkpoints``: ``iter-<N>/`` (complete, written to a temp dir and
 renamed, so a ``kill -9`` leaves either the old or the new one) and ``latest`` (a text file
 with N, replaced atomically). Only the newest ``keep`` checkpoints are kept.
+
+``iter-<N>/<name>.pt`` holds an engine's module, optimizer, LR scheduler and step count
+(rank 0's). With several ranks every rank calls `save_checkpoint`/`load_checkpoint`: under
+ZeRO 1-2 each rank's optimizer holds only its partition, so ranks > 0 add
+``<name>.rank<r>.pt`` (their optimizer state); under ZeRO 0 the ranks are identical and rank
+0 alone writes. ZeRO-3 engines (partitioned parameters) are refused.
 """
 
 from __future__ import annotations
@@ -14,8 +20,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 LATEST = "latest"
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _zero_stage(engine: Any) -> int:
+    stage = getattr(engine, "zero_optimization_stage", None)
+    return int(stage()) if callable(stage) else 0
 
 
 def _rng_state() -> dict[str, Any]:
@@ -36,9 +59,32 @@ def _engine_state(engine: Any) -> dict[str, Any]:
     }
 
 
-def _load_engine_state(engine: Any, state: dict[str, Any]) -> None:
+def _write_engine(tmp: Path, name: str, engine: Any, rank: int) -> None:
+    """Rank 0: the whole state; ranks > 0 under ZeRO 1-2: their optimizer partition."""
+    stage = _zero_stage(engine)
+    if stage >= 3:
+        raise NotImplementedError(
+            f"checkpoints of ZeRO-3 engines ({name}) are not supported: use dist.zero_stage <= 2"
+        )
+    if rank == 0:
+        torch.save(_engine_state(engine), tmp / f"{name}.pt")
+    elif stage > 0:
+        torch.save({"optimizer": engine.optimizer.state_dict()}, tmp / f"{name}.rank{rank}.pt")
+
+
+def _load_engine_state(engine: Any, state: dict[str, Any], path: Path, name: str) -> None:
     engine.module.load_state_dict(state["module"])
-    engine.optimizer.load_state_dict(state["optimizer"])
+    if _zero_stage(engine) > 0:  # a ZeRO optimizer takes every rank's partition state
+        _, world = _rank_world()
+        parts = [state["optimizer"]] + [
+            torch.load(path / f"{name}.rank{r}.pt", map_location="cpu", weights_only=False)[
+                "optimizer"
+            ]
+            for r in range(1, world)
+        ]
+        engine.optimizer.load_state_dict(parts, load_from_fp32_weights=True)
+    else:
+        engine.optimizer.load_state_dict(state["optimizer"])
     if state["scheduler"] is not None and engine.lr_scheduler is not None:
         engine.lr_scheduler.load_state_dict(state["scheduler"])
     engine.global_steps = state["global_steps"]
@@ -57,14 +103,22 @@ def save_checkpoint(
     root: Path, iteration: int, engines: dict[str, Any], trainer_state: dict[str, Any],
     keep: int = 2,
 ) -> Path:  # fmt: skip
-    """Write ``iter-<iteration>`` atomically, point ``latest`` at it, prune older ones."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Write ``iter-<iteration>`` atomically, point ``latest`` at it, prune older ones.
+    Every rank calls it; rank 0 writes the trainer state and renames."""
+    rank, world = _rank_world()
     final = root / f"iter-{iteration}"
-    tmp = root / f".tmp-iter-{iteration}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = root / f".tmp-iter-{iteration}"  # one name on every rank
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    _barrier()
     for name, engine in engines.items():
-        torch.save(_engine_state(engine), tmp / f"{name}.pt")
+        _write_engine(tmp, name, engine, rank)
+    _barrier()
+    if rank != 0:
+        _barrier()  # until rank 0 has renamed it
+        return final
     torch.save({**trainer_state, "rng": _rng_state()}, tmp / "trainer_state.pt")
     _fsync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)
@@ -74,6 +128,8 @@ def save_checkpoint(
     os.replace(pointer, root / LATEST)
     for old in sorted(root.glob("iter-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    if world > 1:
+        _barrier()
     return final
 
 
@@ -86,10 +142,11 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, engines: dict[str, Any]) -> dict[str, Any]:
-    """Restore every engine and the RNG; return the trainer state that was saved."""
+    """Restore every engine and the RNG; return the trainer state that was saved. Every rank
+    calls it (with ZeRO 1-2 each takes its own optimizer partition)."""
     for name, engine in engines.items():
         state = torch.load(path / f"{name}.pt", map_location="cpu", weights_only=False)
-        _load_engine_state(engine, state)
+        _load_engine_state(engine, state, path, name)
     trainer_state: dict[str, Any] = torch.load(
         path / "trainer_state.pt", map_location="cpu", weights_only=False
     )

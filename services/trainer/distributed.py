@@ -139,15 +139,18 @@ def ds_config(
     zero_stage: int,
     bf16: bool,
     world: int | None = None,
+    zero_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The DeepSpeed config dict (optimizer and scheduler are passed as client objects)."""
+    """The DeepSpeed config dict (optimizer and scheduler are passed as client objects);
+    ``zero_extra`` adds ``zero_optimization`` keys (e.g. ``stage3_param_persistence_threshold``:
+    ZeRO-3 leaves parameters under that many elements whole on every rank, 1e5 by default)."""
     world = world_size() if world is None else world
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": grad_accum_steps,
         "train_batch_size": micro_batch_size * grad_accum_steps * world,
         "gradient_clipping": grad_clip,
-        "zero_optimization": {"stage": zero_stage},
+        "zero_optimization": {"stage": zero_stage, **(zero_extra or {})},
         "bf16": {"enabled": bf16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -170,13 +173,14 @@ def wrap(
     grad_accum_steps: int = 1,
     bf16: bool | None = None,
     schedule_step: Callable[[int], int] | None = None,
+    zero_extra: dict[str, Any] | None = None,
 ) -> Any:  # deepspeed.DeepSpeedEngine
     """A DeepSpeed engine around ``model`` with AdamW + warm-up/polynomial-decay schedule.
 
     Use ``engine(...)`` forward, ``engine.backward(loss)``, ``engine.step()`` (steps the
     optimizer and scheduler at each gradient-accumulation boundary, clipping first).
     ``schedule_step`` maps the optimizer step to the step the LR schedule uses (e.g. one
-    derived from elapsed time when a run has a time budget).
+    derived from elapsed time when a run has a time budget); ``zero_extra``: see `ds_config`.
     """
     import deepspeed
 
@@ -206,6 +210,7 @@ def wrap(
         zero_stage=zero_stage,
         bf16=use_bf16,
         world=info.world_size,
+        zero_extra=zero_extra,
     )
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config

@@ -7,6 +7,10 @@
 The directory is written to ``root/.policy-v3.tmp-<id>/`` (same filesystem), every file and
 the directory are fsync'ed, then it is renamed to ``policy-v3/`` and the root is fsync'ed —
 a replica never sees a half-written checkpoint under a ``policy-vN`` name.
+
+With several ranks every rank calls `save_policy` / `push_policy` (under ZeRO-3 the
+parameters are partitioned and gathering them is a collective); rank 0 alone writes,
+announces and prunes.
 """
 
 from __future__ import annotations
@@ -15,8 +19,11 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
+
+import torch.distributed as dist
 
 from shared.queue import JobQueue
 from shared.schemas import WeightsAnnouncement
@@ -36,13 +43,39 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def full_weights(model: Any) -> AbstractContextManager[Any]:
+    """Context in which ``model`` holds its full parameters: ZeRO-3 leaves each rank a slice
+    (the module's tensors are empty placeholders), so gather them — a collective, every rank
+    must enter it. A no-op for any other model."""
+    params = list(model.parameters()) if hasattr(model, "parameters") else []
+    if not any(hasattr(p, "ds_id") for p in params):
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
 def save_policy(model: Any, tokenizer: Any, root: Path, version: int) -> Path:
     """Write ``model`` (safetensors + config) and ``tokenizer`` to ``root/policy-v<version>``.
 
     Atomic: the directory appears complete or not at all. An existing ``policy-v<version>``
-    is replaced (a resumed run re-saving the same version).
+    is replaced (a resumed run re-saving the same version). Every rank calls it; rank 0
+    writes, the others wait until the directory is there.
     """
-    root = Path(root)
+    final = policy_dir(Path(root), version)
+    with full_weights(model):
+        if _rank() == 0:
+            _write_policy(model, tokenizer, Path(root), version)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+    return final
+
+
+def _write_policy(model: Any, tokenizer: Any, root: Path, version: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     final = policy_dir(root, version)
     tmp = Path(tempfile.mkdtemp(prefix=f".policy-v{version}.tmp-", dir=root))
@@ -106,8 +139,11 @@ async def push_policy(
     queue: JobQueue, model: Any, tokenizer: Any, root: Path, version: int, keep: int = 2
 ) -> WeightsAnnouncement:
     """Save, announce, prune; drop the job streams of pruned versions and of ``version-keep``
-    (nobody serves them any more: workers read only the stream of the version they hold)."""
+    (nobody serves them any more: workers read only the stream of the version they hold).
+    Every rank calls it (the save may be a collective); only rank 0 announces and prunes."""
     path = save_policy(model, tokenizer, root, version)
+    if _rank() != 0:
+        return WeightsAnnouncement(version=version, path=str(Path(path).resolve()))
     ann = await announce(queue, version, path)
     stale = set(prune_policies(root, keep=keep))
     if version - keep >= 0:

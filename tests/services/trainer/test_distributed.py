@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,17 +107,14 @@ def _batch():  # -> Batch: 8 right-padded prompt+response rows, 2-token reasonin
     return Batch(ids, attn, resp, steps, rewards, torch.arange(B) // 4)
 
 
-def _update(algo: str, stage: int, rank: int, world: int) -> dict:
-    """Build the models, compute advantages, run `ppo_epochs`; the parameters afterwards."""
+def _engines(algo: str, stage: int, world: int) -> tuple:
+    """(policy engine, critic engine or None, π_ref) from the same seeded initialisation."""
     import copy
 
     from transformers import LlamaForCausalLM, LlamaModel
 
-    from services.trainer.algos.advantages import AdvantageInputs, compute_advantages
-    from services.trainer.config import PPOConfig
-    from services.trainer.distributed import gathered_params, wrap
+    from services.trainer.distributed import wrap
     from services.trainer.model import Critic
-    from services.trainer.ppo import UpdateInputs, critic_values, policy_logprobs, ppo_epochs
 
     torch.manual_seed(0)
     policy = LlamaForCausalLM(_tiny_llama())
@@ -125,10 +123,32 @@ def _update(algo: str, stage: int, rank: int, world: int) -> dict:
         for p in ref.parameters():
             p.add_(0.05 * torch.randn_like(p))
     critic = Critic(LlamaModel(_tiny_llama()), 16) if algo == "ppo" else None
-    common = dict(lr=1e-2, grad_clip=1.0, zero_stage=stage, total_steps=4, warmup_steps=0,
-                  micro_batch_size=MICRO, grad_accum_steps=MINI // (MICRO * world))  # fmt: skip
-    engine = wrap(policy, **common)
+    common = dict(lr=1e-2, grad_clip=1.0, zero_stage=stage, total_steps=8, warmup_steps=0,
+                  micro_batch_size=MICRO, grad_accum_steps=MINI // (MICRO * world),
+                  zero_extra={"stage3_param_persistence_threshold": 0})  # fmt: skip
+    # (threshold 0: ZeRO-3 partitions even this tiny model's parameters)
     crit = wrap(critic, **common) if critic is not None else None
+    return wrap(policy, **common), crit, ref
+
+
+def _flat(engine: object, stage: int) -> torch.Tensor:
+    from services.trainer.distributed import gathered_params
+
+    with gathered_params(engine.module, stage):  # type: ignore[attr-defined]
+        return torch.cat([p.detach().flatten().clone() for p in engine.parameters()])  # type: ignore[attr-defined]
+
+
+def _update(algo: str, stage: int, rank: int, world: int, root: str) -> dict:
+    """Build the models, compute advantages, run `ppo_epochs`; the parameters afterwards,
+    the policy saved by `save_policy` (every rank calls it) under ``root``, and for ``ppo``
+    a checkpoint round trip (`save_checkpoint`, `load_checkpoint` into fresh engines, one
+    more update on both)."""
+    from services.trainer.algos.advantages import AdvantageInputs, compute_advantages
+    from services.trainer.config import PPOConfig
+    from services.trainer.ppo import UpdateInputs, critic_values, policy_logprobs, ppo_epochs
+    from services.trainer.weights import save_policy
+
+    engine, crit, ref = _engines(algo, stage, world)
     batch = _batch()
     old = policy_logprobs(engine, batch, TEMP, MICRO)
     ref_lp = policy_logprobs(ref, batch, TEMP, MICRO)
@@ -147,15 +167,39 @@ def _update(algo: str, stage: int, rank: int, world: int) -> dict:
     upd = UpdateInputs(batch, adv, old, ref_lp, old_values=old_values, returns=returns)
     stats = ppo_epochs(engine, crit, upd, cfg, TEMP, torch.Generator().manual_seed(1),
                        rank=rank, world_size=world)  # fmt: skip
-    out = {"steps": engine.global_steps, "stats": stats}
-    for name, eng in (("policy", engine), ("critic", crit)):
-        if eng is not None:
-            with gathered_params(eng.module, stage):
-                out[name] = torch.cat([p.detach().flatten().clone() for p in eng.parameters()])
+    out = {
+        "partitioned": all(p.numel() == 0 for p in engine.module.parameters()),
+        "steps": engine.global_steps,
+        "stats": stats,
+        "saved": str(save_policy(engine.module, None, Path(root) / f"{algo}-{stage}", 1)),
+        "policy": _flat(engine, stage),
+    }
+    if crit is None:
+        return out
+    out["critic"] = _flat(crit, stage)
+    out["resume"] = _resume(engine, crit, upd, cfg, stage, rank, world, Path(root) / f"ck{stage}")
     return out
 
 
-def _update_worker(index: int, ports: tuple[int, int], out: dict) -> None:
+def _resume(engine, crit, upd, cfg, stage: int, rank: int, world: int, root: Path) -> object:
+    """Checkpoint, restore into fresh engines, train both once more: (params, params, state)
+    — or the error a ZeRO-3 checkpoint raises."""
+    from services.trainer.checkpoint import load_checkpoint, save_checkpoint
+    from services.trainer.ppo import ppo_epochs
+
+    try:
+        path = save_checkpoint(root, 1, {"policy": engine, "critic": crit}, {"mark": 7})
+    except NotImplementedError as e:
+        return str(e)
+    fresh, fresh_crit, _ = _engines("ppo", stage, world)
+    state = load_checkpoint(path, {"policy": fresh, "critic": fresh_crit})
+    for eng, c in ((engine, crit), (fresh, fresh_crit)):
+        ppo_epochs(eng, c, upd, cfg, TEMP, torch.Generator().manual_seed(2), rank=rank,
+                   world_size=world)  # fmt: skip
+    return _flat(engine, stage), _flat(fresh, stage), fresh.global_steps, state["mark"]
+
+
+def _update_worker(index: int, ports: tuple[int, int], root: str, out: dict) -> None:
     """Processes 0 and 1: a 2-rank group running ZeRO 0, 2, 3; process 2: one process alone
     (ZeRO 0), the reference. One spawn, so the slow imports happen once, in parallel."""
     alone = index == 2
@@ -167,16 +211,19 @@ def _update_worker(index: int, ports: tuple[int, int], out: dict) -> None:
     import torch.distributed as dist
 
     stages = (0,) if alone else STAGES
-    out[index] = {(a, s): _update(a, s, rank, world) for s in stages for a in ("ppo", "vine")}
+    root = f"{root}/{'alone' if alone else 'ranks'}"
+    out[index] = {(a, s): _update(a, s, rank, world, root) for s in stages for a in ("ppo", "vine")}
     dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
-def updates() -> dict:
+def updates(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """index -> (algo, stage) -> result; 0 and 1 are the two ranks, 2 the lone process."""
+    root = str(tmp_path_factory.mktemp("policies"))
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_update_worker, args=((free_port(), free_port()), out), nprocs=3, join=True)
+        args = ((free_port(), free_port()), root, out)
+        mp.spawn(_update_worker, args=args, nprocs=3, join=True)
         return dict(out)
 
 
@@ -188,6 +235,7 @@ def test_ppo_epochs_two_ranks_equal_one_process(updates: dict, algo: str, stage:
     r0, r1, ref = updates[0][(algo, stage)], updates[1][(algo, stage)], updates[2][(algo, 0)]
     # one optimizer step per mini-batch whatever the world size: 2 epochs × 8/4 = 4
     assert ref["steps"] == r0["steps"] == r1["steps"] == 4
+    assert r0["partitioned"] == (stage == 3)  # ZeRO-3 really holds slices of the parameters
     init = _initial_policy()
     assert (ref["policy"] - init).abs().max() > 1e-3  # the update did move the policy
     names = ["policy", "critic"] if algo == "ppo" else ["policy"]
@@ -197,6 +245,12 @@ def test_ppo_epochs_two_ranks_equal_one_process(updates: dict, algo: str, stage:
     for key in ("loss/policy", "kl/ref", "clipfrac", *(["loss/value"] if algo == "ppo" else [])):
         assert r0["stats"][key] == pytest.approx(ref["stats"][key], rel=1e-4, abs=1e-6), key
         assert r0["stats"][key] == r1["stats"][key]  # averaged over ranks
+    # the pushed policy is the full model (ZeRO-3 gathers its partitions), written once
+    from transformers import LlamaForCausalLM
+
+    assert r0["saved"] == r1["saved"]
+    saved = LlamaForCausalLM.from_pretrained(r0["saved"]).parameters()
+    torch.testing.assert_close(torch.cat([p.detach().flatten() for p in saved]), r0["policy"])
 
 
 def _initial_policy() -> torch.Tensor:
@@ -204,3 +258,20 @@ def _initial_policy() -> torch.Tensor:
 
     torch.manual_seed(0)
     return torch.cat([p.detach().flatten() for p in LlamaForCausalLM(_tiny_llama()).parameters()])
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.parametrize("stage", STAGES)
+def test_checkpoint_round_trip_on_two_ranks(updates: dict, stage: int) -> None:
+    # after save_checkpoint → load_checkpoint into fresh engines, one more update gives the
+    # same parameters as continuing the original (weights, AdamW moments, LR schedule, step)
+    for index in (0, 1):
+        got = updates[index][("ppo", stage)]["resume"]
+        if stage == 3:
+            assert "ZeRO-3" in got  # refused, not silently saved empty
+            continue
+        original, restored, steps, mark = got
+        assert (steps, mark) == (8, 7)
+        assert not torch.equal(original, updates[index][("ppo", stage)]["policy"])
+        torch.testing.assert_close(restored, original, rtol=0, atol=0)
