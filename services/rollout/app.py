@@ -57,7 +57,9 @@ def _start_worker(
     from services.rollout.worker import WorkerConfig, run_worker
     from shared.queue import make_queue
 
-    config = WorkerConfig(checkpoint_root=settings.checkpoint_root)
+    config = WorkerConfig(
+        checkpoint_root=settings.checkpoint_root, max_weights_bytes=settings.max_weights_bytes
+    )
     queue = make_queue(settings.redis_url)
     return asyncio.create_task(run_worker(queue, engine, grader, config, stop)), stop
 

@@ -49,8 +49,8 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
                 "--device",
                 device or "cpu",
             ]
-            if "checkpoint_root" in cfg.model_fields_set:  # where this replica mounts the volume
-                argv += ["--checkpoint-root", str(cfg.checkpoint_root)]
+            # where this replica mounts the volume: announced weights load only from under it
+            argv += ["--checkpoint-root", str(cfg.checkpoint_root)]
             worker.main(argv)  # fmt: skip
             return
         from services.rollout.app import create_app

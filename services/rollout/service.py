@@ -6,6 +6,7 @@ Engine/weights/grader failures become ``ApiError`` (typed 4xx/503 bodies), never
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from services.rollout.engine.base import Engine, EngineInputError, WeightsError
-from services.rollout.engine.weights import WeightsPathError, resolve_weights_path
+from services.rollout.engine.weights import WeightsPathError, read_weights
 from services.rollout.settings import RolloutSettings
 from services.rollout.values import Grader, estimate_values
 from shared.http import ApiError
@@ -115,9 +116,16 @@ class RolloutService:
     async def load_weights(self, req: WeightsRequest, authorization: str | None) -> WeightsStatus:
         self.check_token(authorization)
         self.requests.labels("weights").inc()
+        if req.version < self.engine.version:
+            served = self.engine.version
+            msg = f"version {req.version} is older than the version {served} this replica serves"
+            raise ApiError(409, msg, "stale_version")
         try:
-            path = resolve_weights_path(self.settings.checkpoint_root, req.path)
-            await self.engine.load_weights(req.version, str(path))
+            weights = await asyncio.to_thread(
+                read_weights, self.settings.checkpoint_root, req.path,
+                max_bytes=self.settings.max_weights_bytes, sha256=req.sha256,
+            )  # fmt: skip
+            await self.engine.load_weights(req.version, weights)
         except WeightsPathError as exc:
             raise ApiError(exc.status, str(exc), exc.code) from exc
         except WeightsError as exc:

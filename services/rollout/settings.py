@@ -36,6 +36,9 @@ class RolloutSettings(ServiceSettings):
     max_items: int = Field(
         default=4096, ge=1, description="Most prompts/items one request may carry."
     )
+    max_weights_bytes: int = Field(
+        default=64 * 1024**3, ge=1, description="Largest total size of one policy's shards."
+    )
     grade_timeout_s: float = Field(default=60.0, gt=0, description="Reward service timeout.")
 
     @model_validator(mode="after")

@@ -10,6 +10,11 @@ Jobs of an OLDER version than the one loaded are not served (their stream is no 
 read): answering them with newer weights would stamp a wrong policy on the result, and the
 trainer never enqueues stale work. A trainer that did would see those jobs time out.
 
+Announced weights go through the same resolver as ``POST /v1/weights``
+(``engine.weights.read_weights``): only ``checkpoint_root / <last path component>``, only
+the shards the announcement names, each read once and checked against its SHA-256; an
+announcement without digests, or older than the version served, is refused.
+
 A failed load leaves the worker in state ``failed`` (heartbeat names the version and the
 error); it serves nothing until a newer version is announced, which it tries to load.
 
@@ -32,10 +37,11 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from services.rollout.engine.base import Engine
+from services.rollout.engine.weights import VerifiedWeights, WeightsPathError, read_weights
 from shared.queue import Delivery, JobQueue
 from shared.schemas import (
     GenerateResult,
@@ -70,6 +76,8 @@ class WorkerConfig:
     heartbeat_ttl_s: float = 5.0  # a replica silent this long is gone
     claim_idle_ms: int = 10_000  # a delivery idle this long belonged to a dead worker
     checkpoint_root: Path | None = None  # where this replica mounts the checkpoint volume
+    # (None: every announced load is refused); largest total size of one policy's shards
+    max_weights_bytes: int = 64 * 1024**3
 
 
 class RolloutWorker:
@@ -87,9 +95,19 @@ class RolloutWorker:
         self._last_claim = 0.0
 
     # 1) weights -------------------------------------------------------------------------
-    def _resolve(self, path: str) -> str:
-        root = self.config.checkpoint_root
-        return str(root / Path(path).name) if root is not None else path
+    def _read(self, ann: WeightsAnnouncement) -> VerifiedWeights:
+        """The announced shards, read once under the checkpoint root, digests checked.
+
+        The trainer's path is only a name here: the replica mounts the volume at its own
+        ``checkpoint_root`` and loads ``root / <last component>`` through the same resolver
+        as ``POST /v1/weights`` (confinement after symlinks, safetensors only, size cap).
+        """
+        if not ann.sha256:
+            raise WeightsPathError("announcement carries no shard SHA-256: refused", 403,
+                                   "forbidden")  # fmt: skip
+        name = PurePosixPath(ann.path.replace("\\", "/")).name or ann.path
+        return read_weights(self.config.checkpoint_root, name,
+                            max_bytes=self.config.max_weights_bytes, sha256=ann.sha256)  # fmt: skip
 
     async def _watch_weights(self) -> None:
         async for ann in self.queue.subscribe_weights():
@@ -106,12 +124,16 @@ class RolloutWorker:
         return ann
 
     async def _load(self, ann: WeightsAnnouncement) -> None:
-        path = self._resolve(ann.path)
+        path = ann.path
         self.state = "loading"
         beat = asyncio.create_task(self._beat())  # announce "loading" while the load runs
         t0 = time.perf_counter()
         try:
-            await self.engine.load_weights(ann.version, path)
+            if ann.version < self.engine.version:  # never go back to an older policy
+                raise WeightsPathError(f"v{ann.version} is older than the v{self.engine.version}"
+                                       " served", 409, "stale_version")  # fmt: skip
+            weights = await asyncio.to_thread(self._read, ann)
+            await self.engine.load_weights(ann.version, weights)
         except Exception as exc:
             self.state, self.failed_version = "failed", ann.version
             self.error = f"{type(exc).__name__}: {exc}"
@@ -286,9 +308,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--checkpoint-root",
         type=Path,
-        default=None,
-        help="Where this replica mounts the checkpoint volume (policy-vN/ dirs).",
+        default=Path("runs/checkpoints"),
+        help="Where this replica mounts the checkpoint volume (policy-vN/ dirs); announced "
+        "weights load only from under it.",
     )
+    p.add_argument("--max-weights-bytes", type=int, default=64 * 1024**3,
+                   help="Refuse a policy whose shards total more than this.")  # fmt: skip
     p.add_argument("--batch", type=int, default=1, help="Jobs taken per fetch.")
     p.add_argument("--heartbeat-s", type=float, default=1.0, help="Heartbeat period.")
     p.add_argument("--heartbeat-ttl-s", type=float, default=5.0, help="Heartbeat TTL.")
@@ -318,6 +343,7 @@ async def _amain(args: argparse.Namespace) -> None:
         heartbeat_ttl_s=args.heartbeat_ttl_s,
         claim_idle_ms=args.claim_idle_ms,
         checkpoint_root=args.checkpoint_root,
+        max_weights_bytes=args.max_weights_bytes,
     )
     queue = make_queue(args.redis_url, prefix=args.prefix)
     engine = TorchEngine(args.model, device=args.device, version=args.version)

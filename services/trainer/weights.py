@@ -1,7 +1,7 @@
 """Weight push: write ``policy-vN/`` atomically under the checkpoint root, announce N, prune.
 
     path = save_policy(model, tokenizer, root, version=3)   # root/policy-v3/, complete or absent
-    await announce(queue, version=3, path=path)              # weights:latest + pub/sub
+    await announce(queue, version=3, path=path)              # weights:latest + pub/sub (+ SHA-256s)
     prune_policies(root, keep=2)                             # only the last two stay
 
 The directory is written to ``root/.policy-v3.tmp-<id>/`` (same filesystem), every file and
@@ -15,6 +15,8 @@ announces and prunes.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import re
 import shutil
@@ -128,9 +130,31 @@ def _newest_mtime(root: Path) -> float:
     return policy_dir(root, versions[-1]).stat().st_mtime if versions else 0.0
 
 
+def shard_digests(path: Path) -> dict[str, str]:
+    """SHA-256 (hex) of every ``*.safetensors`` shard of a policy dir (or of one file)."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+    out: dict[str, str] = {}
+    for f in files:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(block)
+        out[f.name] = h.hexdigest()
+    return out
+
+
+def announcement(version: int, path: Path) -> WeightsAnnouncement:
+    """The announcement of ``policy-v<version>`` at ``path``, with each shard's SHA-256."""
+    return WeightsAnnouncement(
+        version=version, path=str(Path(path).resolve()), sha256=shard_digests(path)
+    )
+
+
 async def announce(queue: JobQueue, version: int, path: Path) -> WeightsAnnouncement:
-    """Tell every replica that ``policy-v<version>`` is ready: latest key + pub/sub."""
-    ann = WeightsAnnouncement(version=version, path=str(Path(path).resolve()))
+    """Tell every replica that ``policy-v<version>`` is ready: latest key + pub/sub. The
+    announcement carries the SHA-256 of every shard; replicas verify it before loading."""
+    ann = await asyncio.to_thread(announcement, version, path)
     await queue.publish_weights(ann)
     return ann
 

@@ -97,19 +97,58 @@ class ValueResult(Message):
     policy_version: int = Field(ge=0)
 
 
+MAX_SHARDS = 1024
+_SHA256_DOC = (
+    "SHA-256 (hex) of each safetensors shard, by file name, as the trainer wrote it; the "
+    "replica reads exactly these shards and refuses any whose digest differs."
+)
+
+
+def check_shard_digests(digests: dict[str, str]) -> dict[str, str]:
+    """Shard names must be plain ``*.safetensors`` file names, digests 64 hex characters."""
+    for name, digest in digests.items():
+        if "/" in name or "\\" in name or name in {".", ".."} or not name.endswith(".safetensors"):
+            raise ValueError(f"shard name {name!r} must be a plain *.safetensors file name")
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+            raise ValueError(f"sha256 of {name!r} must be 64 hex characters")
+    return {name: digest.lower() for name, digest in digests.items()}
+
+
 class WeightsRequest(Message):
-    """Load policy ``version`` from a safetensors directory under the checkpoint root."""
+    """Load policy ``version`` from a safetensors directory under the checkpoint root.
+
+    A version older than the one served is refused (409); ``sha256`` is optional here (the
+    push is bearer-authenticated) and checked when given."""
 
     version: int = Field(ge=0)
     path: str = Field(min_length=1, max_length=4096)
+    sha256: dict[str, str] | None = Field(default=None, max_length=MAX_SHARDS,
+                                          description=_SHA256_DOC)  # fmt: skip
+
+    @model_validator(mode="after")
+    def _digests(self) -> WeightsRequest:
+        if self.sha256 is not None:
+            self.sha256 = check_shard_digests(self.sha256)
+        return self
 
 
 class WeightsAnnouncement(Message):
-    """Published by the trainer when ``policy-v{version}/`` is complete on the volume."""
+    """Published by the trainer when ``policy-v{version}/`` is complete on the volume.
+
+    Replicas load only ``<their checkpoint root>/<last component of path>``, only the shards
+    named in ``sha256``, and only when every digest matches; an announcement without
+    digests is refused."""
 
     version: int = Field(ge=0)
     path: str = Field(min_length=1, max_length=4096)
+    sha256: dict[str, str] = Field(default_factory=dict, max_length=MAX_SHARDS,
+                                   description=_SHA256_DOC)  # fmt: skip
     announced_at: float = Field(default_factory=now)
+
+    @model_validator(mode="after")
+    def _digests(self) -> WeightsAnnouncement:
+        self.sha256 = check_shard_digests(self.sha256)
+        return self
 
 
 class WeightsStatus(Message):

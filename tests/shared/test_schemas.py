@@ -32,6 +32,7 @@ EXAMPLES: list[BaseModel] = [
     ),
     S.WeightsRequest(version=2, path="policy-v2"),
     S.WeightsAnnouncement(version=2, path="policy-v2"),
+    S.WeightsAnnouncement(version=2, path="/c/policy-v2", sha256={"model.safetensors": "ab" * 32}),
     S.Job(
         kind="value",
         policy_version=1,
@@ -83,3 +84,18 @@ def test_ids_are_generated_and_unique() -> None:
 def test_edge_rejects(model: type[BaseModel], data: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         model.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    "digests",
+    [
+        {"../model.safetensors": "ab" * 32},  # not a plain file name
+        {"pytorch_model.bin": "ab" * 32},  # not safetensors
+        {"model.safetensors": "xyz"},  # not a SHA-256
+    ],
+)
+def test_weights_digests_are_plain_safetensors_names_and_sha256(digests: dict[str, str]) -> None:
+    with pytest.raises(ValidationError):
+        S.WeightsAnnouncement(version=1, path="policy-v1", sha256=digests)
+    with pytest.raises(ValidationError):
+        S.WeightsRequest(version=1, path="policy-v1", sha256=digests)

@@ -7,7 +7,7 @@ under the sampling distribution (the trainer's π_θk), and the finish reason.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from shared.schemas import Completion, SamplingParams
 
@@ -82,8 +82,10 @@ class Engine(Protocol):
         """Most tokens (prefix + sampled) one sequence may hold."""
         ...
 
-    async def load_weights(self, version: int, path: str) -> None:
-        """Load policy ``version`` from a safetensors directory, in place (no restart)."""
+    async def load_weights(self, version: int, path: Any) -> None:
+        """Load policy ``version`` in place (no restart) from a trusted local safetensors
+        directory (``str``) or from ``VerifiedWeights`` (shard bytes ``read_weights`` checked:
+        what the HTTP push and the queue announcement paths pass)."""
         ...
 
     def stats(self) -> EngineStats: ...

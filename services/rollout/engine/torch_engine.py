@@ -35,7 +35,7 @@ import torch
 from services.rollout.engine.base import EngineInputError, EngineStats, Prefix, row_budget
 from services.rollout.engine.kv_cache import fork_reserved
 from services.rollout.engine.sampling import sample_next
-from services.rollout.engine.weights import load_safetensors_into
+from services.rollout.engine.weights import VerifiedWeights, load_safetensors_into
 from shared.schemas import Completion, SamplingParams
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -136,9 +136,11 @@ class TorchEngine:
         streams = [i if p.stream is None else p.stream for i, p in enumerate(prefixes)]
         return await self._run_locked(self._continue_sync, ids, k, sampling, budgets, streams)
 
-    async def load_weights(self, version: int, path: str) -> None:
+    async def load_weights(self, version: int, path: str | VerifiedWeights) -> None:
         def _load() -> None:
-            load_safetensors_into(self.model, Path(path))
+            load_safetensors_into(
+                self.model, path if isinstance(path, VerifiedWeights) else Path(path)
+            )
             self._version = version
 
         await self._run_locked(_load)

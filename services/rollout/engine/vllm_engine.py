@@ -104,13 +104,20 @@ def from_vllm_output(request_output: Any) -> list[Completion]:
     return completions
 
 
-def _reload_worker(worker: Any, path: str) -> int:  # runs inside each vLLM worker
-    from safetensors.torch import load_file
+def _reload_worker(worker: Any, path: str | dict[str, bytes]) -> int:  # in each vLLM worker
+    """Load a safetensors dir (trusted local path) or verified shard bytes (name -> content)."""
+    from safetensors.torch import load, load_file
 
     from services.rollout.engine.weights import safetensors_shards
 
     model = worker.model_runner.model
     count = 0
+    if isinstance(path, dict):
+        for data in path.values():
+            tensors = load(data)
+            model.load_weights(weights=tensors.items())
+            count += len(tensors)
+        return count
     for shard in safetensors_shards(Path(path)):
         tensors = load_file(str(shard), device="cpu")
         model.load_weights(weights=tensors.items())
@@ -190,8 +197,10 @@ class VllmEngine:
         self._stats.sampled_tokens += sum(len(c.token_ids) for per in result for c in per)
         return result
 
-    async def load_weights(self, version: int, path: str) -> None:
-        await self._locked(self.llm.collective_rpc, _reload_worker, args=(path,))
+    async def load_weights(self, version: int, path: Any) -> None:
+        """``path``: a safetensors dir, or ``VerifiedWeights`` (loaded from their bytes)."""
+        arg = path.shards if hasattr(path, "shards") else str(path)
+        await self._locked(self.llm.collective_rpc, _reload_worker, args=(arg,))
         await self._locked(self.llm.reset_prefix_cache)
         self._version = version
 

@@ -1,12 +1,24 @@
 """Loading policy weights safely: safetensors only, and only from under the checkpoint root.
 
-``resolve_weights_path`` is what ``POST /v1/weights`` checks before any engine sees a path;
+``read_weights`` is the one resolver both weight-push paths use (``POST /v1/weights`` and
+the queue's weights announcement): it resolves the path (symlinks followed) and confines it
+to the checkpoint root, refuses pickle formats, then opens each shard ONCE (``O_NOFOLLOW``),
+checks that the opened file itself is a regular ``*.safetensors`` file under the root,
+caps the total size, reads the bytes from that descriptor and checks each shard's SHA-256
+against the digest the trainer announced. Engines load from those bytes, never from the
+path again, so nothing can be swapped between the checks and the load.
+
 ``load_safetensors_into`` copies the tensors of a safetensors dir/file into a live model in
 place (no pickle is ever unpickled: ``.bin``/``.pt``/``.pkl`` are refused).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -61,6 +73,120 @@ def resolve_weights_path(root: Path, path: str) -> Path:
     return real
 
 
+@dataclass(frozen=True)
+class VerifiedWeights:
+    """Shard bytes read once from descriptors opened under the checkpoint root.
+
+    ``shards`` maps file name -> content; ``sha256`` maps file name -> hex digest of it.
+    """
+
+    path: Path
+    shards: dict[str, bytes]
+    sha256: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(len(b) for b in self.shards.values())
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _opened_path(fd: int, fallback: Path) -> Path:
+    """The real path of the file behind ``fd`` (Linux: /proc/self/fd), else ``fallback``."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:  # pragma: no cover - non-Linux
+        return fallback.resolve()
+
+
+def _read_shard(file: Path, root_real: Path, budget: int) -> tuple[bytes, str]:
+    """Open ``file`` once, check what was opened, read it; (content, sha256 hex)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(file, flags)
+    except FileNotFoundError as exc:
+        raise WeightsPathError(f"shard {file.name!r} does not exist", 404, "not_found") from exc
+    except OSError as exc:  # ELOOP: the shard itself is a symlink
+        raise WeightsPathError(f"shard {file.name!r} cannot be opened: {exc}", 403,
+                               "forbidden") from exc  # fmt: skip
+    with os.fdopen(fd, "rb") as fh:
+        opened = _opened_path(fd, file)
+        if not _is_under(opened, root_real):
+            raise WeightsPathError(
+                f"shard {file.name!r} is outside the checkpoint root", 403, "forbidden"
+            )
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or opened.suffix != ".safetensors":
+            raise WeightsPathError(f"{file.name}: not a regular .safetensors file", 415,
+                                   "unsupported_weights_format")  # fmt: skip
+        if st.st_size > budget:
+            raise WeightsPathError("weights exceed this replica's size limit", 413,
+                                   "weights_too_large")  # fmt: skip
+        data = fh.read(st.st_size + 1)
+    if len(data) != st.st_size:
+        raise WeightsPathError(f"shard {file.name!r} changed while being read", 409,
+                               "digest_mismatch")  # fmt: skip
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def read_weights(
+    root: Path | None,
+    path: str,
+    *,
+    max_bytes: int,
+    sha256: Mapping[str, str] | None = None,
+) -> VerifiedWeights:
+    """Resolve ``path`` under ``root`` and read its shards once (see the module docstring).
+
+    With ``sha256`` (file name -> hex digest) exactly those shards are read and each must
+    match its digest (409 ``digest_mismatch``); without it every ``*.safetensors`` of the
+    directory is read. Refusals are ``WeightsPathError`` with the HTTP status to answer.
+    """
+    if root is None:
+        raise WeightsPathError("no checkpoint root configured: refusing to load weights", 403,
+                               "forbidden")  # fmt: skip
+    real = resolve_weights_path(root, path)
+    root_real = root.expanduser().resolve()
+    if real.is_file():
+        names = [real.name]
+        base = real.parent
+    else:
+        base = real
+        names = sorted(sha256) if sha256 else sorted(p.name for p in real.glob("*.safetensors"))
+    if sha256 is not None and sha256 and sorted(sha256) != names:
+        raise WeightsPathError(f"announced shards {sorted(sha256)} do not match {names}", 409,
+                               "digest_mismatch")  # fmt: skip
+    for name in names:
+        if Path(name).name != name or not name.endswith(".safetensors"):
+            raise WeightsPathError(f"bad shard name {name!r}", 403, "forbidden")
+    shards: dict[str, bytes] = {}
+    digests: dict[str, str] = {}
+    budget = max_bytes
+    for name in names:
+        data, digest = _read_shard(base / name, root_real, budget)
+        budget -= len(data)
+        if sha256 and digest != sha256[name].lower():
+            raise WeightsPathError(f"shard {name!r}: SHA-256 does not match the announcement",
+                                   409, "digest_mismatch")  # fmt: skip
+        shards[name], digests[name] = data, digest
+    return VerifiedWeights(path=real, shards=shards, sha256=digests)
+
+
+def tensors_of(weights: VerifiedWeights) -> dict[str, torch.Tensor]:
+    """Every tensor of the verified shards (parsed from their bytes, never from disk)."""
+    from safetensors.torch import load
+
+    out: dict[str, torch.Tensor] = {}
+    for name, data in weights.shards.items():
+        try:
+            out.update(load(data))
+        except Exception as exc:  # safetensors raises its own error types on bad headers
+            raise WeightsError(f"{name}: not a readable safetensors file ({exc})") from exc
+    return out
+
+
 def safetensors_shards(path: Path) -> list[Path]:
     if path.is_file():
         if path.suffix != ".safetensors":
@@ -72,8 +198,9 @@ def safetensors_shards(path: Path) -> list[Path]:
     return shards
 
 
-def load_safetensors_into(model: torch.nn.Module, path: Path) -> int:
-    """Copy every tensor of the safetensors file(s) at ``path`` into ``model``; returns count.
+def load_safetensors_into(model: torch.nn.Module, path: Path | VerifiedWeights) -> int:
+    """Copy every tensor of the safetensors file(s) at ``path`` (or of already verified
+    shard bytes) into ``model``; returns the count.
 
     Every tensor must name a parameter/buffer of the model with the same shape; every
     parameter must be covered (tied weights count as covered). Nothing is copied unless
@@ -82,13 +209,20 @@ def load_safetensors_into(model: torch.nn.Module, path: Path) -> int:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    state = model.state_dict()
+    if isinstance(path, VerifiedWeights):
+        return load_tensors_into(model, tensors_of(path))
     loaded: dict[str, torch.Tensor] = {}
     for shard in safetensors_shards(path):
         try:
             loaded.update(load_file(str(shard), device="cpu"))
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsError(f"{shard.name}: not a readable safetensors file ({exc})") from exc
+    return load_tensors_into(model, loaded)
+
+
+def load_tensors_into(model: torch.nn.Module, loaded: dict[str, torch.Tensor]) -> int:
+    """Copy ``loaded`` into ``model`` in place after checking names, shapes and coverage."""
+    state = model.state_dict()
     unknown = sorted(set(loaded) - set(state))
     if unknown:
         raise WeightsError(f"unknown tensors (not in the model): {unknown[:5]}")

@@ -154,6 +154,9 @@ def test_weights_push_changes_outputs_and_refuses_bad_requests(
         _error(
             httpx.post(f"{url}/v1/weights", json={**push, "path": "../outside"}, headers=auth), 403
         )
+        wrong = {**push, "sha256": {"model.safetensors": "0" * 64}}
+        resp = httpx.post(f"{url}/v1/weights", json=wrong, headers=auth, timeout=60)
+        assert _error(resp, 409).error == "digest_mismatch"
         assert httpx.get(f"{url}/healthz").json()["version"] == 0  # nothing was loaded
         resp = httpx.post(f"{url}/v1/weights", json=push, headers=auth, timeout=60)
         assert resp.status_code == 200 and resp.json()["version"] == 1
@@ -161,6 +164,9 @@ def test_weights_push_changes_outputs_and_refuses_bad_requests(
         assert after["policy_version"] == 1
         assert after["outputs"][0][0]["token_ids"] != before[0][0]["token_ids"]
         assert httpx.get(f"{url}/healthz").json()["version"] == 1
+        older = {"version": 0, "path": "policy-v1"}  # never go back to an older policy
+        resp = httpx.post(f"{url}/v1/weights", json=older, headers=auth, timeout=60)
+        assert _error(resp, 409).error == "stale_version"
 
 
 def test_weights_refused_when_no_token_configured(tiny_model_dir: Path, tmp_path: Path) -> None:

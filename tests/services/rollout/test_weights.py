@@ -12,6 +12,7 @@ from services.rollout.engine.base import WeightsError
 from services.rollout.engine.weights import (
     WeightsPathError,
     load_safetensors_into,
+    read_weights,
     resolve_weights_path,
 )
 
@@ -62,3 +63,55 @@ def test_loader_checks_names_shapes_and_coverage(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="not a readable"):
         load_safetensors_into(model, tmp_path / "junk.safetensors")
     assert torch.equal(model.weight, torch.ones(2, 3))  # failed loads changed nothing
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_status(root: Path | None, path: str, **kw: object) -> tuple[int, str]:
+    kw.setdefault("max_bytes", 10**9)
+    with pytest.raises(WeightsPathError) as info:
+        read_weights(root, path, **kw)  # type: ignore[arg-type]
+    return info.value.status, info.value.code
+
+
+def test_read_weights_confines_checks_digests_and_caps_size(tmp_path: Path) -> None:
+    root = tmp_path / "ckpt"
+    good = root / "policy-v1"
+    good.mkdir(parents=True)
+    save_file({"w": torch.ones(4)}, good / "model.safetensors")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    save_file({"w": torch.full((4,), 9.0)}, outside / "model.safetensors")
+    # a directory inside the root whose shard is a symlink to a file outside it
+    sneaky = root / "policy-v2"
+    sneaky.mkdir()
+    (sneaky / "model.safetensors").symlink_to(outside / "model.safetensors")
+    digest = {"model.safetensors": _digest(good / "model.safetensors")}
+
+    w = read_weights(root, "policy-v1", max_bytes=10**6, sha256=digest)
+    assert w.sha256 == digest and w.total_bytes == (good / "model.safetensors").stat().st_size
+    assert _read_status(root, "policy-v2") == (403, "forbidden")  # symlinked shard
+    assert _read_status(root, "../elsewhere") == (403, "forbidden")
+    assert _read_status(None, str(good)) == (403, "forbidden")  # no root: nothing loads
+    wrong = {"model.safetensors": "0" * 64}
+    assert _read_status(root, "policy-v1", sha256=wrong) == (409, "digest_mismatch")
+    other = {"other.safetensors": digest["model.safetensors"]}
+    assert _read_status(root, "policy-v1", sha256=other)[0] in (404, 409)
+    assert _read_status(root, "policy-v1", max_bytes=10) == (413, "weights_too_large")
+
+
+def test_loads_the_bytes_that_were_checked_not_the_file_later(tmp_path: Path) -> None:
+    """No check-then-load race: swapping the file after the checks changes nothing."""
+    root = tmp_path / "ckpt"
+    (root / "p").mkdir(parents=True)
+    good = {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}
+    save_file(good, root / "p" / "model.safetensors")
+    verified = read_weights(root, "p", max_bytes=10**6)
+    save_file({k: v * 7 for k, v in good.items()}, root / "p" / "model.safetensors")
+    model = torch.nn.Linear(3, 2)
+    assert load_safetensors_into(model, verified) == 2
+    assert torch.equal(model.weight, torch.ones(2, 3))

@@ -16,10 +16,11 @@ from services.reward.settings import RewardSettings
 from services.rollout.engine.torch_engine import TorchEngine
 from services.rollout.worker import RolloutWorker, WorkerConfig
 from services.trainer.jobs import JobOptions, ReplicasNotReady, run_jobs, wait_for_replicas
-from services.trainer.weights import push_policy
+from services.trainer.weights import announcement, push_policy
 from shared.queue import JobQueue, make_queue
-from shared.schemas import GenerateRequest, Job, SamplingParams
-from tests.services.rollout.tiny import make_model, make_tiny_model_dir
+from shared.schemas import GenerateRequest, Job, ReplicaHeartbeat, SamplingParams
+from shared.schemas import WeightsAnnouncement as Ann
+from tests.services.rollout.tiny import make_model, make_tiny_model_dir, save_weights
 from tests.support import serve_app
 
 pytestmark = [pytest.mark.server, pytest.mark.redis]
@@ -74,8 +75,9 @@ async def test_job_for_new_version_waits_for_the_push_and_is_served_by_it(
 ) -> None:
     import transformers
 
+    root = tmp_path / "ckpt"
     tasks, stop = await start_workers(
-        queue, tiny_dir, reward_url, [fast_config("a"), fast_config("b")]
+        queue, tiny_dir, reward_url, [fast_config("a", root), fast_config("b", root)]
     )
     prompts = [f"Question: {i}+{i}=?\n" for i in range(6)]
     try:
@@ -119,7 +121,7 @@ async def test_worker_that_cannot_load_is_excluded_and_named(
 
     unmounted = tmp_path / "not-mounted"
     unmounted.mkdir()
-    configs = [fast_config("good"), fast_config("broken", root=unmounted)]
+    configs = [fast_config("good", tmp_path / "c"), fast_config("broken", root=unmounted)]
     tasks, stop = await start_workers(queue, tiny_dir, reward_url, configs)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_dir)
@@ -139,6 +141,57 @@ async def test_worker_that_cannot_load_is_excluded_and_named(
         broken = next(r for r in await queue.list_replicas() if r.replica_id == "broken")
         assert broken.state == "failed" and broken.failed_version == 1 and broken.error
         assert broken.loaded_version == 0
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def _beat_when(queue: JobQueue, rid: str, ok, timeout: float = 20.0) -> ReplicaHeartbeat:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        beats = [b for b in await queue.list_replicas() if b.replica_id == rid]
+        if beats and ok(beats[0]):
+            return beats[0]
+        assert asyncio.get_running_loop().time() < deadline, beats
+        await asyncio.sleep(0.1)
+
+
+async def test_queue_announcements_go_through_the_weight_guard(
+    queue: JobQueue, tiny_dir: Path, reward_url: str, tmp_path: Path
+) -> None:
+    """Symlink escape, wrong digest, no digest, older version: each refused over the queue."""
+    root, outside = tmp_path / "ckpt", tmp_path / "outside"
+    save_weights(tiny_dir, outside / "policy-v1", seed=5)
+    (root).mkdir()
+    (root / "policy-v1").symlink_to(outside / "policy-v1")  # escapes the root
+    save_weights(tiny_dir, root / "policy-v2", seed=6)
+    save_weights(tiny_dir, root / "policy-v4", seed=7)
+    tasks, stop = await start_workers(queue, tiny_dir, reward_url, [fast_config("r", root)])
+    try:
+        escape = announcement(1, outside / "policy-v1").model_copy(
+            update={"path": str(root / "policy-v1")}
+        )
+        await queue.publish_weights(escape)
+        beat = await _beat_when(queue, "r", lambda b: b.failed_version == 1)
+        assert beat.loaded_version == 0 and "outside the checkpoint root" in (beat.error or "")
+        tampered = announcement(2, root / "policy-v2")
+        tampered.sha256 = {k: "0" * 64 for k in tampered.sha256}
+        await queue.publish_weights(tampered)
+        beat = await _beat_when(queue, "r", lambda b: b.failed_version == 2)
+        assert beat.loaded_version == 0 and "SHA-256" in (beat.error or "")
+        await queue.publish_weights(Ann(version=3, path=str(root / "policy-v2")))  # no digests
+        beat = await _beat_when(queue, "r", lambda b: b.failed_version == 3)
+        assert beat.loaded_version == 0 and "no shard SHA-256" in (beat.error or "")
+        traversal = announcement(4, root / "policy-v4").model_copy(update={"path": "/x/.."})
+        await queue.publish_weights(traversal)
+        beat = await _beat_when(queue, "r", lambda b: b.failed_version == 4)
+        assert beat.loaded_version == 0
+        await queue.publish_weights(announcement(5, root / "policy-v4"))
+        beat = await _beat_when(queue, "r", lambda b: b.loaded_version == 5 and b.state == "ready")
+        await queue.publish_weights(announcement(2, root / "policy-v2"))  # older: ignored
+        await asyncio.sleep(1.0)
+        beat = await _beat_when(queue, "r", lambda b: b.state == "ready")
+        assert beat.loaded_version == 5
     finally:
         stop.set()
         await asyncio.gather(*tasks)
