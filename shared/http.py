@@ -1,14 +1,17 @@
-"""HTTP plumbing both FastAPI services share: one typed error body for every failure."""
+"""HTTP plumbing both FastAPI services share: one typed error body for every failure,
+bearer-token checks, and a body-size limit that answers 413 however the body is sent."""
 
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,6 +42,35 @@ class ApiError(Exception):
         self.status = status
         self.error = error or _CODES.get(status, "error")
         self.message = message
+
+
+MIN_TOKEN_CHARS = 16
+"""Shortest API token a service accepts at start-up."""
+
+
+def check_token_setting(token: SecretStr | None) -> SecretStr | None:
+    """Validate an ``api_token`` setting: unset is fine; empty, short or with spaces is not.
+
+    An empty token would accept ``Authorization: Bearer`` with nothing after it.
+    """
+    if token is None:
+        return None
+    value = token.get_secret_value()
+    if len(value) < MIN_TOKEN_CHARS or any(c.isspace() for c in value):
+        raise ValueError(
+            f"api_token must be at least {MIN_TOKEN_CHARS} characters without spaces "
+            "(unset it to disable token-guarded routes)"
+        )
+    return token
+
+
+def check_bearer(authorization: str | None, expected: SecretStr) -> None:
+    """Raise a 401 ``ApiError`` unless ``authorization`` is ``Bearer <expected>``."""
+    scheme, _, given = (authorization or "").partition(" ")
+    want = expected.get_secret_value().encode()
+    given_b = given.strip().encode()
+    if scheme.lower() != "bearer" or not given_b or not secrets.compare_digest(given_b, want):
+        raise ApiError(401, "missing or wrong bearer token", "unauthorized")
 
 
 def error_response(status: int, error: str, message: str, detail: Any = None) -> JSONResponse:
@@ -77,7 +109,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodySizeLimit:
-    """ASGI middleware: refuse bodies over ``max_bytes`` with 413 before reading them all."""
+    """ASGI middleware: refuse bodies over ``max_bytes`` with 413 before reading them all.
+
+    A declared ``Content-Length`` over the limit is refused before the app runs. A body sent
+    chunked (no length) is counted as it arrives: past the limit the 413 is sent at once,
+    the app sees a disconnect, and whatever it answers after that is dropped (FastAPI would
+    otherwise turn the interruption into a 400).
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -92,27 +130,38 @@ class BodySizeLimit:
             await self._reject(scope, receive, send)
             return
         seen = 0
+        rejected = False
+        started = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    rejected = True
+                    if not started:
+                        await self._reject(scope, receive, send)
+                    return {"type": "http.disconnect"}
             return message
 
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if rejected:  # our 413 went out already: drop the app's answer
+                return
+            started = True
+            await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._reject(scope, receive, send)
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not rejected:
+                raise
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
             413, "payload_too_large", f"request body exceeds {self.max_bytes} bytes"
         )
         await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.responses import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,7 +27,7 @@ from prometheus_client import (
 from services.reward.grading import Limits
 from services.reward.sandbox import GraderPool
 from services.reward.settings import RewardSettings
-from shared.http import ApiError, BodySizeLimit, install_error_handlers
+from shared.http import ApiError, BodySizeLimit, check_bearer, install_error_handlers
 from shared.schemas import ErrorBody, GradeRequest, GradeResponse
 
 
@@ -85,11 +85,15 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
     app.state.pool = pool
     app.state.settings = cfg
-    errors = {413: {"model": ErrorBody}, 422: {"model": ErrorBody}}
+    errors = {code: {"model": ErrorBody} for code in (401, 413, 422, 503)}
 
     @app.post("/v1/grade", response_model=GradeResponse, responses=errors)  # type: ignore[arg-type]
-    async def grade(body: GradeRequest, request: Request) -> GradeResponse:
+    async def grade(
+        body: GradeRequest, request: Request, authorization: str | None = Header(default=None)
+    ) -> GradeResponse:
         """Grade each item in a sandboxed worker; verdicts come back in request order."""
+        if cfg.require_token and cfg.api_token is not None:
+            check_bearer(authorization, cfg.api_token)
         if len(body.items) > cfg.max_batch:
             raise ApiError(
                 413, f"batch of {len(body.items)} items exceeds max_batch={cfg.max_batch}; "

@@ -30,14 +30,17 @@ class RewardClient:
         retries: int = 3,
         batch_size: int = 512,
         backoff_s: float = 0.2,
+        token: str | None = None,
     ) -> None:
+        """``token``: sent as ``Authorization: Bearer`` (a service with ``REQUIRE_TOKEN``)."""
         if batch_size < 1 or retries < 0:
             raise ValueError("batch_size >= 1 and retries >= 0 are required")
         self.base_url = base_url.rstrip("/")
         self.retries = retries
         self.batch_size = batch_size
         self.backoff_s = backoff_s
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, headers=headers)
 
     async def grade(self, items: Sequence[GradeItem]) -> list[Verdict]:
         """One verdict per item, in order (batches are sent concurrently)."""

@@ -82,7 +82,12 @@ def create_app(
         if grader is None:
             from services.reward.client import RewardClient
 
-            client = RewardClient(settings.reward_url, timeout_s=settings.grade_timeout_s)
+            token = settings.reward_api_token
+            client = RewardClient(
+                settings.reward_url,
+                timeout_s=settings.grade_timeout_s,
+                token=token.get_secret_value() if token is not None else None,
+            )
         app.state.service = RolloutService(settings, eng, grader or client)  # type: ignore[arg-type]
         worker, stop = _start_worker(settings, eng, grader or client)
         try:
@@ -107,14 +112,22 @@ def create_app(
         return svc
 
     @app.post("/v1/generate", response_model=GenerateResult)
-    async def generate(req: GenerateRequest, request: Request) -> GenerateResult:
+    async def generate(
+        req: GenerateRequest, request: Request, authorization: str | None = Header(default=None)
+    ) -> GenerateResult:
         """``n`` sampled completions per prompt, with per-token log-probs."""
-        return await service(request).generate(req)
+        svc = service(request)
+        svc.check_read_token(authorization)
+        return await svc.generate(req)
 
     @app.post("/v1/value", response_model=ValueResult)
-    async def value(req: ValueRequest, request: Request) -> ValueResult:
+    async def value(
+        req: ValueRequest, request: Request, authorization: str | None = Header(default=None)
+    ) -> ValueResult:
         """MC value of each partial solution: mean return of ``k`` graded continuations."""
-        return await service(request).value(req)
+        svc = service(request)
+        svc.check_read_token(authorization)
+        return await svc.value(req)
 
     @app.post("/v1/weights", response_model=WeightsStatus)
     async def weights(

@@ -7,7 +7,6 @@ Engine/weights/grader failures become ``ApiError`` (typed 4xx/503 bodies), never
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Sequence
 
@@ -17,7 +16,7 @@ from services.rollout.engine.base import Engine, EngineInputError, WeightsError
 from services.rollout.engine.weights import WeightsPathError, read_weights
 from services.rollout.settings import RolloutSettings
 from services.rollout.values import Grader, estimate_values
-from shared.http import ApiError
+from shared.http import ApiError, check_bearer
 from shared.schemas import (
     GenerateRequest,
     GenerateResult,
@@ -85,11 +84,12 @@ class RolloutService:
             raise ApiError(
                 403, "weight pushes are disabled: set VINEPPO_ROLLOUT_API_TOKEN", "forbidden"
             )
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(
-            given.strip().encode(), expected.get_secret_value().encode()
-        ):
-            raise ApiError(401, "missing or wrong bearer token", "unauthorized")
+        check_bearer(authorization, expected)
+
+    def check_read_token(self, authorization: str | None) -> None:
+        """``/v1/generate`` and ``/v1/value``: the bearer token only with ``require_token``."""
+        if self.settings.require_token and self.settings.api_token is not None:
+            check_bearer(authorization, self.settings.api_token)
 
     # -- routes --------------------------------------------------------------------------
     async def generate(self, req: GenerateRequest) -> GenerateResult:

@@ -2,7 +2,9 @@
 
 Inherited from ``ServiceSettings``: host, port, log_level, max_body_bytes, redis_url,
 checkpoint_root (``POST /v1/weights`` only loads from under it) and api_token (the bearer
-token ``POST /v1/weights`` requires; unset = weight pushes over HTTP are refused).
+token ``POST /v1/weights`` requires; unset = weight pushes over HTTP are refused; empty or
+shorter than 16 characters = refused at start-up). ``require_token`` puts the same token on
+``/v1/generate`` and ``/v1/value``.
 """
 
 from __future__ import annotations
@@ -10,13 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
+from shared.http import check_token_setting
+from shared.schemas.rollout import MAX_BATCH, MAX_SCHEMA_ITEMS
 from shared.settings import ServiceSettings, service_config
 
 
 class RolloutSettings(ServiceSettings):
-    model_config = service_config("VINEPPO_ROLLOUT_")
+    # errors name the field but never echo its value (a token must not reach a log)
+    model_config = SettingsConfigDict(
+        **service_config("VINEPPO_ROLLOUT_"), hide_input_in_errors=True
+    )
 
     port: int = Field(default=8002, ge=0, le=65535, description="TCP port.")
     reward_url: str = Field(
@@ -34,15 +42,33 @@ class RolloutSettings(ServiceSettings):
     min_k: int = Field(default=1, ge=1, description="Smallest k accepted by /v1/value.")
     max_k: int = Field(default=256, ge=1, le=256, description="Largest k accepted by /v1/value.")
     max_items: int = Field(
-        default=4096, ge=1, description="Most prompts/items one request may carry."
+        default=MAX_BATCH,
+        ge=1,
+        le=MAX_SCHEMA_ITEMS,
+        description="Most prompts/items one request may carry (more: 413).",
     )
     max_weights_bytes: int = Field(
         default=64 * 1024**3, ge=1, description="Largest total size of one policy's shards."
     )
     grade_timeout_s: float = Field(default=60.0, gt=0, description="Reward service timeout.")
+    reward_api_token: SecretStr | None = Field(
+        default=None, description="Bearer token sent to a reward service with REQUIRE_TOKEN."
+    )
+    require_token: bool = Field(
+        default=False,
+        description="Also require the bearer api_token on /v1/generate and /v1/value "
+        "(off: loopback use).",
+    )
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        return check_token_setting(v)
 
     @model_validator(mode="after")
     def _k_bounds(self) -> RolloutSettings:
         if self.min_k > self.max_k:
             raise ValueError(f"min_k ({self.min_k}) must be <= max_k ({self.max_k})")
+        if self.require_token and self.api_token is None:
+            raise ValueError("require_token needs api_token")
         return self

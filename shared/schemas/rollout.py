@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from shared.schemas.base import Dataset, Message, new_id, now
 from shared.schemas.grade import MAX_TEXT_CHARS, VerdictStatus
 
 FinishReason = Literal["stop", "length"]
 MAX_BATCH = 4096
+"""Default per-request item limit of the rollout service (``max_items``)."""
+MAX_SCHEMA_ITEMS = 65_536
+"""Hard ceiling the schema enforces; above any configurable ``max_items``, so the service's
+own 413 (not a 422) answers a batch over its configured limit."""
+MAX_SCHEMA_K = 4096
+"""Hard ceiling on ``k``/``n``; above ``max_k`` (<= 256), so ``k_out_of_range`` is what a
+caller sees for k in (max_k, 4096]."""
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
 MAX_STREAM = 2**40
 
 ReturnStatus = Literal[VerdictStatus, "truncated"]
@@ -30,7 +40,11 @@ class SamplingParams(Message):
     temperature: float = Field(default=0.6, ge=0.0, le=5.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(default=1024, ge=1, le=32768)
-    stop: list[str] = Field(default_factory=list, max_length=16, description="Stop strings.")
+    stop: list[StopString] = Field(
+        default_factory=list,
+        max_length=MAX_STOP_STRINGS,
+        description=f"Stop strings: at most {MAX_STOP_STRINGS}, each 1-{MAX_STOP_CHARS} chars.",
+    )
     seed: int | None = Field(default=None, ge=0, description="Per-request seed; None = random.")
 
 
@@ -44,8 +58,8 @@ class Completion(Message):
 
 
 class GenerateRequest(Message):
-    prompts: list[str] = Field(min_length=1, max_length=MAX_BATCH)
-    n: int = Field(default=1, ge=1, le=256, description="Completions per prompt.")
+    prompts: list[str] = Field(min_length=1, max_length=MAX_SCHEMA_ITEMS)
+    n: int = Field(default=1, ge=1, le=MAX_SCHEMA_K, description="Completions per prompt.")
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     stream_offset: int = Field(default=0, ge=0, le=MAX_STREAM, description=_STREAM_OFFSET_DOC)
 
@@ -71,8 +85,10 @@ class ValueRequest(Message):
     continuations get what its partial response left of it, and no more than fits in the
     model's context after prompt + partial."""
 
-    items: list[ValueItem] = Field(min_length=1, max_length=MAX_BATCH)
-    k: int = Field(default=9, ge=1, le=256, description="Monte Carlo continuations per state.")
+    items: list[ValueItem] = Field(min_length=1, max_length=MAX_SCHEMA_ITEMS)
+    k: int = Field(
+        default=9, ge=1, le=MAX_SCHEMA_K, description="Monte Carlo continuations per state."
+    )
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     stream_offset: int = Field(default=0, ge=0, le=MAX_STREAM, description=_STREAM_OFFSET_DOC)
 

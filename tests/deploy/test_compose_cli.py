@@ -58,7 +58,7 @@ def test_compose_config_resolves(compose_bin: str) -> None:
     devices = rollout["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert rollout["command"][-4:] == ["--model", "/models/policy", "--engine", "vllm"]
-    assert rollout["environment"]["VINEPPO_ROLLOUT_API_TOKEN"] == "change-me"
+    assert rollout["environment"]["VINEPPO_ROLLOUT_API_TOKEN"] == "change-me-to-a-random-token"
     mounts = {v["target"]: v for v in rollout["volumes"]}
     assert mounts["/models"]["source"] == "/srv/models" and mounts["/models"]["read_only"]
     assert mounts["/checkpoints"]["type"] == "volume"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.deploy.conftest import TOKEN
 from tests.deploy.manifests import (
     Container,
     chart_containers,
@@ -98,7 +99,7 @@ def test_chart_extra_env_with_stray_name_is_caught(helm_bin: str) -> None:
     """A user-supplied extraEnv that names no field is caught on the real rendered chart."""
     docs = render(
         helm_bin,
-        "apiToken.value=x",
+        f"apiToken.value={TOKEN}",
         "rollout.extraEnv[0].name=VINEPPO_ROLLOUT_NOT_A_FIELD",
         "rollout.extraEnv[0].value=1",
     )

@@ -21,7 +21,7 @@ KUBE_VERSION = "1.31"  # the Kubernetes the bundled Helm (kubectl layer v31) tar
 
 
 def test_helm_lint_passes(helm_bin: str) -> None:
-    proc = helm(helm_bin, "lint", "--strict", str(CHART), "--set", "apiToken.value=x")
+    proc = helm(helm_bin, "lint", "--strict", str(CHART), "--set", f"apiToken.value={TOKEN}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 chart(s) failed" in proc.stdout
 
@@ -192,6 +192,12 @@ def test_missing_token_fails_with_clear_message(helm_bin: str) -> None:
     assert "set apiToken.value or apiToken.existingSecret" in proc.stderr
 
 
+@pytest.mark.parametrize("token", ["x", "short-token", "has spaces but long enough"])
+def test_short_token_is_refused_at_render(helm_bin: str, token: str) -> None:
+    proc = helm(helm_bin, "template", "t", str(CHART), "--set", f"apiToken.value={token}")
+    assert proc.returncode != 0 and "apiToken.value" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize(
     ("override", "complaint"),
     [
@@ -205,7 +211,7 @@ def test_missing_token_fails_with_clear_message(helm_bin: str) -> None:
 )
 def test_schema_rejects_bad_values(helm_bin: str, override: str, complaint: str) -> None:
     proc = helm(
-        helm_bin, "template", "t", str(CHART), "--set", "apiToken.value=x", "--set", override
+        helm_bin, "template", "t", str(CHART), "--set", f"apiToken.value={TOKEN}", "--set", override
     )
     assert proc.returncode != 0, f"{override} was accepted"
     assert complaint in proc.stderr, proc.stderr

@@ -69,7 +69,10 @@ def test_ids_are_generated_and_unique() -> None:
     ("model", "data"),
     [
         (S.ValueRequest, {"items": [{"prompt": "Q", "gold": "1"}], "k": 0}),  # k below 1
-        (S.ValueRequest, {"items": [{"prompt": "Q", "gold": "1"}], "k": 257}),  # k above 256
+        (S.ValueRequest, {"items": [{"prompt": "Q", "gold": "1"}], "k": 4097}),  # hard ceiling
+        (S.SamplingParams, {"stop": ["x" * 257]}),  # stop string too long
+        (S.SamplingParams, {"stop": [""]}),  # empty stop string
+        (S.SamplingParams, {"stop": ["a"] * 17}),  # too many stop strings
         (S.ValueRequest, {"items": []}),  # empty batch
         (S.GradeItem, {"response": "x", "gold": "1", "dataset": "aime"}),  # unknown dataset
         (S.SamplingParams, {"temperature": -1}),  # negative temperature

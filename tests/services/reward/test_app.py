@@ -93,6 +93,47 @@ def test_oversize_batch_and_body_get_413(url: str) -> None:
     assert httpx.get(f"{url}/v1/grade").status_code == 405
 
 
+def test_oversize_body_sent_chunked_gets_413(url: str) -> None:
+    """No Content-Length: the limit is counted as the body arrives, and the answer is 413."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"items": [{"dataset": "gsm8k", "gold": "1", "response": "'
+        for _ in range(80):
+            yield b"x" * 65536  # 5 MiB in all, over the 4 MiB limit
+        yield b'"}]}'
+
+    r = httpx.post(f"{url}/v1/grade", content=chunks(), timeout=30,
+                   headers={"content-type": "application/json"})  # fmt: skip
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413, r.text
+    assert ErrorBody.model_validate(r.json()).error == "payload_too_large"
+    assert_healthy(url)
+
+
+@pytest.mark.parametrize("token", ["", "tooshort"])
+def test_empty_or_short_token_is_refused_at_start_up(
+    token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("VINEPPO_REWARD_API_TOKEN", token)
+    with pytest.raises(ValidationError, match="api_token"):
+        RewardSettings()
+
+
+async def test_optional_bearer_auth_on_grade() -> None:
+    token = "reward-token-0123456789"
+    settings = RewardSettings(workers=1, api_token=token, require_token=True)
+    body = {"items": [item("#### 4", "4", "gsm8k")]}
+    with serve_app(create_app(settings)) as base:
+        assert post(base, body).status_code == 401
+        r = httpx.post(f"{base}/v1/grade", json=body, headers={"Authorization": "Bearer"})
+        assert r.status_code == 401 and ErrorBody.model_validate(r.json()).error == "unauthorized"
+        async with RewardClient(base, token=token) as rc:
+            verdicts = await rc.grade([GradeItem(response="#### 4", gold="4", dataset="gsm8k")])
+        assert verdicts[0].status == "correct"
+
+
 ADVERSARIAL = [
     item("\\boxed{2^{2^{2^{2^{2^{22}}}}}}"),  # power tower
     item("\\boxed{100000!}"),  # huge factorial
