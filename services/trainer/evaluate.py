@@ -48,10 +48,13 @@ async def evaluate(
     temperature: float,
     max_tokens: int,
     seed: int = 1234,
+    top_p: float = 1.0,
     progress: bool = True,
 ) -> PassAt1:
     """Pass@1 of policy ``version`` on ``examples`` (``prompts[i]`` formats ``examples[i]``)."""
-    sampling = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed)
+    sampling = SamplingParams(
+        temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
+    )
     outs = await run_generate_jobs(
         queue, prompts, version=version, n=seeds, sampling=sampling,
         options=JobOptions(desc="eval", progress=progress),
@@ -87,6 +90,6 @@ async def validation_metrics(
     res = await evaluate(
         queue, grader, examples, prompts, version=version, seeds=eval_cfg.seeds,
         temperature=eval_cfg.temperature, max_tokens=eval_cfg.max_response_tokens,
-        seed=seed, progress=progress,
+        seed=seed, top_p=eval_cfg.top_p, progress=progress,
     )  # fmt: skip
     return {"acc/val": res.mean, "acc/val_spread": res.spread, "time/eval": time.monotonic() - t0}

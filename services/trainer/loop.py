@@ -168,7 +168,7 @@ class RLTrainer:
 
     def _truncate_metrics(self, iteration: int) -> None:
         """Drop metric lines of iterations after the checkpoint (a killed run wrote them)."""
-        if not self.metrics_path.is_file():
+        if self.info.rank != 0 or not self.metrics_path.is_file():
             return
         rows = [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()]
         kept = [r for r in rows if r["iteration"] <= iteration]
@@ -203,11 +203,15 @@ class RLTrainer:
         return self.metrics_path
 
     async def validate(self) -> dict[str, float]:
-        return await validation_metrics(
-            self.services.queue, self.services.grader, self.val,
-            [self.prompt(x) for x in self.val], version=self.version, eval_cfg=self.cfg.eval,
-            seed=self.cfg.seed + 7, progress=self.progress,
-        )  # fmt: skip
+        """Validation Pass@1 of the current policy: rank 0 evaluates, every rank gets the row."""
+        metrics: dict[str, float] | None = None
+        if self.info.rank == 0:
+            metrics = await validation_metrics(
+                self.services.queue, self.services.grader, self.val,
+                [self.prompt(x) for x in self.val], version=self.version,
+                eval_cfg=self.cfg.eval, seed=self.cfg.seed + 7, progress=self.progress,
+            )  # fmt: skip
+        return await asyncio.to_thread(broadcast_from_main, metrics)
 
     # -- best-by-validation policy (read by `vineppo eval --select-on validation`) -------
     def save_best(self, row: dict[str, Any]) -> None:
@@ -228,7 +232,10 @@ class RLTrainer:
         os.rename(tmp, best)
 
     def log_row(self, row: dict[str, Any]) -> None:
-        """One JSONL line per iteration, and the same scalars as TensorBoard events (``tb/``)."""
+        """One JSONL line per iteration, and the same scalars as TensorBoard events (``tb/``);
+        rank 0 alone writes."""
+        if self.info.rank != 0:
+            return
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is None:
@@ -247,7 +254,8 @@ class RLTrainer:
         """One RL iteration; returns its metrics row."""
         cfg, t_start = self.cfg, time.monotonic()
         reset_peak(self.info.device)
-        seed = cfg.seed * 100_003 + self.iteration
+        # even seeds sample responses, odd ones (seed + 1) the MC values: no two streams meet
+        seed = 2 * (cfg.seed * 100_003 + self.iteration)
         examples = [self.train[i] for i in self.data.take(cfg.rollout.prompts_per_iteration)]
         prompts = [self.prompt(x) for x in examples]
         # 1) sample n responses per prompt from v_N, 2) grade: once, on rank 0
