@@ -50,8 +50,10 @@ def write_data(
     rng = random.Random(seed)
     nums = numbers()
     sft = [rng.choice(nums) for _ in range(sft_rows)]
-    sft_rows_ = [{"question": f"Repeat {n}.", "answer": solution(n, correct=rng.random() < p_correct)}
-                 for n in sft]  # fmt: skip
+    sft_rows_ = [
+        {"question": f"Repeat {n}.", "answer": solution(n, correct=rng.random() < p_correct)}
+        for n in sft
+    ]
     gold = [{"question": f"Repeat {n}.", "answer": solution(n)} for n in nums]
     rng.shuffle(gold)
     sft_dir, rl_dir = root / "sft-data", root / "rl-data"

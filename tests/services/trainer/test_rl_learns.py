@@ -76,8 +76,10 @@ async def _sampled_reward(model: Path, out: Path, samples_per_prompt: int = 8) -
     prompts = [format_prompt(ex.question) for ex in examples]
     sampling = SamplingParams(temperature=TEMPERATURE, max_tokens=16, seed=12345)
     async with run_services(model, out / "policies", job_size=32) as services:
-        outs = await run_generate_jobs(services.queue, prompts, version=0, n=samples_per_prompt,
-                                       sampling=sampling, options=JobOptions(progress=False))  # fmt: skip
+        outs = await run_generate_jobs(
+            services.queue, prompts, version=0, n=samples_per_prompt, sampling=sampling,
+            options=JobOptions(progress=False),
+        )  # fmt: skip
         items = [GradeItem(response=c.text, gold=ex.answer, dataset="gsm8k")
                  for ex, per in zip(examples, outs, strict=True) for c in per]  # fmt: skip
         verdicts = await services.grader.grade(items)
