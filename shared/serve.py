@@ -7,7 +7,9 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 
 from fastapi import FastAPI
 
@@ -27,9 +29,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
+    """Poll ``GET url/readyz`` until 200 (or 404: the app has no readiness route).
+
+    Raises ``RuntimeError`` naming the last answer when ``timeout`` passes first.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline and alive():
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return
+            body = exc.read()[:300]
+            last = f"{exc.code} {body!r}"
+            if b"state failed" in body:  # it will not get ready by waiting
+                break
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not become ready: {last}")
+
+
 @contextlib.contextmanager
-def serve_in_thread(app: FastAPI, timeout: float = 60.0) -> Iterator[str]:
-    """Run ``app`` under a real uvicorn server on 127.0.0.1 in a thread; yield its base URL."""
+def serve_in_thread(app: FastAPI, timeout: float = 60.0, *, ready: bool = True) -> Iterator[str]:
+    """Run ``app`` under a real uvicorn server on 127.0.0.1 in a thread; yield its base URL.
+
+    With ``ready`` (the default) it also waits until ``GET /readyz`` answers 200, so an app
+    that loads its model in the background is serving when the block starts.
+    """
     import uvicorn
 
     port = free_port()
@@ -42,8 +73,11 @@ def serve_in_thread(app: FastAPI, timeout: float = 60.0) -> Iterator[str]:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError(f"uvicorn server on port {port} did not start")
         time.sleep(0.02)
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        if ready:
+            wait_ready(url, max(0.0, deadline - time.monotonic()), thread.is_alive)
+        yield url
     finally:
         server.should_exit = True
         thread.join(timeout=timeout)

@@ -1,4 +1,8 @@
-"""Container HEALTHCHECK: GET /healthz on the port of the service this container serves.
+"""Container HEALTHCHECK: GET /readyz on the port of the service this container serves.
+
+Readiness, not liveness: compose starts a dependent service on `service_healthy`, so a
+rollout container is healthy only once its model is loaded (and not after a failed load),
+a reward container only with a live grader worker. `--path /healthz` probes liveness.
 
 The images run one of `vineppo serve reward`, `vineppo serve rollout ...`, `vineppo train ...`
 or `vineppo demo`. This script reads the command of PID 1, and for a `serve <service>` command
@@ -54,6 +58,7 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--cmdline", help="command to inspect (default: PID 1's command line)")
     parser.add_argument("--port", type=int, help="port to probe (default: from the Settings)")
     parser.add_argument("--timeout", type=float, default=3.0)
+    parser.add_argument("--path", default="/readyz", help="route to probe (default /readyz)")
     ns = parser.parse_args(args)
     if ns.cmdline is not None:
         argv = ns.cmdline.split()
@@ -63,9 +68,9 @@ def main(args: list[str] | None = None) -> int:
     if service is None:
         return 0
     port = ns.port if ns.port is not None else settings_port(service)
-    ok = check(f"http://127.0.0.1:{port}/healthz", ns.timeout)
+    ok = check(f"http://127.0.0.1:{port}{ns.path}", ns.timeout)
     if not ok:
-        print(f"{service}: GET http://127.0.0.1:{port}/healthz failed", file=sys.stderr)
+        print(f"{service}: GET http://127.0.0.1:{port}{ns.path} failed", file=sys.stderr)
     return 0 if ok else 1
 
 

@@ -1,7 +1,8 @@
 """The reward service: FastAPI over a sandboxed grader pool.
 
     POST /v1/grade   GradeRequest -> GradeResponse (one verdict per item, in order)
-    GET  /healthz    pool liveness
+    GET  /healthz    liveness: the process and its event loop answer
+    GET  /readyz     readiness: 200 only with at least one live grader worker
     GET  /metrics    Prometheus text: verdicts by status, latency, pool restarts
 
 Run: ``vineppo serve reward`` (settings from ``VINEPPO_REWARD_*``).
@@ -9,6 +10,7 @@ Run: ``vineppo serve reward`` (settings from ``VINEPPO_REWARD_*``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -107,11 +109,32 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
             metrics.verdicts.labels(status=v.status).inc()
         return GradeResponse(verdicts=verdicts)
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, object]:
-        """200 while every grader worker is alive (a dead one is replaced on next use)."""
+    def _status() -> dict[str, object]:
         return {"status": "ok", "workers": cfg.workers, "alive": pool.alive,
                 "restarts": pool.restarts, "graded": pool.graded}  # fmt: skip
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, object]:
+        """Liveness: 200 while the process answers (dead graders are replaced, see readyz)."""
+        return _status()
+
+    @app.get("/readyz", responses={503: {"model": ErrorBody}})
+    async def readyz() -> dict[str, object]:
+        """Readiness: 200 with at least one live grader worker; with none, 503 (and the dead
+        idle workers are restarted in the background, so the next probe can pass)."""
+        if pool.alive == 0:
+            if not healing:
+                healing.append(asyncio.create_task(_heal()))
+            raise ApiError(503, f"0 of {cfg.workers} grader workers alive", "not_ready")
+        return _status()
+
+    healing: list[asyncio.Task[None]] = []
+
+    async def _heal() -> None:
+        try:
+            await pool.heal()
+        finally:
+            healing.clear()
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -234,6 +234,26 @@ class GraderPool:
     def alive(self) -> int:
         return sum(1 for w in self._all if w.proc is not None and w.proc.is_alive())
 
+    async def heal(self) -> int:
+        """Restart every idle worker whose process died; returns how many were restarted.
+
+        Busy workers restart themselves; this revives a pool that lost its processes while
+        nothing was being graded (otherwise it would wait for the next request)."""
+        if self._free is None:
+            return 0
+        idle: list[_Worker] = []
+        while not self._free.empty():
+            idle.append(self._free.get_nowait())
+        dead = [w for w in idle if w.proc is None or not w.proc.is_alive()]
+        try:
+            loop = asyncio.get_running_loop()
+            for w in dead:
+                await loop.run_in_executor(self._threads, w.restart)
+        finally:
+            for w in idle:
+                self._free.put_nowait(w)
+        return len(dead)
+
     async def grade_batch(self, items: Sequence[GradeItem]) -> list[Verdict]:
         """Grade every item in a worker; identical items are graded once. Order is kept."""
         if self._free is None:

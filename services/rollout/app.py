@@ -5,33 +5,43 @@
 
 With ``redis_url`` set, the lifespan also runs a queue worker (this process is then one of
 the trainer's rollout replicas). Routes: ``POST /v1/generate``, ``POST /v1/value``,
-``POST /v1/weights`` (bearer token), ``GET /healthz``, ``GET /metrics`` (Prometheus text).
-Logic lives in ``service.py``.
+``POST /v1/weights`` (bearer token), ``GET /healthz`` (liveness), ``GET /readyz``
+(readiness), ``GET /metrics`` (Prometheus text). Logic lives in ``service.py``.
+
+An engine built from settings loads in the background: the port answers at once, ``/healthz``
+is 200 while the process can make progress (503 once building the engine failed: restart
+it), ``/readyz`` is 200 only when the engine is loaded, no weight load is running and the
+last one did not fail (HTTP push or queue announcement).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Header, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from services.rollout.engine import Engine, make_engine
 from services.rollout.service import RolloutService
 from services.rollout.settings import RolloutSettings
 from services.rollout.values import Grader
-from shared.http import ApiError, BodySizeLimit, install_error_handlers
+from shared.http import ApiError, BodySizeLimit, error_response, install_error_handlers
 from shared.schemas import (
     ErrorBody,
     GenerateRequest,
     GenerateResult,
+    RolloutHealth,
     ValueRequest,
     ValueResult,
     WeightsRequest,
     WeightsStatus,
 )
+
+log = logging.getLogger(__name__)
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 503)
@@ -49,19 +59,36 @@ def _build_engine(settings: RolloutSettings) -> Engine:
 
 def _start_worker(
     settings: RolloutSettings, engine: Engine, grader: Grader | None
-) -> tuple[asyncio.Task[None] | None, asyncio.Event]:
+) -> tuple[Any, asyncio.Task[None] | None, asyncio.Event]:
     """With a Redis URL the service is also a queue replica: a worker task in this loop."""
     stop = asyncio.Event()
     if not settings.redis_url or grader is None:
-        return None, stop
-    from services.rollout.worker import WorkerConfig, run_worker
+        return None, None, stop
+    from services.rollout.worker import RolloutWorker, WorkerConfig
     from shared.queue import make_queue
 
     config = WorkerConfig(
         checkpoint_root=settings.checkpoint_root, max_weights_bytes=settings.max_weights_bytes
     )
-    queue = make_queue(settings.redis_url)
-    return asyncio.create_task(run_worker(queue, engine, grader, config, stop)), stop
+    worker = RolloutWorker(make_queue(settings.redis_url), engine, grader, config)
+    return worker, asyncio.create_task(worker.run(stop)), stop
+
+
+def health_of(app: FastAPI) -> RolloutHealth:
+    """The service's state: the engine build, then the last HTTP or queue weight load."""
+    svc: RolloutService | None = getattr(app.state, "service", None)
+    if svc is None:
+        return RolloutHealth(state=app.state.boot_state, error=app.state.boot_error)
+    state, error = svc.state, svc.error
+    worker = getattr(app.state, "worker", None)
+    if worker is not None and worker.state in ("loading", "failed") and state == "ready":
+        state, error = worker.state, worker.error
+    return RolloutHealth(
+        state=state,  # type: ignore[arg-type]
+        version=svc.engine.version,
+        model=svc.engine.model_name,
+        error=error,
+    )
 
 
 def create_app(
@@ -77,7 +104,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        eng = engine or await asyncio.to_thread(_build_engine, settings)
+        app.state.boot_state, app.state.boot_error = "loading", None
         client = None
         if grader is None:
             from services.reward.client import RewardClient
@@ -88,18 +115,41 @@ def create_app(
                 timeout_s=settings.grade_timeout_s,
                 token=token.get_secret_value() if token is not None else None,
             )
-        app.state.service = RolloutService(settings, eng, grader or client)  # type: ignore[arg-type]
-        worker, stop = _start_worker(settings, eng, grader or client)
+        held: dict[str, Any] = {}
+
+        async def boot() -> None:
+            try:
+                eng = engine or await asyncio.to_thread(_build_engine, settings)
+            except Exception as exc:
+                log.exception("could not build the engine")
+                app.state.boot_state = "failed"
+                app.state.boot_error = f"{type(exc).__name__}: {exc}"
+                return
+            held["engine"] = eng
+            app.state.service = RolloutService(settings, eng, grader or client)  # type: ignore[arg-type]
+            app.state.worker, held["task"], held["stop"] = _start_worker(
+                settings, eng, grader or client
+            )
+            app.state.boot_state = "ready"
+
+        booting = None
+        if engine is not None:
+            await boot()
+        else:  # the port answers (liveness) while a large model loads
+            booting = asyncio.create_task(boot())
         try:
             yield
         finally:
-            if worker is not None:
-                stop.set()
-                await asyncio.gather(worker, return_exceptions=True)
+            if booting is not None and not booting.done():
+                booting.cancel()
+                await asyncio.gather(booting, return_exceptions=True)
+            if held.get("task") is not None:
+                held["stop"].set()
+                await asyncio.gather(held["task"], return_exceptions=True)
             if client is not None:
                 await client.aclose()
-            if engine is None:
-                await eng.close()
+            if engine is None and "engine" in held:
+                await held["engine"].close()
 
     app = FastAPI(title="vineppo rollout", version="1", lifespan=lifespan, responses=_ERRORS)
     install_error_handlers(app)
@@ -136,10 +186,24 @@ def create_app(
         """Load policy ``version`` from safetensors under the checkpoint root (bearer token)."""
         return await service(request).load_weights(req, authorization)
 
-    @app.get("/healthz", response_model=WeightsStatus)
-    async def healthz(request: Request) -> WeightsStatus:
-        """Loaded model and policy version."""
-        return service(request).health()
+    @app.get("/healthz", response_model=RolloutHealth)
+    async def healthz(request: Request) -> RolloutHealth | JSONResponse:
+        """Liveness: 200 while the process can make progress (loading included); 503 once
+        building the engine failed (restart the process)."""
+        health = health_of(request.app)
+        if getattr(request.app.state, "boot_state", "ready") == "failed":
+            return JSONResponse(status_code=503, content=health.model_dump(mode="json"))
+        return health
+
+    @app.get("/readyz", response_model=RolloutHealth)
+    async def readyz(request: Request) -> RolloutHealth | JSONResponse:
+        """Readiness: 200 only with the engine loaded, no weight load running, and the last
+        load (HTTP push or queue announcement) not failed; else 503 ``not_ready``."""
+        health = health_of(request.app)
+        if health.state != "ready":
+            why = f"state {health.state}" + (f": {health.error}" if health.error else "")
+            return error_response(503, "not_ready", why)
+        return health
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

@@ -52,6 +52,8 @@ class RolloutService:
         self.engine = engine
         self.grader = _GuardedGrader(grader)
         self.in_flight = 0
+        self.state: str = "ready"  # "loading" during a weight push; "failed" after one failed
+        self.error: str | None = None
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "rollout_requests", "Requests served, by route.", ["route"], registry=self.registry
@@ -120,16 +122,23 @@ class RolloutService:
             served = self.engine.version
             msg = f"version {req.version} is older than the version {served} this replica serves"
             raise ApiError(409, msg, "stale_version")
+        self.state, self.error = "loading", None
         try:
             weights = await asyncio.to_thread(
                 read_weights, self.settings.checkpoint_root, req.path,
                 max_bytes=self.settings.max_weights_bytes, sha256=req.sha256,
             )  # fmt: skip
             await self.engine.load_weights(req.version, weights)
-        except WeightsPathError as exc:
-            raise ApiError(exc.status, str(exc), exc.code) from exc
-        except WeightsError as exc:
-            raise ApiError(400, str(exc), "bad_weights") from exc
+        except BaseException as exc:
+            # the old weights stay loaded, but this replica is now behind: not ready until
+            # a load succeeds
+            self.state, self.error = "failed", f"loading v{req.version}: {exc}"
+            if isinstance(exc, WeightsPathError):
+                raise ApiError(exc.status, str(exc), exc.code) from exc
+            if isinstance(exc, WeightsError):
+                raise ApiError(400, str(exc), "bad_weights") from exc
+            raise
+        self.state = "ready"
         return self.health()
 
     def health(self) -> WeightsStatus:

@@ -172,6 +172,21 @@ class WeightsStatus(Message):
     model: str
 
 
+ServiceState = Literal["loading", "ready", "failed"]
+
+
+class RolloutHealth(Message):
+    """``GET /healthz`` and ``GET /readyz`` of the rollout service.
+
+    ``loading``: the engine is being built or weights are being loaded; ``failed``: the
+    engine could not be built, or the last weight load failed (until one succeeds)."""
+
+    state: ServiceState
+    version: int | None = Field(default=None, ge=0, description="Policy version served.")
+    model: str | None = None
+    error: str | None = Field(default=None, description="Why, when state is 'failed'.")
+
+
 JobKind = Literal["generate", "value"]
 
 

@@ -1,5 +1,5 @@
 """Static checks of deploy/docker/Dockerfile.*: hadolint, pinned base tags, a non-root
-runtime user, a HEALTHCHECK on /healthz, the dependency layer before the code, and the same
+runtime user, a HEALTHCHECK on /readyz, the dependency layer before the code, and the same
 pins as the Makefile's CPU install path (no Docker engine runs here, so the files are parsed)."""
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def test_runtime_stage_non_root_with_healthcheck(image: str) -> None:
         and i.args.split() == ["deploy/docker/healthcheck.py", "/opt/vineppo/healthcheck.py"]
         for i in final
     ), "healthcheck script not copied to the path HEALTHCHECK runs"
-    assert "/healthz" in (DOCKER / "healthcheck.py").read_text()
+    assert 'default="/readyz"' in (DOCKER / "healthcheck.py").read_text()
     assert not any(i.op == "COPY" and i.args.startswith(("shared", "services")) for i in final)
 
 

@@ -21,12 +21,16 @@ pytestmark = pytest.mark.server
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[int, dict[str, int]]]:
     """A /healthz server whose status code the test sets; yields (port, state)."""
-    state = {"status": 200}
+    state = {"status": 200, "live": 200}
     app = FastAPI()
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        return Response(status_code=state["status"])
 
     @app.get("/healthz")
     def healthz() -> Response:
-        return Response(status_code=state["status"])
+        return Response(status_code=state["live"])
 
     with serve_app(app) as url:
         yield int(url.rsplit(":", 1)[1].rstrip("/")), state
@@ -48,8 +52,9 @@ def test_healthy_and_unhealthy(server: tuple[int, dict[str, int]]) -> None:
     port, state = server
     state["status"] = 200
     assert run("--cmdline", "vineppo serve reward", "--port", str(port)) == 0
-    state["status"] = 503
+    state["status"] = 503  # alive but not ready (loading, failed load, no grader): unhealthy
     assert run("--cmdline", "vineppo serve reward", "--port", str(port)) == 1
+    assert run("--cmdline", "vineppo serve reward", "--port", str(port), "--path", "/healthz") == 0
     state["status"] = 200
 
 

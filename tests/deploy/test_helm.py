@@ -96,7 +96,7 @@ def _container(doc: dict[str, Any]) -> dict[str, Any]:
     return containers[0]
 
 
-def test_rollout_on_gpu_nodes_with_healthz_readiness(rendered: list[dict[str, Any]]) -> None:
+def test_rollout_on_gpu_nodes_with_readyz_readiness(rendered: list[dict[str, Any]]) -> None:
     dep = find(rendered, "Deployment", "-rollout")
     assert dep["spec"]["replicas"] == 2
     spec, c = pod_spec(dep), _container(dep)
@@ -106,8 +106,12 @@ def test_rollout_on_gpu_nodes_with_healthz_readiness(rendered: list[dict[str, An
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
     spread = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert spread[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
-    for probe in ("readinessProbe", "startupProbe", "livenessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    for probe, path in (("readinessProbe", "/readyz"), ("startupProbe", "/healthz"),
+                        ("livenessProbe", "/healthz")):  # fmt: skip
+        assert c[probe]["httpGet"] == {"path": path, "port": "http"}, probe
+    reward = _container(find(rendered, "Deployment", "-reward"))
+    assert reward["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert reward["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["ports"] == [{"name": "http", "containerPort": 8002}]
     assert c["command"] + c["args"] == [
         "vineppo", "serve", "rollout", "--model", "/models/policy", "--engine", "vllm",

@@ -249,3 +249,26 @@ async def test_client_retries_5xx_with_backoff() -> None:
             verdicts = await rc.grade(items)
     assert [v.status for v in verdicts] == ["correct", "incorrect"]
     assert len(calls) == 3 and calls[2] - calls[0] >= 0.05 + 0.1
+
+
+def test_readyz_fails_with_zero_live_workers_and_recovers() -> None:
+    """Liveness stays 200; readiness is 503 while no grader process lives, then heals."""
+    import os
+    import signal
+
+    app = create_app(RewardSettings(workers=1))
+    with serve_app(app) as base:
+        assert httpx.get(f"{base}/readyz").status_code == 200
+        for w in app.state.pool._all:  # kill the live grader (its spare stays)
+            os.kill(w.proc.pid, signal.SIGKILL)
+            w.proc.join(timeout=5)
+        r = httpx.get(f"{base}/readyz")
+        assert r.status_code == 503, r.text
+        err = ErrorBody.model_validate(r.json())
+        assert err.error == "not_ready" and "0 of 1" in err.message
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{base}/readyz").status_code != 200:  # the probe revived the pool
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert_healthy(base)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from services.rollout.app import create_app
 from services.rollout.settings import RolloutSettings
-from shared.schemas import ErrorBody, GenerateResult, ValueResult, WeightsStatus
+from shared.schemas import ErrorBody, GenerateResult, RolloutHealth, ValueResult
 from tests.services.rollout.conftest import PROMPT, SOLUTION
 from tests.services.rollout.tiny import save_weights
 from tests.support import serve_app
@@ -88,7 +89,8 @@ def test_generate_healthz_metrics(rollout_url: str) -> None:
     )
     assert [len(per) for per in result.outputs] == [3, 3]
     assert result.outputs[0][0].text.endswith("#### 7\n")
-    health = WeightsStatus.model_validate(httpx.get(f"{rollout_url}/healthz").json())
+    health = RolloutHealth.model_validate(httpx.get(f"{rollout_url}/healthz").json())
+    assert health.state == "ready"
     assert health.model == "model" and health.version == 0
     metrics = httpx.get(f"{rollout_url}/metrics").text
     for name in ("rollout_tokens_per_second", "rollout_requests_total", "rollout_queue_depth"):
@@ -242,3 +244,76 @@ def test_optional_bearer_auth_on_generate_and_value(
             assert httpx.post(f"{url}{path}", json=body, headers=auth, timeout=60).is_success
     with serve_app(create_app(_settings(tiny_model_dir, tmp_path, reward_url))) as url:
         assert httpx.post(f"{url}/v1/generate", json=gen, timeout=60).is_success  # off: open
+
+
+def test_readyz_fails_while_loading_and_after_a_failed_load(
+    tiny_model_dir: Path, reward_url: str, tmp_path: Path
+) -> None:
+    import threading
+
+    from safetensors.torch import save_file
+
+    from services.rollout.engine.torch_engine import TorchEngine
+
+    root = tmp_path / "ckpt"
+    save_weights(tiny_model_dir, root / "policy-v1", seed=3)
+    (root / "policy-v2").mkdir()
+    save_file({"not.a.weight": torch_zeros()}, root / "policy-v2" / "model.safetensors")
+    save_weights(tiny_model_dir, root / "policy-v3", seed=4)
+    engine = TorchEngine(tiny_model_dir)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    settings = _settings(tiny_model_dir, root, reward_url)
+    with serve_app(create_app(settings, engine=engine)) as url:
+        assert httpx.get(f"{url}/readyz").status_code == 200
+        # 1) while weights load, not ready (the engine's lock held here keeps the load going)
+        with engine._lock:
+            push = threading.Thread(target=lambda: httpx.post(
+                f"{url}/v1/weights", json={"version": 1, "path": "policy-v1"}, headers=auth,
+                timeout=60))  # fmt: skip
+            push.start()
+            deadline = time.monotonic() + 20
+            while True:
+                resp = httpx.get(f"{url}/readyz")
+                if resp.status_code == 503:
+                    break
+                assert time.monotonic() < deadline, "never saw a not-ready answer while loading"
+                time.sleep(0.02)
+            assert _error(resp, 503).error == "not_ready" and "loading" in resp.json()["message"]
+            assert httpx.get(f"{url}/healthz").status_code == 200  # alive all the same
+        push.join()
+        assert httpx.get(f"{url}/readyz").json()["version"] == 1
+        # 2) a failed load: still alive and serving v1, but not ready until a load succeeds
+        resp = httpx.post(f"{url}/v1/weights", json={"version": 2, "path": "policy-v2"},
+                          headers=auth, timeout=60)  # fmt: skip
+        assert _error(resp, 400).error == "bad_weights"
+        resp = httpx.get(f"{url}/readyz")
+        assert _error(resp, 503).error == "not_ready" and "failed" in resp.json()["message"]
+        health = httpx.get(f"{url}/healthz")
+        assert health.status_code == 200 and health.json()["state"] == "failed"
+        resp = httpx.post(f"{url}/v1/weights", json={"version": 3, "path": "policy-v3"},
+                          headers=auth, timeout=60)  # fmt: skip
+        assert resp.status_code == 200
+        assert httpx.get(f"{url}/readyz").json()["version"] == 3
+
+
+def test_engine_that_cannot_load_fails_health_and_readiness(tmp_path: Path) -> None:
+    from shared.serve import serve_in_thread
+
+    empty = tmp_path / "no-model"
+    empty.mkdir()
+    settings = RolloutSettings(model_dir=empty, checkpoint_root=tmp_path)
+    with serve_in_thread(create_app(settings, grader=None), ready=False) as url:
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/healthz").status_code != 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        body = httpx.get(f"{url}/healthz").json()
+        assert body["state"] == "failed" and body["error"]
+        resp = httpx.get(f"{url}/readyz")
+        assert _error(resp, 503).error == "not_ready" and "failed" in resp.json()["message"]
+
+
+def torch_zeros():  # type: ignore[no-untyped-def]
+    import torch
+
+    return torch.zeros(2)
