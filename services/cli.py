@@ -1,21 +1,32 @@
 """The ``vineppo`` command. Each service registers its own subcommands; heavy imports stay
-inside the commands so ``vineppo --help`` is instant."""
+inside the commands so ``vineppo --help`` is instant.
+
+Errors a user can fix never end in a traceback: a missing or malformed config file, a bad
+setting (``VINEPPO_*`` variable or config field) or an empty path is answered with ONE line,
+``Error: <what>: <why>`` naming the field (and its environment variable), and exit status 2
+(click's usage-error status). ``CliGroup`` (``services/cli_errors.py``), the group class of
+every ``vineppo`` Typer, does the translation around each subcommand.
+"""
 
 from __future__ import annotations
 
 import typer
 
+from services.cli_errors import CliGroup
 from services.reward import cli as reward_cli
 from services.rollout import cli as rollout_cli
 from services.trainer import cli as trainer_cli
 
 app = typer.Typer(
+    cls=CliGroup,
     name="vineppo",
     help="RL finetuning for LLM math reasoning: VinePPO, PPO and baselines, as services.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-serve_app = typer.Typer(help="Run a service (reward, rollout) with uvicorn.", no_args_is_help=True)
+serve_app = typer.Typer(
+    cls=CliGroup, help="Run a service (reward, rollout) with uvicorn.", no_args_is_help=True
+)
 app.add_typer(serve_app, name="serve")
 tasks_app = typer.Typer(help="The built-in arithmetic task.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")

@@ -17,9 +17,16 @@ from shared.settings import ServiceSettings
 
 
 def run(app: FastAPI, settings: ServiceSettings) -> None:
+    """Serve in the foreground; ``app.state.server`` is the uvicorn server (an app may set its
+    ``should_exit`` to stop itself, e.g. when its model cannot be loaded)."""
     import uvicorn
 
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level
+    )
+    server = uvicorn.Server(config)
+    app.state.server = server
+    server.run()
 
 
 def free_port() -> int:

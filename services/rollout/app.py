@@ -96,8 +96,13 @@ def create_app(
     *,
     engine: Engine | None = None,
     grader: Grader | None = None,
+    stop_on_boot_failure: bool = False,
 ) -> FastAPI:
-    """The app; its lifespan builds (and closes) whatever engine/grader was not passed."""
+    """The app; its lifespan builds (and closes) whatever engine/grader was not passed.
+
+    ``stop_on_boot_failure``: when the engine cannot be built, stop the server
+    (``shared.serve.run`` puts it in ``app.state.server``) instead of staying up unready;
+    ``vineppo serve rollout`` then exits with the reason (``app.state.boot_error``)."""
     settings = settings or RolloutSettings()
     if engine is None and settings.model_dir is None:
         raise ValueError("no model: set VINEPPO_ROLLOUT_MODEL_DIR (or --model) or pass engine=")
@@ -121,9 +126,13 @@ def create_app(
             try:
                 eng = engine or await asyncio.to_thread(_build_engine, settings)
             except Exception as exc:
-                log.exception("could not build the engine")
                 app.state.boot_state = "failed"
                 app.state.boot_error = f"{type(exc).__name__}: {exc}"
+                log.error("could not build the engine: %s", app.state.boot_error)
+                log.debug("engine build traceback", exc_info=True)
+                server = getattr(app.state, "server", None)
+                if stop_on_boot_failure and server is not None:
+                    server.should_exit = True
                 return
             held["engine"] = eng
             app.state.service = RolloutService(settings, eng, grader or client)  # type: ignore[arg-type]

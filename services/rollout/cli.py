@@ -11,13 +11,27 @@ from pathlib import Path
 import typer
 
 
+def model_path(value: str, option: str = "--model") -> Path:
+    """The model directory ``value`` names: not empty (``""`` would mean the current
+    directory), existing, a directory. Otherwise a one-line ``UserError`` naming the option."""
+    from services.cli_errors import UserError
+
+    if not value.strip():
+        raise UserError(f"{option}: empty model path (give the model directory)")
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is not a directory"
+        raise UserError(f"{option}: {value!r} {what}")
+    return path
+
+
 def register(app: typer.Typer, serve: typer.Typer) -> None:
     """Add this service's commands to the top-level app and its `serve` sub-app."""
 
     @serve.command("rollout")
     def serve_rollout(
-        model: Path = typer.Option(..., "--model", exists=True, file_okay=False,
-                                   help="Local model directory (transformers format)."),
+        model: str = typer.Option(..., "--model",
+                                  help="Local model directory (transformers format)."),
         engine: str | None = typer.Option(None, help="torch | vllm (default torch)."),
         device: str | None = typer.Option(None, help="torch engine device: cpu, cuda."),
         dtype: str | None = typer.Option(None, help="float32 | bfloat16 | float16."),
@@ -29,6 +43,7 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         redis_url: str | None = typer.Option(None, help="Queue (VINEPPO_ROLLOUT_REDIS_URL)."),
     ) -> None:  # fmt: skip
         """Run the rollout service (generate, MC value, weight push) with uvicorn."""
+        model_dir = model_path(model)
         if worker_only:
             from services.rollout import worker
             from services.rollout.settings import RolloutSettings
@@ -41,7 +56,7 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
                 )
             argv = [
                 "--model",
-                str(model),
+                str(model_dir),
                 "--redis-url",
                 redis,
                 "--reward-url",
@@ -57,10 +72,15 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         from services.rollout.settings import RolloutSettings
         from shared.serve import run
 
-        overrides = {"model_dir": model, "engine": engine, "device": device, "dtype": dtype,
+        overrides = {"model_dir": model_dir, "engine": engine, "device": device, "dtype": dtype,
                      "host": host, "port": port, "reward_url": reward_url}  # fmt: skip
         settings = RolloutSettings(**{k: v for k, v in overrides.items() if v is not None})
-        run(create_app(settings), settings)
+        api = create_app(settings, stop_on_boot_failure=True)
+        run(api, settings)
+        if getattr(api.state, "boot_state", None) == "failed":
+            from services.cli_errors import UserError
+
+            raise UserError(f"--model {model_dir}: could not load it: {api.state.boot_error}")
 
     @app.command("value")
     def value_cmd(

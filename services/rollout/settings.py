@@ -60,6 +60,13 @@ class RolloutSettings(ServiceSettings):
         "(off: loopback use).",
     )
 
+    @field_validator("model_dir", mode="before")
+    @classmethod
+    def _model_dir_not_empty(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip():  # Path("") would be the current directory
+            raise ValueError("model_dir is empty: unset it or name the model directory")
+        return v
+
     @field_validator("api_token")
     @classmethod
     def _token_long_enough(cls, v: SecretStr | None) -> SecretStr | None:
