@@ -51,9 +51,7 @@ def _worker_main(conn: Any, progress: Any, memory_mb: int, fallbacks: bool, limi
         out: list[tuple[int, Row]] = []
         last_flush = time.monotonic()
         for idx, response, gold, dataset in chunk:
-            progress[1] = 0.0
-            progress[0] = idx
-            progress[1] = time.monotonic()
+            publish_item(progress, idx)
             try:
                 v = grade(response, gold, dataset, fallbacks=fallbacks, limits=limits)
                 row: Row = tuple(getattr(v, f) for f in _FIELDS)
@@ -67,6 +65,30 @@ def _worker_main(conn: Any, progress: Any, memory_mb: int, fallbacks: bool, limi
                 out, last_flush = [], time.monotonic()
         progress[1] = 0.0
         conn.send((True, out))
+
+
+def publish_item(progress: Any, idx: int, started: float | None = None) -> None:
+    """Worker side: announce that item ``idx`` starts now (order matters: see current_item)."""
+    progress[1] = 0.0
+    progress[0] = idx
+    progress[1] = time.monotonic() if started is None else started
+
+
+def current_item(progress: Any) -> tuple[int, float] | None:
+    """(index, start time) of the item a worker is grading, or None between items.
+
+    The worker publishes an item as ``progress[1] = 0; progress[0] = idx; progress[1] = t``.
+    Reading index, then start, then index again pairs them exactly: had the worker moved to
+    the next item between the reads, the second index differs (or the start is 0) and the
+    read is discarded. Reading the start first and the index after could pair the start of
+    an item that ran just past its limit with the index of the NEXT item, which would then
+    be marked ``timeout`` instead (and the slow one re-run).
+    """
+    idx = progress[0]
+    started = progress[1]
+    if not started or progress[0] != idx:
+        return None
+    return int(idx), float(started)
 
 
 def _row_verdict(row: Row) -> Verdict:
@@ -169,17 +191,15 @@ class _Worker:
                     continue
             except (EOFError, OSError):
                 return self._dead_item("worker died (out of memory or crashed)", "error")
-            started = self.progress[1]
-            if started and time.monotonic() - started > timeout_s:
-                idx = int(self.progress[0])
-                return idx, _failed("timeout", f"grading exceeded {timeout_s:g} s")
+            item = current_item(self.progress)
+            if item is not None and time.monotonic() - item[1] > timeout_s:
+                return item[0], _failed("timeout", f"grading exceeded {timeout_s:g} s")
             if not self.proc.is_alive() and not self.conn.poll(0):
                 return self._dead_item("worker died (out of memory or crashed)", "error")
 
     def _dead_item(self, detail: str, status: str) -> tuple[int, Row] | None:
-        if not self.progress[1]:
-            return None
-        return int(self.progress[0]), _failed(status, detail)
+        item = current_item(self.progress)
+        return None if item is None else (item[0], _failed(status, detail))
 
 
 @dataclass

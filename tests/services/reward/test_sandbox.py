@@ -133,3 +133,40 @@ async def test_each_worker_runs_under_the_address_space_limit() -> None:
 def test_bad_pool_arguments() -> None:
     with pytest.raises(ValueError, match="workers"):
         GraderPool(workers=0)
+
+
+def _publish_forever(progress, stop) -> None:  # type: ignore[no-untyped-def]
+    """A worker publishing item after item as fast as it can; item n 'started' at time n."""
+    from services.reward.sandbox import publish_item
+
+    n = 1
+    while not stop.value:
+        publish_item(progress, n, float(n))
+        n += 1
+
+
+def test_supervisor_never_pairs_a_start_with_the_next_items_index() -> None:
+    """The sandbox race: a supervisor reading the progress array while the worker moves on
+    must never blame item n+1 for item n's start time (a real process writes, shared memory).
+    """
+    import multiprocessing as mp
+
+    from services.reward.sandbox import current_item
+
+    ctx = mp.get_context("fork")
+    progress, stop = ctx.RawArray("d", 2), ctx.RawValue("b", 0)
+    writer = ctx.Process(target=_publish_forever, args=(progress, stop), daemon=True)
+    writer.start()
+    try:
+        reads = mismatched = 0
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline or reads < 1000:
+            item = current_item(progress)
+            if item is not None:
+                reads += 1
+                mismatched += item[1] != float(item[0])
+    finally:
+        stop.value = 1
+        writer.join(timeout=10)
+    assert reads >= 1000
+    assert mismatched == 0, f"{mismatched} of {reads} reads paired an index with another start"
