@@ -114,8 +114,8 @@ async def push_latency(redis_url: str, hidden: int, replicas: int, work: Path) -
     procs = [subprocess.Popen(
         [sys.executable, "-m", "services.rollout.worker", "--model", str(v0), "--redis-url",
          redis_url, "--prefix", prefix, "--replica-id", f"r{i}", "--heartbeat-s", "0.5",
-         "--threads", "1"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL) for i in range(replicas)]  # fmt: skip
+         "--threads", "1", "--checkpoint-root", str(root)], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(replicas)]  # fmt: skip
     try:
         await wait_for_replicas(queue, 0, replicas, timeout=120)
         pushes, reads, loads = [], [], []
