@@ -15,6 +15,7 @@ run continues exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from services.trainer.config import RunConfig
+from services.trainer.distributed import broadcast_from_main
 from services.trainer.evaluate import validation_metrics
 from services.trainer.jobs import JobOptions, run_generate_jobs, wait_for_replicas
 from services.trainer.loop import DataOrder, Services
@@ -85,30 +87,40 @@ class SelfTrainRun:
     async def sample(
         self, examples: Sequence[Example], n: int, seed: int
     ) -> tuple[list[str], list[list[Completion]], list[Verdict]]:
-        """``n`` responses per example from the served version, graded (flat verdicts)."""
+        """``n`` responses per example from the served version, graded (flat verdicts):
+        sampled and graded once, on rank 0, and broadcast (as the RL loop does)."""
         r = self.cfg.rollout
         prompts = [self.prompt(x) for x in examples]
-        sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p,
-                                  max_tokens=r.max_response_tokens, seed=seed)  # fmt: skip
-        options = JobOptions(job_size=self.services.job_size, desc="sample",
-                             progress=self.progress)  # fmt: skip
-        outs = await run_generate_jobs(self.services.queue, prompts, version=self.version, n=n,
-                                       sampling=sampling, options=options)  # fmt: skip
-        items = [GradeItem(response=c.text, gold=ex.answer, dataset=ex.dataset)
-                 for ex, per in zip(examples, outs, strict=True) for c in per]  # fmt: skip
-        verdicts = await self.services.grader.grade(items)
-        return prompts, outs, list(verdicts)
+        result: tuple[list[list[Completion]], list[Verdict]] | None = None
+        if self.info.rank == 0:
+            sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p,
+                                      max_tokens=r.max_response_tokens, seed=seed)  # fmt: skip
+            options = JobOptions(job_size=self.services.job_size, desc="sample",
+                                 progress=self.progress)  # fmt: skip
+            outs = await run_generate_jobs(self.services.queue, prompts, version=self.version,
+                                           n=n, sampling=sampling, options=options)  # fmt: skip
+            items = [GradeItem(response=c.text, gold=ex.answer, dataset=ex.dataset)
+                     for ex, per in zip(examples, outs, strict=True) for c in per]  # fmt: skip
+            result = (outs, list(await self.services.grader.grade(items)))
+        outs, verdicts = await asyncio.to_thread(broadcast_from_main, result)
+        return prompts, outs, verdicts
 
     async def validate(self) -> dict[str, float]:
-        """Pass@1 of the served version on the validation split (as the RL loop measures it)."""
-        return await validation_metrics(
-            self.services.queue, self.services.grader, self.val,
-            [self.prompt(x) for x in self.val], version=self.version, eval_cfg=self.cfg.eval,
-            seed=self.cfg.seed + 7, progress=self.progress,
-        )  # fmt: skip
+        """Pass@1 of the served version on the validation split (as the RL loop measures it):
+        rank 0 evaluates, every rank gets the row."""
+        metrics: dict[str, float] | None = None
+        if self.info.rank == 0:
+            metrics = await validation_metrics(
+                self.services.queue, self.services.grader, self.val,
+                [self.prompt(x) for x in self.val], version=self.version,
+                eval_cfg=self.cfg.eval, seed=self.cfg.seed + 7, progress=self.progress,
+            )  # fmt: skip
+        return await asyncio.to_thread(broadcast_from_main, metrics)
 
     def fresh_start(self) -> None:
-        """Forget a previous run in ``output_dir``: metrics, checkpoints, ``best/``."""
+        """Forget a previous run in ``output_dir``: metrics, checkpoints, ``best/`` (rank 0)."""
+        if self.info.rank != 0:
+            return
         self.metrics_path.unlink(missing_ok=True)
         shutil.rmtree(self.ckpt_root, ignore_errors=True)
         shutil.rmtree(self.out / "best", ignore_errors=True)
@@ -124,7 +136,7 @@ class SelfTrainRun:
         self.iteration, self.version = int(state["iteration"]), int(state["version"])
         self.data.position = int(state["data_position"])
         self.gen.set_state(state["generator"])
-        if self.metrics_path.is_file():
+        if self.info.rank == 0 and self.metrics_path.is_file():
             rows = [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x]
             kept = [r for r in rows if r["iteration"] <= self.iteration]
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
@@ -147,6 +159,9 @@ class SelfTrainRun:
         os.rename(tmp, best)
 
     def log_row(self, row: dict[str, Any]) -> None:
+        """One JSONL line per iteration; rank 0 alone writes."""
+        if self.info.rank != 0:
+            return
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self.progress:

@@ -92,8 +92,8 @@ def chunk_seed(seed: int, chunk: int) -> int:
 class PairRound:
     """The offline round: paired sequences, π_ref's scores of them, the pairs."""
 
-    seqs: list[list[int]] = field(default_factory=list)
-    """prompt + response token ids of every response that is in a pair."""
+    seqs: list[Tensor] = field(default_factory=list)
+    """prompt + response token ids (int32, (len,)) of every response that is in a pair."""
     prompt_lens: list[int] = field(default_factory=list)
     ref_logprobs: list[Tensor] = field(default_factory=list)
     """π_ref log-prob of each response token (logits / sampling temperature), (len,) each."""
@@ -119,7 +119,7 @@ class PairRound:
         ref = torch.zeros((len(rows), width - 1))
         for i, r in enumerate(rows):
             seq, p = self.seqs[r], self.prompt_lens[r]
-            ids[i, : len(seq)] = torch.tensor(seq)
+            ids[i, : len(seq)] = seq
             attention[i, : len(seq)] = 1
             mask[i, p - 1 : len(seq) - 1] = 1.0
             if with_ref:
@@ -208,7 +208,7 @@ class DPOPositive(SelfTrainRun):
             index: dict[int, int] = {}  # flat response -> row of data.seqs
             for i in sorted(set(win.tolist()) | set(lose.tolist())):
                 index[i] = len(data.seqs)
-                data.seqs.append(seqs[i][0] + seqs[i][1])
+                data.seqs.append(torch.tensor(seqs[i][0] + seqs[i][1], dtype=torch.int32))
                 data.prompt_lens.append(len(seqs[i][0]))
             data.chosen += [index[i] for i in win.tolist()]
             data.rejected += [index[i] for i in lose.tolist()]

@@ -107,7 +107,11 @@ def test_sequence_logprobs_sums_response_tokens() -> None:
 
 def test_pair_round_batch_in_the_action_frame() -> None:
     # two sequences: prompt [1, 2] + response [5, 6, 7]; prompt [3] + response [8]
-    data = PairRound(seqs=[[1, 2, 5, 6, 7], [3, 8]], prompt_lens=[2, 1],
+    seqs = [
+        torch.tensor([1, 2, 5, 6, 7], dtype=torch.int32),
+        torch.tensor([3, 8], dtype=torch.int32),
+    ]
+    data = PairRound(seqs=seqs, prompt_lens=[2, 1],
                      ref_logprobs=[torch.tensor([-0.5, -1.0, -2.0]), torch.tensor([-3.0])],
                      chosen=[0], rejected=[1])  # fmt: skip
     b = data.batch([1, 0], pad_id=0)
