@@ -139,8 +139,9 @@ class RestEMConfig(_Section):
     """Responses sampled per training prompt each iteration (paper: 8)."""
     train_prompts: int | None = Field(default=None, ge=1)
     """Training prompts sampled each iteration (null = the whole training split)."""
-    epochs: int = Field(default=3, ge=1)
-    """Finetuning epochs per iteration; a checkpoint is validated after each one."""
+    epochs: int = Field(default=8, ge=1)
+    """Finetuning epochs per iteration (the authors' RestEM configs: 8); a checkpoint is
+    validated after each one and training stops at the first drop."""
     lr: float = Field(default=1e-6, gt=0)
     """AdamW peak learning rate of each iteration's finetuning (linear warm-up and decay)."""
     batch_size: int = Field(default=64, ge=1)
@@ -155,18 +156,21 @@ class RestEMConfig(_Section):
 
 
 class DPOConfig(_Section):
-    """DPO-Positive on self-generated pairs (Pal et al. 2024; VinePPO paper, Table 3)."""
+    """DPO-Positive on pairs from one offline round sampled from the SFT model (Pal et al.
+    2024; VinePPO paper, Table 3, and the authors' configs). ``iterations`` is not used."""
 
     beta: float | None = Field(default=None, gt=0)
     """DPO β; null = the paper's value for the dataset (MATH 0.1, GSM8K and arithmetic 0.3)."""
     lam: float = Field(default=50.0, ge=0)
     """λ of the positive penalty λ·max(0, log π_ref(y_w) − log π_θ(y_w)) (paper: 50)."""
+    train_prompts: int | None = Field(default=None, ge=1)
+    """Training prompts of the round (null = the whole training split, the paper)."""
     samples_per_prompt: int = Field(default=64, ge=2)
-    """Responses sampled per prompt to build pairs from (paper: 64)."""
+    """Responses sampled from the SFT model per prompt to build pairs from (paper: 64)."""
     pairs_per_prompt: int = Field(default=64, ge=1)
     """At most this many (correct, incorrect) pairs per prompt (paper: 64)."""
     epochs: int = Field(default=3, ge=1)
-    """Passes over each iteration's pairs."""
+    """Passes over the round's pairs (the authors' configs: 3); validated after each one."""
     batch_size: int = Field(default=64, ge=1)
     """Pairs per optimizer step."""
     micro_batch_size: int = Field(default=8, ge=1)
@@ -325,8 +329,8 @@ BASELINE_PRESETS: dict[str, dict[str, Any]] = {
         "iterations": 5,
     },
     "tiny-cpu-dpo": {
-        "dpo": {"samples_per_prompt": 8, "pairs_per_prompt": 8, "epochs": 1, "batch_size": 16,
-                "micro_batch_size": 8},
+        "dpo": {"train_prompts": 256, "samples_per_prompt": 8, "pairs_per_prompt": 8,
+                "epochs": 3, "batch_size": 16, "micro_batch_size": 8},
         "optim": {"lr": 1e-5},
     },
 }  # fmt: skip

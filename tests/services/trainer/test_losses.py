@@ -205,7 +205,8 @@ def test_dpo_positive_by_hand() -> None:
     one = torch.tensor
     loss, stats = L.dpo_positive_loss(one([-1.0]), one([-3.0]), one([-2.0]), one([-2.0]), 0.5, 50)
     assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-0.5 * 2))))
-    # chosen fell below reference by 0.5: penalty 0.5 -> logits 0.5·2 − 50·0.5 = −24 (λ outside β)
+    # chosen fell below reference by 0.5: penalty 0.5 -> logits 0.5·(2 − 50·0.5) = −11.5
+    # (λ inside β, as Pal et al. and the authors)
     loss, stats = L.dpo_positive_loss(one([-2.5]), one([-5.5]), one([-2.0]), one([-3.0]), 0.5, 50)
     assert stats["dpo/penalty"].item() == pytest.approx(0.5)
-    assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(24.0))))
+    assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(11.5))))
