@@ -3,6 +3,7 @@ average. Used by the RL loop for validation and by ``vineppo eval``."""
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from collections.abc import Sequence
@@ -85,11 +86,18 @@ async def validation_metrics(
     seed: int,
     progress: bool = True,
 ) -> dict[str, float]:
-    """The loop's validation row: Pass@1 of ``version`` per ``eval_cfg`` (an ``EvalConfig``)."""
-    t0 = time.monotonic()
-    res = await evaluate(
-        queue, grader, examples, prompts, version=version, seeds=eval_cfg.seeds,
-        temperature=eval_cfg.temperature, max_tokens=eval_cfg.max_response_tokens,
-        seed=seed, top_p=eval_cfg.top_p, progress=progress,
-    )  # fmt: skip
-    return {"acc/val": res.mean, "acc/val_spread": res.spread, "time/eval": time.monotonic() - t0}
+    """The training loops' validation row: Pass@1 of ``version`` per ``eval_cfg`` (an
+    ``EvalConfig``). With several ranks, rank 0 evaluates and every rank gets its row."""
+    from services.trainer.distributed import broadcast_from_main, rank
+
+    row: dict[str, float] | None = None
+    if rank() == 0:
+        t0 = time.monotonic()
+        res = await evaluate(
+            queue, grader, examples, prompts, version=version, seeds=eval_cfg.seeds,
+            temperature=eval_cfg.temperature, max_tokens=eval_cfg.max_response_tokens,
+            seed=seed, top_p=eval_cfg.top_p, progress=progress,
+        )  # fmt: skip
+        row = {"acc/val": res.mean, "acc/val_spread": res.spread,
+               "time/eval": time.monotonic() - t0}  # fmt: skip
+    return await asyncio.to_thread(broadcast_from_main, row)

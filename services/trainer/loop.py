@@ -204,14 +204,11 @@ class RLTrainer:
 
     async def validate(self) -> dict[str, float]:
         """Validation Pass@1 of the current policy: rank 0 evaluates, every rank gets the row."""
-        metrics: dict[str, float] | None = None
-        if self.info.rank == 0:
-            metrics = await validation_metrics(
-                self.services.queue, self.services.grader, self.val,
-                [self.prompt(x) for x in self.val], version=self.version,
-                eval_cfg=self.cfg.eval, seed=self.cfg.seed + 7, progress=self.progress,
-            )  # fmt: skip
-        return await asyncio.to_thread(broadcast_from_main, metrics)
+        return await validation_metrics(
+            self.services.queue, self.services.grader, self.val,
+            [self.prompt(x) for x in self.val], version=self.version, eval_cfg=self.cfg.eval,
+            seed=self.cfg.seed + 7, progress=self.progress,
+        )  # fmt: skip
 
     # -- best-by-validation policy (read by `vineppo eval --select-on validation`) -------
     def save_best(self, row: dict[str, Any]) -> None:
