@@ -20,6 +20,15 @@ from shared.schemas import Completion, Verdict
 from shared.steps import char_offsets, split_steps, token_step_ranges
 
 
+class GradingFailed(RuntimeError):
+    """Every verdict of a batch is ``error``: the grader, not the policy, failed."""
+
+
+def error_rate(verdicts: Sequence[Verdict]) -> float:
+    """Share of verdicts whose status is ``error`` (0 for none)."""
+    return sum(v.status == "error" for v in verdicts) / max(1, len(verdicts))
+
+
 @dataclass
 class Episode:
     """One sampled response with everything the estimators and losses need."""
@@ -48,11 +57,19 @@ def build_episodes(
     tokenizer: Any,
     step_rules: str,
 ) -> list[Episode]:
-    """Flatten P prompts × n completions into episodes; ``verdicts`` is in the same flat order."""
+    """Flatten P prompts × n completions into episodes; ``verdicts`` is in the same flat order.
+
+    A batch whose every verdict is ``error`` (the grader itself failed, e.g. its workers keep
+    dying) raises `GradingFailed` instead of training on all-zero rewards."""
     episodes: list[Episode] = []
     flat = [(g, c) for g, per in enumerate(completions) for c in per]
     if len(flat) != len(verdicts):
         raise ValueError(f"{len(flat)} completions but {len(verdicts)} verdicts")
+    if verdicts and all(v.status == "error" for v in verdicts):
+        raise GradingFailed(
+            f"the grader returned 'error' for all {len(verdicts)} responses "
+            f"(first: {verdicts[0].detail or 'no detail'}); refusing to train on zero rewards"
+        )
     prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
 
     def decode(ids: list[int]) -> str:

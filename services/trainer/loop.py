@@ -30,7 +30,7 @@ from services.trainer.algos.states import num_steps_tensor, plan_states, scatter
 from services.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from services.trainer.config import RunConfig, merge_dicts
 from services.trainer.distributed import broadcast_from_main
-from services.trainer.episodes import Batch, Episode, build_episodes, collate
+from services.trainer.episodes import Batch, Episode, build_episodes, collate, error_rate
 from services.trainer.evaluate import validation_metrics
 from services.trainer.jobs import JobOptions, run_generate_jobs, run_value_jobs, wait_for_replicas
 from services.trainer.memory import memory_stats, reset_peak
@@ -294,7 +294,7 @@ class RLTrainer:
         mask = batch.response_mask.bool()
         return {
             "iteration": self.iteration, "version": self.version, "algo": cfg.algo,
-            "reward/mean": float(batch.rewards.mean()),
+            "reward/mean": float(batch.rewards.mean()), "grade/errors": error_rate(verdicts),
             "adv/mean": float(adv[mask].mean()), "adv/std": float(adv[mask].std()),
             "response/tokens_mean": float(batch.response_mask.sum(1).mean()),
             "response/truncated": sum(e.finish_reason != "stop" for e in episodes) / len(episodes),
