@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import shutil
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from typing import Any
 
 import torch
 
+from services.trainer.checkpoint import keep_if_best
 from services.trainer.config import RunConfig
 from services.trainer.distributed import broadcast_from_main
 from services.trainer.evaluate import validation_metrics
@@ -139,21 +139,11 @@ class SelfTrainRun:
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def save_best(self, row: dict[str, Any], model: Any) -> None:
-        """Keep ``model`` in ``best/`` (+ ``best.json``) when ``row``'s ``acc/val`` beats the one
-        kept there (the RL loop's rule; replaced atomically)."""
-        if "acc/val" not in row or self.info.rank != 0:
-            return
-        best, meta = self.out / "best", self.out / "best" / "best.json"
-        if meta.is_file() and json.loads(meta.read_text())["acc/val"] >= row["acc/val"]:
-            return
-        tmp = self.out / ".best.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        self.tokenizer.save_pretrained(tmp)
-        info = {"version": self.version, "iteration": self.iteration, "acc/val": row["acc/val"]}
-        (tmp / "best.json").write_text(json.dumps(info))
-        shutil.rmtree(best, ignore_errors=True)
-        os.rename(tmp, best)
+        """Keep ``model`` in ``best/`` when ``row``'s ``acc/val`` is the best so far (the RL
+        loop's rule, `keep_if_best`)."""
+        if self.info.rank == 0:
+            info = {"version": self.version, "iteration": self.iteration}
+            keep_if_best(self.out, row, model, self.tokenizer, info)
 
     def log_row(self, row: dict[str, Any]) -> None:
         """One JSONL line per iteration; rank 0 alone writes."""

@@ -13,6 +13,7 @@ ZeRO 1-2 each rank's optimizer holds only its partition, so ranks > 0 add
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -152,3 +153,24 @@ def load_checkpoint(path: Path, engines: dict[str, Any]) -> dict[str, Any]:
     )
     _set_rng_state(trainer_state.pop("rng"))
     return trainer_state
+
+
+def keep_if_best(
+    out: Path, row: dict[str, Any], model: Any, tokenizer: Any, info: dict[str, Any]
+) -> bool:
+    """Keep ``model`` in ``out/best`` (+ ``best.json`` = ``info`` and ``acc/val``) when
+    ``row``'s ``acc/val`` beats the one kept there; replaced atomically (written aside, then
+    renamed). Read by ``vineppo eval --select-on validation``. True when it was kept."""
+    if "acc/val" not in row:
+        return False
+    best, meta = out / "best", out / "best" / "best.json"
+    if meta.is_file() and json.loads(meta.read_text())["acc/val"] >= row["acc/val"]:
+        return False
+    tmp = out / ".best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "best.json").write_text(json.dumps({**info, "acc/val": row["acc/val"]}))
+    shutil.rmtree(best, ignore_errors=True)
+    os.rename(tmp, best)
+    return True

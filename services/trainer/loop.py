@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import shutil
 import time
@@ -27,7 +26,12 @@ import torch
 
 from services.trainer.algos.advantages import AdvantageInputs, compute_advantages
 from services.trainer.algos.states import num_steps_tensor, plan_states, scatter_state_values
-from services.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from services.trainer.checkpoint import (
+    keep_if_best,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from services.trainer.config import RunConfig, merge_dicts
 from services.trainer.distributed import broadcast_from_main
 from services.trainer.episodes import Batch, Episode, build_episodes, collate, error_rate
@@ -212,21 +216,10 @@ class RLTrainer:
 
     # -- best-by-validation policy (read by `vineppo eval --select-on validation`) -------
     def save_best(self, row: dict[str, Any]) -> None:
-        """Keep the policy of ``row`` in ``best/`` (+ ``best.json``) when its ``acc/val`` beats
-        the one kept there; replaced atomically (written aside, then renamed)."""
-        if not self.keep_best or "acc/val" not in row or self.info.rank != 0:
-            return
-        best, meta = self.out / "best", self.out / "best" / "best.json"
-        if meta.is_file() and json.loads(meta.read_text())["acc/val"] >= row["acc/val"]:
-            return
-        tmp = self.out / ".best.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.policy.module.save_pretrained(tmp, safe_serialization=True)
-        self.tokenizer.save_pretrained(tmp)
-        info = {"version": self.version, "iteration": self.iteration, "acc/val": row["acc/val"]}
-        (tmp / "best.json").write_text(json.dumps(info))
-        shutil.rmtree(best, ignore_errors=True)
-        os.rename(tmp, best)
+        """Keep the policy of ``row`` in ``best/`` when its ``acc/val`` is the best so far."""
+        if self.keep_best and self.info.rank == 0:
+            info = {"version": self.version, "iteration": self.iteration}
+            keep_if_best(self.out, row, self.policy.module, self.tokenizer, info)
 
     def log_row(self, row: dict[str, Any]) -> None:
         """One JSONL line per iteration, and the same scalars as TensorBoard events (``tb/``);
