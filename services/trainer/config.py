@@ -319,8 +319,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"dtype": "float32"},
     },
 }
-"""Named starting points: ``paper`` = the defaults (Table 1 of the paper, and the authors'
-configs where the paper is silent); ``tiny-cpu`` = built-in task on 2 CPU cores."""
+"""``paper`` = the defaults (Table 1, authors' configs); ``tiny-cpu`` = built-in task, 2 cores."""
 
 BASELINE_PRESETS: dict[str, dict[str, Any]] = {
     "tiny-cpu-restem": {
@@ -334,8 +333,7 @@ BASELINE_PRESETS: dict[str, dict[str, Any]] = {
         "optim": {"lr": 1e-5},
     },
 }  # fmt: skip
-"""Built-in-task starting points of the baselines, applied on top of ``tiny-cpu``
-(``--preset tiny-cpu-restem`` = ``tiny-cpu`` + these)."""
+"""Baseline presets on top of ``tiny-cpu`` (``tiny-cpu-restem`` = ``tiny-cpu`` + these)."""
 
 
 def merge_dicts(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
