@@ -20,10 +20,14 @@ from shared.queue.memory import InProcessQueue
 
 
 def make_queue(redis_url: str | None, prefix: str = "vineppo:") -> JobQueue:
-    """Redis Streams backend for a URL, the in-process backend for ``None``."""
-    if redis_url:
-        from shared.queue.redis_streams import RedisQueue
+    """Redis Streams backend for a URL, the in-process backend for ``None``.
 
+    With a URL, one ``PING`` first: credentials Redis refuses raise ``RedisAuthError`` (a
+    ``PermissionError``, one line in the CLI) here, at start-up."""
+    if redis_url:
+        from shared.queue.redis_streams import RedisQueue, check_credentials
+
+        check_credentials(redis_url)
         return RedisQueue(redis_url, prefix=prefix)
     return InProcessQueue(prefix=prefix)
 
