@@ -141,6 +141,13 @@ def service_of(argv: tuple[str, ...]) -> str | None:
     return "*"
 
 
+def url_host_port(url: str) -> tuple[str, str]:
+    """(host, port) of a ``scheme://[user:password@]host:port/...`` URL."""
+    netloc = url.split("://", 1)[1].split("/")[0].rpartition("@")[2]
+    host, _, port = netloc.partition(":")
+    return host, port
+
+
 # ---- Settings ---------------------------------------------------------------------------------
 
 
@@ -181,7 +188,8 @@ def required_fields(cls: type[ServiceSettings]) -> set[str]:
 def stray_variables(
     containers: list[Container], classes: dict[str, type[ServiceSettings]]
 ) -> list[str]:
-    """One message per environment variable that no Settings the container runs would read."""
+    """One message per environment variable that no Settings the container runs would read
+    (in a container that runs no vineppo command, every ``VINEPPO_*`` variable is one)."""
     problems = []
     for c in containers:
         service = service_of(c.argv)
@@ -195,6 +203,8 @@ def stray_variables(
             problems.append(f"{c.where}: runs unknown service {service!r} ({' '.join(c.argv)})")
             continue
         for var in c.env:
+            if service is None and not var.upper().startswith("VINEPPO_"):
+                continue  # a non-vineppo container's own variable (redis: REDISCLI_AUTH)
             if var.upper() not in readers:
                 known = ", ".join(sorted(readers)) or "none"
                 problems.append(

@@ -18,7 +18,7 @@ import yaml
 from tests.deploy.manifests import COMPOSE, ROOT, load_compose
 
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
-REQUIRED_VARS = {"MODEL_DIR", "RUN_CONFIG", "API_TOKEN"}
+REQUIRED_VARS = {"MODEL_DIR", "RUN_CONFIG", "API_TOKEN", "REDIS_PASSWORD"}
 GPU_SERVICES = {"rollout", "trainer"}
 
 

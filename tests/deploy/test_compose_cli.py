@@ -69,7 +69,8 @@ def test_missing_required_variable_fails_naming_it(compose_bin: str) -> None:
     proc = config(compose_bin, "config", "-q", env_file=None)
     assert proc.returncode != 0
     assert "required variable" in proc.stderr
-    assert any(name in proc.stderr for name in ("MODEL_DIR", "RUN_CONFIG", "API_TOKEN"))
+    names = ("MODEL_DIR", "RUN_CONFIG", "API_TOKEN", "REDIS_PASSWORD")
+    assert any(name in proc.stderr for name in names)
 
 
 def test_cpu_profile_adds_only_the_demo(compose_bin: str) -> None:

@@ -21,6 +21,7 @@ from tests.deploy.manifests import (
     service_of,
     settings_classes,
     stray_variables,
+    url_host_port,
 )
 
 # Settings that have a default fit for a laptop but not for a container deployment: the host
@@ -87,6 +88,7 @@ def test_stray_variable_is_reported_by_name() -> None:
         Container("c2", ("vineppo", "serve", "reward"), ("VINEPPO_ROLLOUT_REDIS_URL",)),
         Container("c3", ("redis-server",), ("VINEPPO_REWARD_PORT",)),
         Container("c4", ("vineppo", "serve", "reward"), ("VINEPPO_REWARD_PORT",)),
+        Container("c5", ("redis-server",), ("REDISCLI_AUTH",)),  # redis's own: fine
     ]
     problems = stray_variables(containers, settings_classes())
     assert len(problems) == 3, problems
@@ -118,7 +120,7 @@ def test_urls_point_at_the_right_service_and_port(rendered: list[dict[str, Any]]
     for name, svc in compose["services"].items():
         for var, value in (svc.get("environment") or {}).items():
             if var.endswith("_URL"):
-                host, port = str(value).split("://", 1)[1].split("/")[0].split(":")
+                host, port = url_host_port(str(value))
                 assert ports.get(host) == port, f"compose {name}: {var}={value}"
     services = {
         d["metadata"]["name"]: {str(p["port"]) for p in d["spec"]["ports"]}
@@ -131,5 +133,5 @@ def test_urls_point_at_the_right_service_and_port(rendered: list[dict[str, Any]]
         for cont in doc["spec"]["template"]["spec"]["containers"]:
             for e in cont.get("env", []):
                 if e["name"].endswith("_URL") and "value" in e:
-                    host, port = e["value"].split("://", 1)[1].split("/")[0].split(":")
+                    host, port = url_host_port(e["value"])
                     assert port in services.get(host, set()), f"{doc['metadata']['name']}: {e}"
