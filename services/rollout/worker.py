@@ -227,7 +227,8 @@ class RolloutWorker:
             log.error("job %s is for v%d, worker holds v%d: left for reclaim",
                       job.job_id, job.policy_version, version)  # fmt: skip
             return
-        if await self.queue.get_results([job.job_id]):  # a reclaimed job already answered
+        if await self.queue.get_results([job.job_id]):  # a reclaimed or re-sent job answered
+            log.info("job %s already answered: duplicate dropped", job.job_id)
             await self.queue.ack(delivery_id)
             return
         self._inflight.add(delivery_id)
@@ -240,7 +241,8 @@ class RolloutWorker:
                                error=f"{type(exc).__name__}: {exc}")  # fmt: skip
         finally:
             self._inflight.discard(delivery_id)
-        await self.queue.put_result(result)
+        if not await self.queue.put_result(result):  # another copy of the job id won
+            log.info("a result for job %s is already stored: duplicate dropped", job.job_id)
         await self.queue.ack(delivery_id)
         self.served += 1
 
