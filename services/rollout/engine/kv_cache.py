@@ -5,6 +5,13 @@ each token — with K forked rows per prefix that copy dominates decoding on CPU
 prefill, ``fork_reserved(cache, rows, extra)`` replaces every layer by a ``ReservedLayer``:
 row r gets a copy of prefix ``rows[r]``'s keys/values in a buffer with room for ``extra``
 more positions, and each step writes its new key/value in place (views are returned).
+
+When rows finish, ``compact(cache, order)`` keeps rows ``order`` (new row p := old row
+``order[p]``). ``swap_remove_order(keep)`` builds an order that leaves every kept row
+in place except those past the new end, which move into the freed slots: each finished row
+costs one row copy instead of a copy of the whole cache. A row's computation does not depend
+on its place in the batch, so the order changes no sampled token (the engine's tests check
+it against a one-row-at-a-time reference).
 """
 
 from __future__ import annotations
@@ -53,6 +60,42 @@ class ReservedLayer(DynamicLayer):
         """Keep only rows ``indices`` (drops finished rows)."""
         self._kbuf, self._vbuf = self._kbuf[indices], self._vbuf[indices]
         self.keys, self.values = self._kbuf[:, :, : self._len], self._vbuf[:, :, : self._len]
+
+    def keep_rows(self, order: list[int]) -> None:
+        """Keep rows ``order`` in place: only rows whose slot changes are copied."""
+        moves = [(p, src) for p, src in enumerate(order) if p != src]
+        if moves:
+            dst = torch.tensor([p for p, _ in moves], device=self.device)
+            src = torch.tensor([q for _, q in moves], device=self.device)
+            self._kbuf[dst, :, : self._len] = self._kbuf[src, :, : self._len]
+            self._vbuf[dst, :, : self._len] = self._vbuf[src, :, : self._len]
+        self._kbuf, self._vbuf = self._kbuf[: len(order)], self._vbuf[: len(order)]
+        self.keys, self.values = self._kbuf[:, :, : self._len], self._vbuf[:, :, : self._len]
+
+
+def swap_remove_order(keep: list[int]) -> list[int]:
+    """New row p := old row ``order[p]``: kept rows below ``len(keep)`` stay where they are,
+    kept rows past it fill the freed slots (``keep``: ascending row indices)."""
+    n = len(keep)
+    kept = set(keep)
+    freed = [i for i in range(n) if i not in kept]
+    movers = [i for i in keep if i >= n]
+    order = list(range(n))
+    for slot, src in zip(freed, movers, strict=True):
+        order[slot] = src
+    return order
+
+
+def compact(cache: object, order: list[int]) -> None:
+    """In place: row p of every layer := row ``order[p]``; ``len(order)`` rows remain."""
+    index: torch.Tensor | None = None
+    for layer in cache.layers:  # type: ignore[attr-defined]
+        if isinstance(layer, ReservedLayer):
+            layer.keep_rows(order)
+            continue
+        if index is None:  # sliding-window etc.: a plain index-select
+            index = torch.tensor(order, device=layer.keys.device)
+        layer.batch_select_indices(index)
 
 
 def fork_reserved(cache: object, rows: torch.Tensor, extra: int) -> None:

@@ -6,8 +6,9 @@ How a call runs (``continue_from`` and ``generate`` share it):
   3) per chunk, *prefill* each distinct prefix once (left-padded batch, attention mask and
      position ids from the mask), then *fork* its KV cache to its rows by index-select;
   4) decode one token per step for all live rows; rows that finish (EOS, stop string,
-     their own max tokens: ``min(sampling.max_tokens, Prefix.max_tokens)``) are dropped
-     from the cache so later steps cost less.
+     their own max tokens: ``min(sampling.max_tokens, Prefix.max_tokens)``) leave the
+     cache so later steps cost less: rows kept past the new end move into the freed slots
+     (``kv_cache.compact``), one row copy per finished row.
 
 Every row draws its uniforms from its own ``random.Random`` seeded by
 (request seed, stream, sample index), where ``stream`` is ``Prefix.stream`` (the item's
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 
 from services.rollout.engine.base import EngineInputError, EngineStats, Prefix, row_budget
-from services.rollout.engine.kv_cache import fork_reserved
+from services.rollout.engine.kv_cache import compact, fork_reserved, swap_remove_order
 from services.rollout.engine.sampling import sample_next
 from services.rollout.engine.weights import VerifiedWeights, load_safetensors_into
 from shared.schemas import Completion, SamplingParams
@@ -282,10 +283,13 @@ class TorchEngine:
         fork = torch.tensor([r.prefix for r in live], device=self.device)
         fork_reserved(cache, fork, longest)
         logits = last_logits[fork]  # (R, V)
-        mask = mask[fork]  # (R, L)
-        next_pos = mask.sum(-1)  # (R,) position id of the next token
+        width = mask.shape[1]
+        # step t attends to masks[:, : width + t + 1]: the prefix mask, then ones
+        masks = torch.cat([mask[fork], mask.new_ones((len(live), longest))], dim=-1)
+        next_pos = masks[:, :width].sum(-1)  # (R,) position id of the next token
         stop_tail = max((len(s) for s in sp.stop), default=0)
-        for _ in range(longest):
+        eos = self.eos_ids
+        for step in range(longest):
             uniforms = torch.tensor([r.rng.random() for r in live], dtype=torch.float64)
             tokens, logps = sample_next(
                 logits, sp.temperature, sp.top_p, uniforms.to(logits.device)
@@ -293,9 +297,10 @@ class TorchEngine:
             tok_list, lp_list = tokens.tolist(), logps.tolist()
             keep: list[int] = []
             for i, r in enumerate(live):
-                r.tokens.append(tok_list[i])
+                tok = tok_list[i]
+                r.tokens.append(tok)
                 r.logprobs.append(lp_list[i])
-                if tok_list[i] in self.eos_ids or self._hit_stop(r, sp.stop, stop_tail):
+                if tok in eos or self._hit_stop(r, sp.stop, stop_tail):
                     r.finish = "stop"
                 elif len(r.tokens) >= r.max_tokens:
                     r.finish = "length"
@@ -304,15 +309,15 @@ class TorchEngine:
             self._stats.sampled_tokens += len(live)
             if not keep:
                 return
-            if len(keep) < len(live):
-                sel = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(sel)  # type: ignore[attr-defined]
-                tokens, mask, next_pos = tokens[sel], mask[sel], next_pos[sel]
-                live = [live[i] for i in keep]
-            mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=-1)  # (R, L + 1)
+            if len(keep) < len(live):  # finished rows leave; kept rows fill their slots
+                order = swap_remove_order(keep)
+                compact(cache, order)
+                sel = torch.tensor(order, device=self.device)
+                tokens, masks, next_pos = tokens[sel], masks[sel], next_pos[sel]
+                live = [live[i] for i in order]
             out = self.model(
                 input_ids=tokens.unsqueeze(-1),
-                attention_mask=mask,
+                attention_mask=masks[:, : width + step + 1],
                 position_ids=next_pos.unsqueeze(-1),
                 use_cache=True,
                 **{self._cache_kw: cache},

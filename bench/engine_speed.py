@@ -1,0 +1,310 @@
+"""Decode speed of the torch engine vs a bare transformers KV-cache loop, on the demo's model.
+
+The model is the demo's from-scratch Llama ("tiny" preset: hidden 128, 4 layers, its BPE
+tokenizer trained on the built-in arithmetic task's text), randomly initialised (speed does
+not depend on the weights; ``--model-dir`` runs a trained one instead). Work, one torch
+thread as the demo runs it:
+
+(a) ``TorchEngine.generate``: P arithmetic prompts x 4 samples = batch 8, 32, 64, 128
+    (``max_batch`` = the batch), 96 tokens, T = 0.6, top_p 1, seed 0;
+(b) the bare loop: the same rows prefilled left-padded, then per step
+    ``model(tok, past_key_values=DynamicCache) + softmax(logits / T) + multinomial``;
+(a') the same with rows that end early (10 token ids act as EOS: ~9 rows in 10 end before
+    96 tokens, as a trained policy's rows do), batch 32 and 128;
+(c) MC values: ``continue_from`` on step-boundary prefixes (the gold solutions cut at every
+    line) x K = 3 continuations with each state's remaining budget: the engine part of
+    ``estimate_values`` (grading excluded).
+
+EOS is off in (a) and (c) (``engine.eos_ids = set()``) so every row samples its full budget,
+as the bare loop does. Each ``--roots`` entry is a checkout whose ``services/rollout/engine``
+is measured (before/after in one run: ``git worktree add /tmp/engine-old <rev>``); every
+measurement runs in a fresh subprocess, the roots alternating, ``--repeats`` times; the
+table keeps each cell's best run and the load average next to it.
+
+    .venv/bin/python -m bench.engine_speed                            # ~3 min on 2 cores
+    .venv/bin/python -m bench.engine_speed --roots /tmp/engine-old,. --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCHES = (8, 32, 64, 128)
+EARLY_BATCHES = (32, 128)
+SAMPLES = 4
+
+
+def build_model(out: Path, preset: str) -> Path:
+    """The demo's from-scratch model (random init) and tokenizer, saved to ``out``."""
+    sys.path.insert(0, str(ROOT))
+    from services.trainer.model import build_tiny_model
+    from shared.datasets import load_examples
+    from shared.prompts import format_prompt
+
+    train = load_examples("arithmetic", "train", n=2000, arithmetic={"max_steps": 4})
+    texts = [format_prompt(e.question) + e.solution for e in train]
+    return build_tiny_model(out, texts, preset=preset, seed=0)
+
+
+# -- the worker: one subprocess per (root, repeat); prints one JSON line -----------------
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def bare_loop(model, rows: list[list[int]], steps: int, temperature: float, pad: int):  # type: ignore[no-untyped-def]
+    """(tokens, seconds) of a plain transformers decode loop over ``rows`` (all distinct)."""
+    import inspect
+
+    import torch
+    from transformers import DynamicCache
+
+    kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    gen = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    cache = DynamicCache()
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True, logits_to_keep=1, **{kw: cache})  # fmt: skip
+    pos = mask.sum(-1, keepdim=True)  # (B, 1)
+    ones = mask.new_ones((len(rows), 1))
+    for _ in range(steps):
+        probs = torch.softmax(out.logits[:, -1, :].float() / temperature, dim=-1)
+        tok = torch.multinomial(probs, 1, generator=gen)  # (B, 1)
+        mask = torch.cat([mask, ones], dim=-1)
+        out = model(input_ids=tok, attention_mask=mask, position_ids=pos, use_cache=True,
+                    **{kw: cache})  # fmt: skip
+        pos = pos + 1
+    return len(rows) * steps, time.perf_counter() - start
+
+
+def value_prefixes(tokenizer, n: int, budget: int):  # type: ignore[no-untyped-def]
+    """Step-boundary states of ``n`` gold solutions: (prompt, partial, remaining budget)."""
+    from shared.datasets import load_examples
+    from shared.prompts import format_prompt
+
+    states = []
+    for e in load_examples("arithmetic", "test", n=n, arithmetic={"max_steps": 4}):
+        prompt = format_prompt(e.question)
+        lines = e.solution.splitlines(keepends=True)
+        for i in range(len(lines)):
+            partial = "".join(lines[:i])
+            used = len(tokenizer(prompt + partial)["input_ids"]) - len(
+                tokenizer(prompt)["input_ids"]
+            )
+            if budget - used >= 1:
+                states.append((prompt, partial, budget - used))
+    return states
+
+
+def worker(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(Path(args.engine_root).resolve()))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from services.rollout.engine import Prefix
+    from services.rollout.engine.torch_engine import TorchEngine
+    from shared.datasets import load_examples
+    from shared.prompts import format_prompt
+    from shared.schemas import SamplingParams
+
+    engine = TorchEngine(args.model_dir, max_batch=max(BATCHES))
+    engine.eos_ids = set()  # every row samples its full budget, as the bare loop does
+    tok = engine.tokenizer
+    prompts = [format_prompt(e.question) for e in
+               load_examples("arithmetic", "test", n=max(BATCHES) // SAMPLES,
+                             arithmetic={"max_steps": 4})]  # fmt: skip
+    sp = SamplingParams(temperature=args.temperature, top_p=1.0, max_tokens=args.max_tokens, seed=0)
+    result: dict[str, object] = {"root": args.engine_root, "rows": []}
+
+    def gen(batch: int) -> tuple[int, float]:
+        engine.max_batch = batch
+        start = time.perf_counter()
+        out = asyncio.run(engine.generate(prompts[: batch // SAMPLES], SAMPLES, sp))
+        return sum(len(c.token_ids) for per in out for c in per), time.perf_counter() - start
+
+    gen(8)  # warm-up
+    for batch in BATCHES:
+        tokens, secs = gen(batch)
+        result["rows"].append({"what": "engine", "batch": batch, "tokens": tokens, "s": secs,  # type: ignore[union-attr]
+                               "load": _load()})  # fmt: skip
+        if args.bare:
+            ids = [tok(p)["input_ids"] for p in prompts[: batch // SAMPLES] for _ in range(SAMPLES)]
+            with torch.inference_mode():
+                tokens, secs = bare_loop(engine.model, ids, args.max_tokens, args.temperature,
+                                         engine.pad_id)  # fmt: skip
+            result["rows"].append({"what": "bare", "batch": batch, "tokens": tokens, "s": secs,  # type: ignore[union-attr]
+                                   "load": _load()})  # fmt: skip
+    # rows that end early, as a trained policy's do: 10 ids act as EOS (a random model's
+    # next-token distribution is near uniform: ~2.5 % per step, about 9 in 10 rows end early)
+    vocab = int(engine.model.get_input_embeddings().weight.shape[0])
+    engine.eos_ids = set(range(vocab - 10, vocab))
+    for batch in EARLY_BATCHES:
+        tokens, secs = gen(batch)
+        result["rows"].append({"what": "early", "batch": batch, "tokens": tokens, "s": secs,  # type: ignore[union-attr]
+                               "load": _load()})  # fmt: skip
+    engine.eos_ids = set()
+    states = value_prefixes(tok, args.value_problems, args.max_tokens)
+    prefixes = [Prefix(p, q, max_tokens=b, stream=i) for i, (p, q, b) in enumerate(states)]
+    engine.max_batch = max(BATCHES)
+    start = time.perf_counter()
+    out = asyncio.run(engine.continue_from(prefixes, 3, sp))
+    result["rows"].append({"what": "values", "batch": len(prefixes) * 3,  # type: ignore[union-attr]
+                           "tokens": sum(len(c.token_ids) for per in out for c in per),
+                           "s": time.perf_counter() - start, "load": _load()})  # fmt: skip
+    if args.profile:
+        import cProfile
+        import io
+        import pstats
+
+        engine.max_batch = max(BATCHES)
+        prof = cProfile.Profile()
+        prof.enable()
+        ids = [engine.encode(Prefix(p)) for p in prompts]
+        # in this thread (cProfile sees one thread): what generate runs in its worker thread
+        engine._call_locked(engine._continue_sync, ids, SAMPLES, sp, [sp.max_tokens] * len(ids),
+                            list(range(len(ids))))  # fmt: skip
+        prof.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(args.profile_top)
+        result["profile"] = buf.getvalue()
+    print(json.dumps(result))
+
+
+# -- the driver --------------------------------------------------------------------------
+def run_worker(args: argparse.Namespace, model_dir: Path, root: str, bare: bool) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench" / "engine_speed.py"), "--worker",
+           "--engine-root", root, "--model-dir", str(model_dir), "--threads", str(args.threads),
+           "--max-tokens", str(args.max_tokens), "--temperature", str(args.temperature),
+           "--value-problems", str(args.value_problems)]  # fmt: skip
+    cmd += ["--bare"] if bare else []
+    cmd += ["--profile", "--profile-top", str(args.profile_top)] if args.profile else []
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=root)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def best(results: list[dict], root: str, what: str, batch: int) -> dict:
+    rows = [r for res in results if res["root"] == root for r in res["rows"]
+            if r["what"] == what and r["batch"] == batch]  # fmt: skip
+    return max(rows, key=lambda r: r["tokens"] / r["s"])
+
+
+def cell(r: dict) -> str:
+    return f"{r['tokens'] / r['s']:.0f} (load {r['load']:.1f})"
+
+
+def report(args: argparse.Namespace, results: list[dict], roots: list[str], params: int) -> str:
+    import torch
+
+    head = "| batch | bare transformers | " + " | ".join(f"engine `{r}`" for r in roots)
+    head += " | " + " | ".join(f"engine/bare `{r}`" for r in roots) + " |"
+    lines = [head, "|---:|---:|" + "---:|" * (2 * len(roots))]
+    bare_root = roots[-1]
+    for b in BATCHES:
+        bare = best(results, bare_root, "bare", b)
+        engs = [best(results, r, "engine", b) for r in roots]
+        ratios = [(e["tokens"] / e["s"]) / (bare["tokens"] / bare["s"]) for e in engs]
+        lines.append(f"| {b} | {cell(bare)} | " + " | ".join(cell(e) for e in engs) + " | "
+                     + " | ".join(f"{x:.0%}" for x in ratios) + " |")  # fmt: skip
+    lines += ["", "Rows that end early (10 token ids act as EOS), engine tokens/s:", "",
+              "| batch | " + " | ".join(f"`{r}`" for r in roots) + " |",
+              "|---:|" + "---:|" * len(roots)]  # fmt: skip
+    for b in EARLY_BATCHES:
+        lines.append(f"| {b} | " + " | ".join(cell(best(results, r, "early", b)) for r in roots)
+                     + " |")  # fmt: skip
+    vbatch = next(x["batch"] for res in results for x in res["rows"] if x["what"] == "values")
+    vals = [best(results, r, "values", vbatch) for r in roots]
+    lines += ["", f"MC values (c), {vbatch} rows (step-boundary states x K = 3), engine tokens/s:",
+              "", "| " + " | ".join(f"`{r}`" for r in roots) + " |", "|" + "---:|" * len(roots),
+              "| " + " | ".join(cell(v) for v in vals) + " |"]  # fmt: skip
+    text = "\n".join(lines)
+    return (
+        f"Command: `.venv/bin/python -m bench.engine_speed {' '.join(sys.argv[1:])}`".rstrip()
+        + f"\n\nMachine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores (shared), torch {torch.__version__}, {args.threads} torch "
+        f"thread(s); model: demo '{args.preset}' preset, {params / 1e6:.2f}M parameters, random "
+        f"init; {args.max_tokens} tokens per row, T = {args.temperature}, EOS off; best of "
+        f"{args.repeats} runs per cell (tokens/s, 1-minute load average when it finished).\n\n"
+        + text
+        + "\n"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--roots", default=".", help="comma-separated checkouts whose engine to time")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--model-dir", type=Path, default=None, help="a trained model instead")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--value-problems", type=int, default=8)
+    p.add_argument("--profile", action="store_true", help="cProfile one batch-128 generate")
+    p.add_argument("--profile-top", type=int, default=25)
+    p.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/engine_speed.md")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--engine-root", default=".", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+    roots = [str(Path(r).resolve()) for r in args.roots.split(",")]
+    with tempfile.TemporaryDirectory(prefix="vineppo-engine-speed-") as d:
+        model_dir = args.model_dir or build_model(Path(d) / "model", args.preset)
+        from safetensors import safe_open
+
+        with safe_open(str(Path(model_dir) / "model.safetensors"), "pt") as f:
+            params = sum(_prod(f.get_slice(k).get_shape()) for k in f)
+        results = []
+        for rep in range(args.repeats):
+            for root in roots:
+                res = run_worker(args, Path(model_dir), root, bare=(root == roots[-1]))
+                if rep or not args.profile:
+                    res.pop("profile", None)
+                results.append(res)
+                print(f"repeat {rep} {root}: " + ", ".join(
+                    f"{r['what']}@{r['batch']} {r['tokens'] / r['s']:.0f}/s" for r in res["rows"]),
+                    flush=True)  # fmt: skip
+    text = report(args, results, roots, params)
+    for res in results:
+        if "profile" in res:
+            text += f"\n### cProfile of one batch-128 generate, `{res['root']}`\n\n```\n"
+            text += res["profile"].strip() + "\n```\n"
+    print(text)
+    write_doc(args.out, text)
+
+
+NOTES = "<!-- notes: kept when the benchmark rewrites this file -->"
+
+
+def write_doc(path: Path, results: str) -> None:
+    """Title + results; the hand-written part from the NOTES marker on is kept."""
+    old = path.read_text() if path.exists() else ""
+    notes = old[old.index(NOTES) :] if NOTES in old else NOTES + "\n"
+    title = "# Torch engine decode speed vs a bare transformers loop (demo model, CPU)\n\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(title + results + "\n" + notes)
+
+
+def _prod(shape: list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+if __name__ == "__main__":
+    main()
