@@ -41,6 +41,13 @@ VARIANTS = {
         "rollout.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
         ".nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
     ],
+    "redis-tls-existing-password-rollout-clients": [
+        "redis.tls.enabled=true",
+        "redis.tls.existingSecret=redis-tls",
+        "redis.auth.existingSecret=redis-pw",
+        "networkPolicy.rolloutClients[0].namespaceSelector.matchLabels.team=ml",
+    ],
+    "no-auth-no-netpol": ["redis.auth.enabled=false", "networkPolicy.enabled=false"],
 }
 
 
@@ -82,6 +89,10 @@ def test_chart_renders_every_component(rendered: list[dict[str, Any]]) -> None:
         "PersistentVolumeClaim-checkpoints",
         "PersistentVolumeClaim-models",
         "Secret-api-token",
+        "Secret-redis-auth",
+        "NetworkPolicy-redis",
+        "NetworkPolicy-rollout",
+        "NetworkPolicy-reward",
         "ConfigMap-run-config",
         "Service-rollout",
         "Service-reward",
@@ -171,7 +182,8 @@ def test_secret_and_run_config_are_wired(rendered: list[dict[str, Any]]) -> None
     assert base64.b64decode(secret["data"]["api-token"]).decode() == TOKEN
     for doc in (find(rendered, "Deployment", "-rollout"), find(rendered, "Job", "-trainer")):
         refs = [e["valueFrom"]["secretKeyRef"] for e in _container(doc)["env"] if "valueFrom" in e]
-        assert refs == [{"name": secret["metadata"]["name"], "key": "api-token"}]
+        tokens = [r for r in refs if r["key"] == "api-token"]
+        assert tokens == [{"name": secret["metadata"]["name"], "key": "api-token"}]
     job = find(rendered, "Job", "-trainer")
     c, cm = _container(job), find(rendered, "ConfigMap", "-run-config")
     config_path = c["args"][c["args"].index("--config") + 1]

@@ -164,12 +164,11 @@ def test_cli_wrong_password_is_one_line_exit_2(locked: int, tmp_path: Path) -> N
 # ---- TLS --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A CA and a server certificate for 127.0.0.1 signed by it (openssl, 2048-bit RSA)."""
+def make_tls_files(d: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it (openssl, 2048-bit RSA), and a
+    second CA that signed nothing; keys ca, ca_key, crt, key, other_ca, other_key."""
     if shutil.which("openssl") is None:
         pytest.fail("openssl not found on PATH")
-    d = tmp_path_factory.mktemp("tls")
     f = {k: d / f"{k}.pem" for k in ("ca", "ca_key", "crt", "key", "other_ca", "other_key")}
 
     def ssl(*args: str) -> None:
@@ -186,6 +185,11 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ssl("x509", "-req", "-in", str(csr), "-CA", str(f["ca"]), "-CAkey", str(f["ca_key"]),
         "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(f["crt"]))  # fmt: skip
     return f
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module")
