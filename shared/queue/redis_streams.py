@@ -51,8 +51,8 @@ class RedisAuthError(PermissionError):
 
     def __init__(self, url: str, reason: object):
         said = " ".join(str(reason).split())[:120] or type(reason).__name__
-        fix = ("set it in VINEPPO_<SERVICE>_REDIS_PASSWORD or in the URL "
-               "(redis://:PASSWORD@host:port/db)")  # fmt: skip
+        fix = ("set it in the URL (redis://:PASSWORD@host:port/db) or in "
+               "VINEPPO_<SERVICE>_REDIS_PASSWORD")  # fmt: skip
         if _is_tls_refusal(reason):
             what = f"TLS: Redis's certificate was not accepted ({said})"
             fix = "give the CA that signed it: rediss://host:port/db?ssl_ca_certs=/path/ca.crt"

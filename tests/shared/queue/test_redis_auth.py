@@ -139,25 +139,33 @@ def test_unreachable_redis_is_left_to_the_retries() -> None:
 
 
 @pytest.mark.server
-def test_cli_wrong_password_is_one_line_exit_2(locked: int, tmp_path: Path) -> None:
-    """`vineppo serve rollout --worker-only` with a wrong VINEPPO_ROLLOUT_REDIS_PASSWORD: one
-    line naming the URL, exit 2, no traceback; it fails before any model is loaded."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "VINEPPO_ROLLOUT_REDIS_URL": f"redis://127.0.0.1:{locked}/0",
-           "VINEPPO_ROLLOUT_REDIS_PASSWORD": "not-the-password-42"}  # fmt: skip
+@pytest.mark.parametrize("command", ["rollout-worker", "trainer"])
+def test_cli_wrong_password_is_one_line_exit_2(locked: int, tmp_path: Path, command: str) -> None:
+    """`vineppo serve rollout --worker-only` (password in VINEPPO_ROLLOUT_REDIS_PASSWORD) and
+    `vineppo train` (password in VINEPPO_TRAINER_REDIS_URL) with a wrong password: one line
+    naming the URL, exit 2, no traceback, before any model is loaded."""
+    url = f"redis://127.0.0.1:{locked}/0"
+    if command == "trainer":
+        args = ["train", "--preset", "tiny-cpu", "--output-dir", str(tmp_path / "run"),
+                "--local-replicas", "0"]  # fmt: skip
+        env = {"VINEPPO_TRAINER_REDIS_URL": f"redis://:not-the-password-42@127.0.0.1:{locked}/0",
+               "VINEPPO_TRAINER_REWARD_URL": "http://127.0.0.1:9"}  # fmt: skip
+    else:
+        args = ["serve", "rollout", "--worker-only", "--model", str(tmp_path)]
+        env = {"VINEPPO_ROLLOUT_REDIS_URL": url,
+               "VINEPPO_ROLLOUT_REDIS_PASSWORD": "not-the-password-42"}  # fmt: skip
     proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", "serve", "rollout", "--worker-only",
-         "--model", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        [sys.executable, "-m", "services.cli", *args], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=120, check=False,
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out[-3000:]
     assert "Traceback" not in out and "not-the-password-42" not in out, out[-3000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]
     assert errors == [
-        f"Error: redis://127.0.0.1:{locked}/0: Redis refused the password "
-        "(invalid username-password pair or user is disabled.); set it in "
-        "VINEPPO_<SERVICE>_REDIS_PASSWORD or in the URL (redis://:PASSWORD@host:port/db)"
+        f"Error: {url}: Redis refused the password (invalid username-password pair or user is "
+        "disabled.); set it in the URL (redis://:PASSWORD@host:port/db) or in "
+        "VINEPPO_<SERVICE>_REDIS_PASSWORD"
     ], proc.stderr
 
 
