@@ -75,6 +75,10 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         overrides = {"model_dir": model_dir, "engine": engine, "device": device, "dtype": dtype,
                      "host": host, "port": port, "reward_url": reward_url}  # fmt: skip
         settings = RolloutSettings(**{k: v for k, v in overrides.items() if v is not None})
+        if settings.redis_url:  # a refused password is one line now, not an unready pod later
+            from shared.queue.redis_streams import check_credentials
+
+            check_credentials(settings.redis_url)
         api = create_app(settings, stop_on_boot_failure=True)
         run(api, settings)
         if getattr(api.state, "boot_state", None) == "failed":
