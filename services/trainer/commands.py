@@ -7,8 +7,12 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from services.trainer.wiring import Wiring
 
 
 def register_rl(app: typer.Typer) -> None:
@@ -32,15 +36,27 @@ def train_cmd(
     output_dir: str | None = typer.Option(None, help="Run directory (metrics, checkpoints)."),
     resume: bool = typer.Option(False, help="Continue from the last complete checkpoint."),
     redis_url: str | None = typer.Option(
-        None, envvar="VINEPPO_TRAINER_REDIS_URL", help="Redis queue; unset = in-process."
+        None, help="Redis queue [env VINEPPO_TRAINER_REDIS_URL]; unset = in-process."
     ),
     reward_url: str | None = typer.Option(
-        None, envvar="VINEPPO_TRAINER_REWARD_URL", help="Reward service; unset = start one."
+        None, help="Reward service [env VINEPPO_TRAINER_REWARD_URL]; unset = start one."
     ),
-    local_replicas: int = typer.Option(1, min=0, help="Rollout workers in this process."),
+    checkpoint_root: Path | None = typer.Option(
+        None,
+        help="Where policy-vN/ go for the replicas [env VINEPPO_TRAINER_CHECKPOINT_ROOT]; "
+        "unset = <output_dir>/policies.",
+    ),
+    local_replicas: int | None = typer.Option(
+        None, min=0, help="Rollout workers in this process [env VINEPPO_TRAINER_LOCAL_REPLICAS, 1]."
+    ),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads."),
 ) -> None:
-    """Run RL finetuning (VinePPO, PPO, GRPO, RLOO) through the rollout and reward services."""
+    """Run RL finetuning (VinePPO, PPO, GRPO, RLOO) through the rollout and reward services.
+
+    Deployment settings come from ``VINEPPO_TRAINER_*`` (services/trainer/settings.py; the
+    options above win): Redis URL and password, reward URL and token, the rollout URL and API
+    token checked before the model loads, the checkpoint root the replicas read.
+    """
     import asyncio
 
     import torch
@@ -48,6 +64,7 @@ def train_cmd(
     from services.trainer.config import load_config
     from services.trainer.loop import RLTrainer
     from services.trainer.stack import run_services
+    from services.trainer.wiring import RolloutUnavailable, check_rollout
 
     _setup_logging()
     if threads:
@@ -58,6 +75,12 @@ def train_cmd(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     out = Path(cfg.output_dir)
+    wiring = _train_wiring(out, redis_url, reward_url, checkpoint_root, local_replicas)
+    try:
+        check_rollout(wiring)
+    except RolloutUnavailable as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     out.mkdir(parents=True, exist_ok=True)
     (out / "command.txt").write_text(shlex.join(["vineppo", *sys.argv[1:]]) + "\n")
     (out / "config.json").write_text(cfg.model_dump_json(indent=2))
@@ -65,10 +88,11 @@ def train_cmd(
     async def main() -> None:
         services = run_services(
             cfg.model.policy,
-            out / "policies",
-            redis_url=redis_url,
-            reward_url=reward_url,
-            local_replicas=local_replicas,
+            wiring.policy_root,
+            redis_url=wiring.redis_url,
+            reward_url=wiring.reward_url,
+            reward_token=wiring.reward_token,
+            local_replicas=wiring.local_replicas,
         )
         async with services as svc:
             if cfg.algo in ("restem", "dpo_positive"):  # the RL-free baselines (issue 7)
@@ -84,6 +108,29 @@ def train_cmd(
         typer.echo("\ninterrupted: the last complete iteration is checkpointed; --resume continues")
         raise typer.Exit(130) from None
     typer.echo(f"done: metrics in {out / 'metrics.jsonl'}")
+
+
+def _train_wiring(
+    out: Path,
+    redis_url: str | None,
+    reward_url: str | None,
+    checkpoint_root: Path | None,
+    local_replicas: int | None,
+) -> Wiring:
+    """`TrainerSettings()` (``VINEPPO_TRAINER_*``) merged with the options; one-line errors."""
+    from pydantic import ValidationError
+
+    from services.trainer.settings import TrainerSettings
+    from services.trainer.wiring import resolve_wiring
+
+    try:
+        settings = TrainerSettings()
+        return resolve_wiring(
+            settings, out, redis_url=redis_url, reward_url=reward_url,
+            checkpoint_root=checkpoint_root, local_replicas=local_replicas,
+        )  # fmt: skip
+    except (ValidationError, ValueError) as e:
+        raise typer.BadParameter(str(e)) from e
 
 
 def demo_cmd(

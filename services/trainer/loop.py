@@ -57,6 +57,7 @@ class Services:
     min_replicas: int = 1
     replica_timeout_s: float = 600.0
     job_size: int = 16
+    policy_root: Path | None = None  # where policy-vN/ go for replicas; None = <out>/policies
 
 
 class DataOrder:
@@ -131,7 +132,7 @@ class RLTrainer:
         self.metrics_path = self.out / "metrics.jsonl"
         self._tb: Any = None  # TensorBoard writer, opened on the first metrics row
         self.ckpt_root = self.out / "checkpoints"
-        self.policy_root = self.out / "policies"
+        self.policy_root = services.policy_root or self.out / "policies"
 
     # -- helpers ----------------------------------------------------------------------
     def prompt(self, ex: Example) -> str:

@@ -27,6 +27,7 @@ async def run_services(
     *,
     redis_url: str | None = None,
     reward_url: str | None = None,
+    reward_token: str | None = None,
     local_replicas: int = 1,
     device: str | None = None,
     queue_prefix: str = "vineppo:",
@@ -34,6 +35,10 @@ async def run_services(
     max_batch: int = 64,
 ) -> AsyncIterator[Services]:
     """Start (or connect to) the services of a run; yields the `Services` the loop uses.
+
+    ``checkpoint_root``: where the loop writes ``policy-vN/`` and the local replicas load them
+    (the shared volume when replicas run elsewhere). ``reward_token``: bearer token for a
+    reward service with REQUIRE_TOKEN.
 
     ``device`` of the local rollout engines: None = ``cuda`` when available (bf16, SDPA),
     else ``cpu`` (float32). ``max_batch``: rows one engine decodes together (raise it to fill
@@ -57,7 +62,7 @@ async def run_services(
 
             reward_url = stack.enter_context(serve_in_thread(create_app(RewardSettings())))
         queue = make_queue(redis_url, prefix=queue_prefix)
-        grader = RewardClient(reward_url)
+        grader = RewardClient(reward_url, token=reward_token)
         stop = asyncio.Event()
         workers = []
         for i in range(local_replicas):
@@ -68,7 +73,7 @@ async def run_services(
             workers.append(asyncio.create_task(run_worker(queue, engine, grader, config, stop)))
         try:
             yield Services(queue=queue, grader=grader, min_replicas=max(1, local_replicas),
-                           job_size=job_size)  # fmt: skip
+                           job_size=job_size, policy_root=checkpoint_root)  # fmt: skip
         finally:
             stop.set()
             await asyncio.gather(*workers, return_exceptions=True)
