@@ -107,7 +107,34 @@ def test_cpu_image_uses_the_makefile_pins() -> None:
     torch_at = next(n for n, r in enumerate(runs) if "torch==${TORCH_VERSION}" in r)
     ds_at = next(n for n, r in enumerate(runs) if "deepspeed==" in r)
     assert torch_at < ds_at and "--no-build-isolation" in runs[ds_at]
-    assert "download.pytorch.org/whl/cpu" in runs[torch_at]
+    assert "download.pytorch.org/whl/cpu" in expand(runs[torch_at], args)
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_no_syntax_directive(image: str) -> None:
+    """`# syntax=...` makes BuildKit pull a frontend image (no registry: the build fails)."""
+    lines = IMAGES[image].read_text().splitlines()
+    head = [ln for ln in lines[: next(n for n, ln in enumerate(lines) if not ln.startswith("#"))]]
+    assert not [ln for ln in head if re.match(r"#\s*syntax\s*=", ln, re.IGNORECASE)], head
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_pip_never_replaces_pypi(image: str) -> None:
+    """`--index-url` / `-i` hides PyPI from the package's own dependencies (torch's filelock
+    was not found): another index may only be an extra one."""
+    instrs, _ = parse(image)
+    for run in (i.args for i in instrs if i.op == "RUN"):
+        assert not re.search(r"pip3? install[^&;]*\s(--index-url|-i)[\s=]", run), run
+
+
+def test_cpu_torch_comes_from_the_extra_torch_index_only() -> None:
+    """The CPU torch is pinned with its ``+cpu`` local version, which only the torch index
+    serves: with PyPI also in view, PyPI's CUDA build of the same version cannot be chosen."""
+    instrs, args = parse("cpu")
+    run = expand(next(i.args for i in instrs if i.op == "RUN" and "torch==" in i.args), args)
+    req = re.search(r'"(torch==[^"]+)"', run)
+    assert req and str(Requirement(req.group(1)).specifier) == f"=={args['TORCH_VERSION']}+cpu"
+    assert re.search(r'--extra-index-url\s+"?https://download\.pytorch\.org/whl/cpu"?', run)
 
 
 def test_cuda_image_installs_the_gpu_extra_within_its_ranges() -> None:
