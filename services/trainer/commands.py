@@ -76,6 +76,7 @@ def train_cmd(
         raise typer.BadParameter(str(e)) from e
     out = Path(cfg.output_dir)
     wiring = _train_wiring(out, redis_url, reward_url, checkpoint_root, local_replicas)
+    logging.getLogger().setLevel(wiring.log_level)  # VINEPPO_TRAINER_LOG_LEVEL
     try:
         check_rollout(wiring)
     except RolloutUnavailable as e:

@@ -35,6 +35,7 @@ class Wiring:
     policy_root: Path  # policy-vN/ for the replicas (the shared volume)
     local_replicas: int
     rollout_timeout_s: float
+    log_level: str
 
     def __repr__(self) -> str:  # never print a token or a URL's password
         redis = "set" if self.redis_url else "in-process"
@@ -75,6 +76,7 @@ def resolve_wiring(
         policy_root=Path(root),
         local_replicas=replicas,
         rollout_timeout_s=settings.rollout_timeout_s,
+        log_level=settings.log_level.upper(),
     )
 
 

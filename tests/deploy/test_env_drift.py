@@ -1,5 +1,7 @@
 """Drift test: every environment variable compose and the chart set is a Settings field of the
-service the container runs, and every setting a deployment must provide is set by both.
+service the container runs, that field is read by the code the container's command runs (its
+Settings class instantiated, the field read: tests/deploy/readers.py walks the source from the
+CLI callback), and every setting a deployment must provide is set by both.
 
 The fields come from the Settings classes at test time (model_fields + env_prefix), so new
 fields need no change here; a renamed or removed field makes this fail naming the variable.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.trainer.settings import TrainerSettings
 from tests.deploy.conftest import TOKEN
 from tests.deploy.manifests import (
     Container,
@@ -23,6 +26,7 @@ from tests.deploy.manifests import (
     stray_variables,
     url_host_port,
 )
+from tests.deploy.readers import closure, settings_read
 
 # Settings that have a default fit for a laptop but not for a container deployment: the host
 # must be 0.0.0.0 to be reachable, the URLs must name the other containers, the checkpoint root
@@ -135,3 +139,49 @@ def test_urls_point_at_the_right_service_and_port(rendered: list[dict[str, Any]]
                 if e["name"].endswith("_URL") and "value" in e:
                     host, port = url_host_port(e["value"])
                     assert port in services.get(host, set()), f"{doc['metadata']['name']}: {e}"
+
+
+def _unread(containers: list[Container]) -> list[str]:
+    """One message per VINEPPO_* variable whose Settings class the container's command never
+    instantiates, or whose field no code reachable from that command reads."""
+    classes = settings_classes()
+    problems = []
+    for c in containers:
+        service = service_of(c.argv)
+        if service is None or service == "*":
+            continue  # not vineppo / the demo (which sets none)
+        instantiated, attrs = settings_read(c.argv)
+        cls = classes[service]
+        for var in c.env:
+            field = env_names(cls).get(var.upper())
+            if field is None:
+                continue  # a stray variable: test_*_sets_only_settings_fields names it
+            if cls not in instantiated:
+                problems.append(f"{c.where}: sets {var} but `{' '.join(c.argv[:3])}` never "
+                                f"instantiates {cls.__name__}")  # fmt: skip
+            elif field not in attrs:
+                problems.append(f"{c.where}: sets {var} but no code `{' '.join(c.argv[:3])}` "
+                                f"runs reads .{field}")  # fmt: skip
+    return problems
+
+
+def test_compose_variables_are_read_by_the_command_that_runs() -> None:
+    problems = _unread(compose_containers(load_compose()))
+    assert not problems, "docker-compose.yml sets dead variables:\n" + "\n".join(problems)
+
+
+def test_chart_variables_are_read_by_the_command_that_runs(rendered: list[dict[str, Any]]) -> None:
+    problems = _unread(chart_containers(rendered))
+    assert not problems, "the Helm chart sets dead variables:\n" + "\n".join(problems)
+
+
+def _defines_but_never_builds() -> type:
+    return TrainerSettings  # named, never called: what `vineppo train` did before issue 18
+
+
+def test_reader_check_catches_a_settings_class_that_is_never_built() -> None:
+    """The checker itself: a class only named is not instantiated, and calling it is."""
+    classes, attrs = closure(_defines_but_never_builds)
+    assert TrainerSettings not in classes
+    built, attrs = settings_read(("vineppo", "train"))
+    assert TrainerSettings in built and {"rollout_url", "checkpoint_root"} <= attrs

@@ -50,6 +50,7 @@ ENV = {
     "VINEPPO_TRAINER_CHECKPOINT_ROOT": "/checkpoints",
     "VINEPPO_TRAINER_LOCAL_REPLICAS": "0",
     "VINEPPO_TRAINER_ROLLOUT_TIMEOUT_S": "7",
+    "VINEPPO_TRAINER_LOG_LEVEL": "warning",
 }
 
 
@@ -74,6 +75,7 @@ def test_train_wiring_uses_every_env_variable(
     assert w.policy_root == Path("/checkpoints")
     assert w.local_replicas == 0
     assert w.rollout_timeout_s == 7.0
+    assert w.log_level == "WARNING"
     assert "0123456789" not in repr(w)  # neither token nor password in a log line
 
 
