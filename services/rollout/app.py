@@ -193,7 +193,11 @@ def create_app(
         req: WeightsRequest, request: Request, authorization: str | None = Header(default=None)
     ) -> WeightsStatus:
         """Load policy ``version`` from safetensors under the checkpoint root (bearer token)."""
-        return await service(request).load_weights(req, authorization)
+        svc = service(request)
+        if "\x00" in req.path or any("\x00" in name for name in req.sha256 or {}):
+            svc.check_token(authorization)  # no path check before the token check
+            raise ApiError(400, "path or shard name contains a NUL byte", "bad_path")
+        return await svc.load_weights(req, authorization)
 
     @app.get("/healthz", response_model=RolloutHealth)
     async def healthz(request: Request) -> RolloutHealth | JSONResponse:
