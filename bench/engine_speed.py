@@ -23,7 +23,7 @@ table keeps each cell's best run (by tokens per CPU second: with one torch threa
 process's CPU time is the work done, little affected by other jobs on a shared machine),
 with its wall-clock rate and the load average next to it.
 
-    .venv/bin/python -m bench.engine_speed                            # ~3 min on 2 cores
+    .venv/bin/python -m bench.engine_speed          # ~2 min per root and repeat, loaded 2 cores
     .venv/bin/python -m bench.engine_speed --roots /tmp/engine-old,. --profile
 """
 
