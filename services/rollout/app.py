@@ -194,9 +194,12 @@ def create_app(
     ) -> WeightsStatus:
         """Load policy ``version`` from safetensors under the checkpoint root (bearer token)."""
         svc = service(request)
-        if "\x00" in req.path or any("\x00" in name for name in req.sha256 or {}):
+        names = [req.path, *(req.sha256 or {})]
+        if any("\x00" in n for n in names) or req.path.startswith("~"):
             svc.check_token(authorization)  # no path check before the token check
-            raise ApiError(400, "path or shard name contains a NUL byte", "bad_path")
+            raise ApiError(400, "path or shard name has a NUL byte, or the path starts with '~'"
+                           " (no home-directory expansion): name it under the checkpoint root",
+                           "bad_path")  # fmt: skip
         return await svc.load_weights(req, authorization)
 
     @app.get("/healthz", response_model=RolloutHealth)

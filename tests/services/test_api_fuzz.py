@@ -52,12 +52,14 @@ def test_fuzz_from_openapi_no_5xx_and_typed_errors(apis: dict[str, Api], name: s
     _check(fuzz_api(apis[name], max_examples=100, budget_s=BUDGET_S, seed=SEED))
 
 
-def test_weights_path_with_nul_byte_is_a_typed_400_not_500(apis: dict[str, Api]) -> None:
-    """The fuzzer's first finding: ``os.path`` raises ValueError on a NUL byte (was a 500)."""
+def test_weights_paths_that_were_500s_are_typed_400s(apis: dict[str, Api]) -> None:
+    """The fuzzer's findings: ``os.path`` raises ValueError on a NUL byte, and
+    ``expanduser`` RuntimeError on ``~<no such user>`` (both were 500s)."""
     api = apis["rollout"]
     digests = {"a\x00.safetensors": "0" * 64}
     cases = [{"version": 99, "path": "policy-v1\x00x"},
-             {"version": 99, "path": "policy-v1", "sha256": digests}]  # fmt: skip
+             {"version": 99, "path": "policy-v1", "sha256": digests},
+             {"version": 99, "path": "~no-such-user-\x87/policy-v1"}]  # fmt: skip
     for body in cases:
         resp = httpx.post(f"{api.base_url}/v1/weights", json=body, headers=api.headers)
         assert resp.status_code == 400, resp.text
