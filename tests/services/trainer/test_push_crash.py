@@ -155,3 +155,4 @@ async def test_kill_9_between_writing_and_announcing_a_policy_then_resume(
     assert final_a == final_b == [("ready", 2)]
     pa, pb = straight / "policies" / "policy-v2", killed / "policies" / "policy-v2"
     assert shard_digests(pa) == shard_digests(pb)
+    assert shard_digests(pa) != shard_digests(pa.parent / "policy-v1")  # the update moved it
