@@ -127,6 +127,20 @@ def _examples(cfg: SFTConfig, split: str, n: int | None, data_dir: Path | None) 
                          arithmetic=cfg.arithmetic)  # fmt: skip
 
 
+def _with_slips(train: list[Example], cfg: SFTConfig) -> list[Example]:
+    """The SFT targets with seeded off-by-one slips (the built-in task only)."""
+    import dataclasses
+    import random
+
+    from shared.tasks.arithmetic import with_slips
+
+    if cfg.dataset != "arithmetic":
+        raise ValueError("slip_rate applies to the built-in arithmetic task only")
+    rng = random.Random(f"slips/{cfg.seed}")
+    return [dataclasses.replace(e, solution=with_slips(e.solution, cfg.slip_rate, rng))
+            for e in train]  # fmt: skip
+
+
 def _budget_spent(budget_s: float | None, start: float) -> bool:
     """True once the time budget is spent; rank 0's clock decides for every rank."""
     if budget_s is None:
@@ -150,6 +164,8 @@ def run_sft(cfg: SFTConfig, *, data_dir: Path | None = None, progress: bool = Tr
     info = init_distributed()
     torch.manual_seed(cfg.seed)
     train = _examples(cfg, "train", cfg.train_problems, data_dir)
+    if cfg.slip_rate:
+        train = _with_slips(train, cfg)
     val = _examples(cfg, "validation", cfg.val_problems, data_dir)
     model_dir = prepare_model(cfg, train)
     tokenizer = load_tokenizer(model_dir)

@@ -169,6 +169,27 @@ def generate(cfg: ArithmeticConfig, split: str, n: int, seed: int) -> list[Examp
     return out
 
 
+def with_slips(solution: str, rate: float, rng: random.Random) -> str:
+    """``solution`` with copy slips: each time a result is carried on (into the next line, or
+    into the ``####`` answer) it is copied one too high with probability ``rate``. Every line
+    stays a correct computation of what it states, so the arithmetic is learned cleanly,
+    but any slip makes the final answer wrong, at an identifiable step. Used on SFT targets to
+    make a careless π_ref that RL can make careful."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"slip rate must be in [0, 1], got {rate}")
+    *lines, last = solution.split("\n")
+    if not lines or not last.startswith("#### "):
+        raise ValueError(f"not a built-in task solution: {solution!r}")
+    out, carried = [], None
+    for line in lines:
+        a, op, k = line.partition(" = ")[0].split(" ")
+        a_val = int(a) if carried is None else carried
+        value = _apply(op, a_val, int(k))
+        out.append(f"{a_val} {op} {k} = {value}")
+        carried = value + (rng.random() < rate)
+    return "\n".join([*out, f"#### {carried}"])
+
+
 def answer_of(solution: str) -> str:
     """The final answer of a solution: the text after the last ``####`` ('' if none)."""
     return gsm8k_answer(solution)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
 from typer.testing import CliRunner
 
 from shared.steps import split_steps
-from shared.tasks.arithmetic import ArithmeticConfig, answer_of, generate
+from shared.tasks.arithmetic import ArithmeticConfig, answer_of, generate, with_slips
 
 LINE = re.compile(r"^(\d+) ([-+*]) (\d+) = (\d+)$")
 OPS = [
@@ -127,3 +128,28 @@ def test_cli_bad_input_is_a_usage_error_not_a_traceback() -> None:
     for res in (bad_split, bad_rules):
         assert res.exit_code == 2 and not isinstance(res.exception, ValueError)
     assert "unknown split" in bad_split.output and "unknown dataset" in bad_rules.output
+
+
+def test_slips_are_off_by_one_copies_carried_on_and_always_wrong_the_answer() -> None:
+    solution = "7 + 5 = 12\n12 - 3 = 9\n9 * 2 = 18\n#### 18"
+    assert with_slips(solution, 0.0, random.Random(0)) == solution
+    # every copy slips: 12 is carried as 13, 13 - 3 = 10 as 11, 11 * 2 = 22 as 23
+    assert (
+        with_slips(solution, 1.0, random.Random(0))
+        == "7 + 5 = 12\n13 - 3 = 10\n11 * 2 = 22\n#### 23"
+    )
+    problems = generate(ArithmeticConfig(max_steps=4), "train", 400, seed=0)
+    rng = random.Random(1)
+    slipped = [with_slips(p.solution, 0.3, rng) for p in problems]
+    copies = [p.solution.count("\n") for p in problems]  # one per line: next line or answer
+    clean = sum(s == p.solution for p, s in zip(problems, slipped, strict=True)) / len(problems)
+    assert abs(clean - sum(0.7**n for n in copies) / len(copies)) < 0.07
+    for p, s in zip(problems, slipped, strict=True):
+        assert (s == p.solution) == (answer_of(s) == p.answer)  # a slip is never undone
+        for line in s.split("\n")[:-1]:  # every line is a correct computation
+            m = LINE.match(line)
+            assert m
+            a, op, k, r = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+            assert r == (a + k if op == "+" else a - k if op == "-" else a * k)
+    with pytest.raises(ValueError, match="slip rate"):
+        with_slips(solution, 1.5, random.Random(0))
