@@ -274,13 +274,15 @@ def eval_cmd(
         local_replicas=local_replicas,
     ))  # fmt: skip
     doc = {"checkpoint": str(checkpoint), "dataset": dataset, "split": split,
-           "pass@1": res.mean, "spread": res.spread, "per_seed": res.per_seed,
+           "pass@1": res.mean, "stderr": res.stderr, "spread": res.spread,
+           "per_seed": res.per_seed,
            "num_problems": res.num_problems, "seeds": seeds, "temperature": temperature,
            "max_tokens": max_tokens, "selection": selection,
            "command": _eval_command(run, checkpoint, select_on, split, dataset, seeds,
                                     temperature, max_tokens, num_problems, seed)}  # fmt: skip
-    typer.echo(f"{split} Pass@1 {res.mean:.4f} ± {res.spread:.4f} (std over {seeds} seeds, "
-               f"{res.num_problems} problems) of {checkpoint}")  # fmt: skip
+    typer.echo(f"{split} Pass@1 {res.mean:.4f} ± {res.stderr:.4f} (standard error over "
+               f"{res.num_problems} problems; std over {seeds} seeds {res.spread:.4f}) "
+               f"of {checkpoint}")  # fmt: skip
     _write_json(out or ((run or Path(".")) / f"eval-{split}.json"), doc)
 
 

@@ -23,10 +23,19 @@ class PassAt1:
     per_seed: list[float]
     """Pass@1 of each seed (sample index) over all problems."""
     num_problems: int
+    per_problem: list[float]
+    """Pass@1 of each problem (mean over its samples)."""
 
     @property
     def spread(self) -> float:
         return statistics.pstdev(self.per_seed) if len(self.per_seed) > 1 else 0.0
+
+    @property
+    def stderr(self) -> float:
+        """Standard error of ``mean`` over problems (samples of one problem are not
+        independent draws of the benchmark, so the problem is the unit)."""
+        n = len(self.per_problem)
+        return statistics.stdev(self.per_problem) / n**0.5 if n > 1 else 0.0
 
 
 def pass_at_1(verdicts: Sequence[Sequence[Verdict]]) -> PassAt1:
@@ -35,7 +44,8 @@ def pass_at_1(verdicts: Sequence[Sequence[Verdict]]) -> PassAt1:
         raise ValueError("no problems to score")
     seeds = len(verdicts[0])
     per_seed = [sum(v[s].reward for v in verdicts) / len(verdicts) for s in range(seeds)]
-    return PassAt1(sum(per_seed) / seeds, per_seed, len(verdicts))
+    per_problem = [sum(x.reward for x in v) / len(v) for v in verdicts]
+    return PassAt1(sum(per_seed) / seeds, per_seed, len(verdicts), per_problem)
 
 
 async def evaluate(
@@ -98,6 +108,6 @@ async def validation_metrics(
             temperature=eval_cfg.temperature, max_tokens=eval_cfg.max_response_tokens,
             seed=seed, top_p=eval_cfg.top_p, progress=progress,
         )  # fmt: skip
-        row = {"acc/val": res.mean, "acc/val_spread": res.spread,
+        row = {"acc/val": res.mean, "acc/val_spread": res.spread, "acc/val_se": res.stderr,
                "time/eval": time.monotonic() - t0}  # fmt: skip
     return await asyncio.to_thread(broadcast_from_main, row)

@@ -65,7 +65,9 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
     return Run(name or Path(run_dir).name, rows, command, analysis=analysis, evals=evals)
 
 
-def _plot(runs: Sequence[Run], x_of: str, out: Path, xlabel: str) -> Path:
+def _plot(runs: Sequence[Run], x_of: str, out: Path, xlabel: str, key: str = "acc/val") -> Path:
+    """``key`` per iteration, wall-clock or KL; validation Pass@1 with a ±1 SE band (the
+    standard error over validation problems) when the run logged it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,19 +75,24 @@ def _plot(runs: Sequence[Run], x_of: str, out: Path, xlabel: str) -> Path:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
     for run in runs:
-        its, acc = run.series("acc/val")
+        its, acc = run.series(key)
         if x_of == "iteration":
             xs = [float(i) for i in its]
         else:
             table = run.wall_clock() if x_of == "wall" else run.kl_at()
             xs = [table.get(int(i), float("nan")) for i in its]
-        ax.plot(xs, acc, marker="o", label=run.name)
+        (line,) = ax.plot(xs, acc, marker="o", ms=3, label=run.name)
+        se_its, se = run.series(f"{key}_se")
+        if key == "acc/val" and se_its == its:
+            ax.fill_between(xs, [a - e for a, e in zip(acc, se, strict=True)],
+                            [a + e for a, e in zip(acc, se, strict=True)],
+                            color=line.get_color(), alpha=0.2)  # fmt: skip
     if x_of == "iteration":
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("validation Pass@1")
+    ax.set_ylabel({"acc/val": "validation Pass@1 (±1 SE)", "reward/mean": "train reward"}[key])
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -105,6 +112,13 @@ def write_report(
         _plot(runs, "iteration", out_html.with_name(f"{stem}-acc-iter.png"), "RL iteration"),
         _plot(runs, "wall", out_html.with_name(f"{stem}-acc-wall.png"), "wall-clock (s)"),
         _plot(runs, "kl", out_html.with_name(f"{stem}-acc-kl.png"), "KL[π ‖ π_ref] (k3)"),
+        _plot(
+            runs,
+            "iteration",
+            out_html.with_name(f"{stem}-reward-iter.png"),
+            "RL iteration",
+            key="reward/mean",
+        ),
     ]
     rows = list(summary) or [_final_numbers(r) for r in runs]
     keys = list(dict.fromkeys(k for row in rows for k in row))
@@ -127,7 +141,7 @@ img{{max-width:32rem;margin:.5rem;vertical-align:top}}</style></head><body>
 <h1>{html.escape(title or "vineppo report")}</h1>
 <h2>Final numbers</h2><table><tr>{"".join(f"<th>{html.escape(k)}</th>" for k in keys)}</tr>
 {table}</table>
-<h2>Accuracy</h2><div>{images}</div>
+<h2>Accuracy and train reward</h2><div>{images}</div>
 {value_analysis_section(runs, out_html)}
 <h2>Commands</h2><ul>{commands or "<li>not recorded</li>"}</ul>
 </body></html>

@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 from services.cli import app
 from services.trainer.config import load_config
 from services.trainer.eval_cmds import select_checkpoint, sweep_plan
+from services.trainer.evaluate import pass_at_1
+from shared.schemas.grade import Verdict
 
 runner = CliRunner()
 
@@ -88,4 +90,17 @@ def test_eval_of_a_tiny_sft_model_reports_pass_at_1_with_spread(
     assert all(x in (0.0, 0.25, 0.5, 0.75, 1.0) for x in doc["per_seed"])  # 4 problems/seed
     assert doc["pass@1"] == pytest.approx(sum(doc["per_seed"]) / 3)
     assert doc["spread"] == pytest.approx(statistics.pstdev(doc["per_seed"]))
+    assert 0.0 <= doc["stderr"] <= 0.5 / (4 - 1) ** 0.5  # sd of 4 per-problem means in [0, 1]
     assert "Pass@1" in res.output and "±" in res.output
+
+
+def test_pass_at_1_by_hand_with_standard_error_over_problems() -> None:
+    def v(r: float) -> Verdict:
+        return Verdict(reward=r, status="correct" if r else "incorrect")
+
+    # 3 problems × 2 samples: per problem 1.0, 0.5, 0.0; per seed 2/3 and 1/3
+    res = pass_at_1([[v(1), v(1)], [v(1), v(0)], [v(0), v(0)]])
+    assert res.mean == pytest.approx(0.5)
+    assert res.per_problem == [1.0, 0.5, 0.0]
+    assert res.per_seed == pytest.approx([2 / 3, 1 / 3])
+    assert res.stderr == pytest.approx(0.5 / 3**0.5)  # sample sd 0.5 over √3 problems

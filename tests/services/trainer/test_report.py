@@ -73,7 +73,7 @@ def test_report_of_two_real_runs_references_only_existing_decodable_files(
     assert res.exit_code == 0, res.output
     page = (tmp_path / "site" / "report.html").read_text()
     refs = re.findall(r'(?:src|href)="([^"]+)"', page)
-    assert len(refs) == 6  # 3 accuracy plots + 3 value plots of the ppo run
+    assert len(refs) == 7  # 3 accuracy plots, the train reward + 3 value plots of the ppo run
     for ref in refs:
         path = tmp_path / "site" / ref
         assert path.is_file(), ref
