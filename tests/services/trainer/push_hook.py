@@ -6,7 +6,9 @@
 runs ``services.cli`` unchanged except that ``services.trainer.weights.announce`` of version 2
 first writes the marker file and then sleeps forever, so a test can ``kill -9`` the trainer
 exactly after ``policy-v2/`` is complete on disk and before any replica is told about it.
-Nothing in the services reads this variable: only this wrapper does.
+``VINEPPO_TEST_PAUSE_AFTER_ANNOUNCE=<version>:<marker>`` pauses right after the announcement
+instead (announced, not yet checkpointed). Nothing in the services reads these variables:
+only this wrapper does.
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ async def _announce_or_pause(queue: Any, version: int, path: Path) -> Any:
         Path(marker).write_text(str(path))
         while True:  # the test kills us here
             time.sleep(60)
-    return await _real_announce(queue, version, path)
+    ann = await _real_announce(queue, version, path)
+    spec = os.environ.get("VINEPPO_TEST_PAUSE_AFTER_ANNOUNCE", "")
+    pause_version, _, marker = spec.partition(":")
+    if pause_version and int(pause_version) == version:
+        Path(marker).write_text(str(path))
+        while True:  # the test kills us here: announced, not yet checkpointed
+            time.sleep(60)
+    return ann
 
 
 weights.announce = _announce_or_pause  # type: ignore[assignment]
