@@ -27,6 +27,15 @@ DEMO_TASK: dict[str, Any] = {"max_steps": 4}
 """The demo's task difficulty (`ArithmeticConfig` fields); see docs/demo.md for why."""
 
 
+def committed_sft() -> Path:
+    """The demo's SFT model as produced by ``vineppo sft --preset demo`` (data/README.md), in
+    the data folder (``$VINEPPO_DATA_DIR`` or the repo's ``data/``), so every machine starts
+    RL from the same π_ref without spending the SFT minutes."""
+    from shared.datasets import data_root
+
+    return data_root() / "demo-sft"
+
+
 @dataclass
 class DemoBudget:
     """How much work each stage gets (``full`` for the demo, ``quick`` for CI)."""
@@ -38,7 +47,9 @@ class DemoBudget:
     responses: int
     eval_every: int
     val_problems: int
+    val_seeds: int
     test_problems: int
+    test_seeds: int
     k: int
     probe_prompts: int
     """Test prompts whose step values are probed for the value-MAE column."""
@@ -47,48 +58,95 @@ class DemoBudget:
 
 
 BUDGETS = {
-    "full": DemoBudget(sft_steps=1600, iterations=40, prompts=8, responses=4, eval_every=4,
-                       val_problems=64, test_problems=200, k=3, probe_prompts=8, truth_k=64),
+    "full": DemoBudget(sft_steps=2400, iterations=16, prompts=16, responses=4, eval_every=2,
+                       val_problems=256, val_seeds=4, test_problems=500, test_seeds=4, k=3,
+                       probe_prompts=8, truth_k=64),
     "quick": DemoBudget(sft_steps=40, iterations=2, prompts=4, responses=2, eval_every=1,
-                        val_problems=8, test_problems=8, k=2, probe_prompts=2, truth_k=4),
+                        val_problems=8, val_seeds=1, test_problems=8, test_seeds=1, k=2,
+                        probe_prompts=2, truth_k=4),
 }  # fmt: skip
 
 
-def sft_model(out: Path, budget: DemoBudget, retrain: bool) -> Path:
-    """The SFT model (π_ref): reused from ``out/sft/best`` unless ``retrain`` or the task
-    settings it was trained on (``out/sft/task.json``) differ from `DEMO_TASK`."""
-    from services.trainer.sft import run_sft
-
-    best, stamp = out / "sft" / "best", out / "sft" / "task.json"
-    same_task = stamp.is_file() and json.loads(stamp.read_text()) == DEMO_TASK
-    if best.is_dir() and same_task and not retrain:
-        log.info("reusing the SFT model at %s (--retrain-sft to rebuild it)", best)
-        return best
-    data = {**SFT_PRESETS["tiny-cpu"], "output_dir": str(out / "sft"), "arithmetic": DEMO_TASK}
-    data.update(max_steps=budget.sft_steps, time_budget_s=None, eval_every=200)
+def sft_settings(budget: DemoBudget) -> dict[str, Any]:
+    """The SFT config of the demo's π_ref (without its output_dir)."""
+    data = {**SFT_PRESETS["demo"], "max_steps": budget.sft_steps}
     if budget.sft_steps < 200:
         data.update(train_problems=800, val_problems=budget.val_problems, eval_every=10**6)
-    result = run_sft(SFTConfig.model_validate(data))
-    stamp.write_text(json.dumps(DEMO_TASK))
+    return data
+
+
+def _stamp_matches(model_dir: Path, settings: dict[str, Any]) -> bool:
+    stamp = model_dir.parent / "sft.json" if model_dir.name == "best" else model_dir / "sft.json"
+    return (
+        (model_dir / "config.json").is_file()
+        and stamp.is_file()
+        and (json.loads(stamp.read_text()) == settings)
+    )
+
+
+def sft_model(out: Path, budget: DemoBudget, retrain: bool) -> Path:
+    """The SFT model (π_ref): ``out/sft/best`` when it was trained with today's settings,
+    else the committed one (`committed_sft`) when its settings match, else trained now
+    (always trained with ``retrain``)."""
+    from services.trainer.sft import run_sft
+
+    settings = sft_settings(budget)
+    best = out / "sft" / "best"
+    for candidate in (best, committed_sft()):
+        if not retrain and _stamp_matches(candidate, settings):
+            log.info("reusing the SFT model at %s (--retrain-sft to rebuild it)", candidate)
+            return candidate
+    cfg = SFTConfig.model_validate({**settings, "output_dir": str(out / "sft")})
+    result = run_sft(cfg)
+    (out / "sft" / "sft.json").write_text(json.dumps(settings, indent=1) + "\n")
     log.info("SFT: validation accuracy %.3f after %d steps", result.best_accuracy, result.steps)
     return result.best_dir
 
 
-def run_config(algo: str, model: Path, out: Path, budget: DemoBudget, seed: int) -> RunConfig:
-    return load_config(preset="tiny-cpu", overrides=[
+DEMO_RL: dict[str, dict[str, Any]] = {
+    "ppo": {"optim.lr": 3e-4, "ppo.kl_coef": 1e-4},
+    "vine": {"optim.lr": 1e-4, "ppo.kl_coef": 1e-4},
+}
+"""Each method's learning rate and KL coefficient, chosen by the sweep in
+docs/benchmarks/learning.md (``bench/learning.py --sweep``)."""
+
+
+def run_overrides(algo: str, model: Path, out: Path, budget: DemoBudget, seed: int,
+                  rl: dict[str, Any] | None = None) -> list[str]:  # fmt: skip
+    """The ``--set`` overrides of one demo run on top of the ``tiny-cpu`` preset."""
+    n = budget.prompts * budget.responses
+    tuned = {**DEMO_RL.get(algo, {}), **(rl or {})}
+    return [
         f"algo={algo}", f"seed={seed}", f"model.policy={model}", f"output_dir={out / algo}",
         f"iterations={budget.iterations}", f"rollout.prompts_per_iteration={budget.prompts}",
         f"rollout.responses_per_prompt={budget.responses}", f"vine.k={budget.k}",
         f"eval.every={budget.eval_every}", f"eval.num_problems={budget.val_problems}",
-        f"ppo.mini_batch_size={budget.prompts * budget.responses}",
-        f"arithmetic={json.dumps(DEMO_TASK)}",
-    ])  # fmt: skip
+        f"eval.seeds={budget.val_seeds}", f"ppo.mini_batch_size={n // 2 if n >= 16 else n}",
+        f"arithmetic={json.dumps(DEMO_TASK, separators=(',', ':'))}",
+        *(f"{k}={v}" for k, v in tuned.items()),
+    ]  # fmt: skip
+
+
+def run_config(algo: str, model: Path, out: Path, budget: DemoBudget, seed: int,
+               rl: dict[str, Any] | None = None) -> RunConfig:  # fmt: skip
+    """The config of one demo run (also written to ``out/algo/command.txt`` as a command)."""
+    overrides = run_overrides(algo, model, out, budget, seed, rl)
+    (out / algo).mkdir(parents=True, exist_ok=True)
+    (out / algo / "command.txt").write_text(
+        "vineppo train --preset tiny-cpu " + " ".join(f"--set '{o}'" for o in overrides) + "\n"
+    )
+    return load_config(preset="tiny-cpu", overrides=overrides)
 
 
 async def train_and_test(
-    cfg: RunConfig, budget: DemoBudget, redis_url: str | None, sft_acc: dict[str, float]
+    cfg: RunConfig,
+    budget: DemoBudget,
+    redis_url: str | None,
+    sft_acc: dict[str, float],
+    test: bool = True,
 ) -> dict[str, Any]:
-    """Train one method through the services, then its test Pass@1 (and the SFT model's)."""
+    """Train one method through the services, then its test Pass@1 (and the SFT model's);
+    ``test=False`` skips both test evaluations (a sweep chooses on validation only)."""
     from services.trainer.evaluate import evaluate
     from services.trainer.loop import RLTrainer
     from services.trainer.stack import run_services
@@ -97,26 +155,29 @@ async def train_and_test(
     out = Path(cfg.output_dir)
     test = load_examples(cfg.dataset, "test", n=budget.test_problems, seed=cfg.seed,
                          arithmetic=cfg.arithmetic)  # fmt: skip
+    # 32 prompts per job and 128 rows per decode: the tiny model decodes ~1.2× more tokens
+    # per CPU second at 128 rows than at 64 (docs/benchmarks/engine_speed.md); same samples
     async with run_services(cfg.model.policy, out / "policies", redis_url=redis_url,
-                            queue_prefix=f"vineppo-demo-{cfg.algo}:") as services:  # fmt: skip
+                            queue_prefix=f"vineppo-demo-{cfg.algo}:", job_size=32,
+                            max_batch=128) as services:  # fmt: skip
         trainer = RLTrainer(cfg, services)
         prompts = [trainer.prompt(x) for x in test]
 
-        async def test_acc() -> float:
+        async def test_acc() -> tuple[float, float]:
             res = await evaluate(services.queue, services.grader, test, prompts,
-                                 version=trainer.version, seeds=cfg.eval.seeds,
-                                 temperature=cfg.eval.temperature,
+                                 version=trainer.version, seeds=budget.test_seeds,
+                                 temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
                                  max_tokens=cfg.eval.max_response_tokens)  # fmt: skip
-            return res.mean
+            return res.mean, res.stderr
 
-        if "test" not in sft_acc:  # the SFT model = every method's version 0
+        if test and "test" not in sft_acc:  # the SFT model = every method's version 0
             await trainer.push()
-            sft_acc["test"] = await test_acc()
+            sft_acc["test"], sft_acc["test SE"] = await test_acc()
         start = time.monotonic()
         await trainer.run()
         wall = time.monotonic() - start
-        acc = await test_acc()
-    return {"method": cfg.algo, "test Pass@1": acc, "wall-clock (s)": wall}
+        acc, se = await test_acc() if test else (float("nan"), float("nan"))
+    return {"method": cfg.algo, "test Pass@1": acc, "test SE": se, "wall-clock (s)": wall}
 
 
 def value_mae(out: Path, budget: DemoBudget, cfg: RunConfig) -> dict[str, float]:
@@ -162,19 +223,14 @@ def run_demo(
     rows = []
     for algo in ("ppo", "vine"):
         cfg = run_config(algo, model, out, b, seed)
-        (out / algo).mkdir(parents=True, exist_ok=True)
-        (out / algo / "command.txt").write_text(
-            f"vineppo train --algo {algo} --preset tiny-cpu --set model.policy={model} "
-            f"--set iterations={b.iterations} --output-dir {out / algo}\n"
-        )
         rows.append(asyncio.run(train_and_test(cfg, b, redis_url, sft_acc)))
     maes = value_mae(out, b, run_config("ppo", model, out, b, seed))
     names = {"ppo": "PPO", "vine": "VinePPO"}
-    summary = [{"method": "SFT", "test Pass@1": sft_acc["test"], "value MAE": "",
-                "wall-clock (s)": 0.0}]  # fmt: skip
+    summary = [{"method": "SFT", "test Pass@1": sft_acc["test"], "± SE": sft_acc["test SE"],
+                "value MAE": "", "wall-clock (s)": 0.0}]  # fmt: skip
     summary += [{"method": names[r["method"]], "test Pass@1": r["test Pass@1"],
-                 "value MAE": maes.get(r["method"], ""), "wall-clock (s)": r["wall-clock (s)"]}
-                for r in rows]  # fmt: skip
+                 "± SE": r["test SE"], "value MAE": maes.get(r["method"], ""),
+                 "wall-clock (s)": r["wall-clock (s)"]} for r in rows]  # fmt: skip
     runs = [load_run(out / a, names[a]) for a in ("ppo", "vine")]
     write_report(runs, out / "report.html", summary, title="vineppo demo: PPO vs VinePPO")
     return summary

@@ -68,7 +68,7 @@ async def evaluate(
     )
     outs = await run_generate_jobs(
         queue, prompts, version=version, n=seeds, sampling=sampling,
-        options=JobOptions(desc="eval", progress=progress),
+        options=JobOptions(job_size=32, desc="eval", progress=progress),  # 32 prompts × S rows
     )  # fmt: skip
     items = [
         GradeItem(response=c.text, gold=ex.answer, dataset=ex.dataset)

@@ -17,6 +17,10 @@ class SFTConfig(_Section):
     arithmetic: dict[str, Any] = Field(default_factory=dict)
     """``ArithmeticConfig`` fields for the built-in task (e.g. ``{max_steps: 4}``); empty =
     the defaults of ``shared.datasets.load_examples``."""
+    slip_rate: float = Field(default=0.0, ge=0, lt=1)
+    """Built-in task only: chance that a result carried into the next line (or the answer) of
+    an SFT target is copied one too high (``shared.tasks.arithmetic.with_slips``): a careless
+    π_ref whose mistakes sit at identifiable steps."""
     model: str = ""
     """Directory of the model to finetune (save_pretrained format); empty with from_scratch."""
     from_scratch: bool = False
@@ -73,7 +77,11 @@ SFT_PRESETS: dict[str, dict[str, Any]] = {
         "eval_max_tokens": 96,
     },
 }
-"""SFT starting points: ``tiny-cpu`` trains the built-in task's tiny model from scratch:
+SFT_PRESETS["demo"] = {**SFT_PRESETS["tiny-cpu"], "arithmetic": {"max_steps": 4},
+                       "slip_rate": 0.4, "eval_every": 400}  # fmt: skip
+"""SFT starting points. ``demo``: the demo's careless π_ref (2–4 step problems; in the SFT
+targets a result carried into the next line is copied one too high 40 % of the time;
+docs/demo.md says why). ``tiny-cpu``: the built-in task's tiny model from scratch,
 validation accuracy 2 % / 11 % / 68 % / 94 % after 600 / 1200 / 1800 / 2400 steps (about
-14 minutes of one CPU core in all; set ``time_budget_s`` to stop earlier, the LR then decays
-over the budget)."""
+14 minutes of one CPU core in all; set ``time_budget_s`` to stop earlier, the LR then
+decays over the budget)."""

@@ -3,6 +3,7 @@ services, test evaluation, report and summary with numbers for each method."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -40,3 +41,16 @@ def test_quick_demo_writes_report_and_summary(tmp_path: Path) -> None:
     stamp = (best / "model.safetensors").stat().st_mtime_ns
     assert sft_model(out, BUDGETS["quick"], retrain=False) == best
     assert (best / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_the_committed_sft_model_is_the_one_the_full_demo_uses(tmp_path: Path) -> None:
+    """data/demo-sft carries the settings it was trained with; a change of the demo's SFT
+    settings must come with a rebuilt model (data/README.md), or the demo would retrain."""
+    from services.trainer.demo import committed_sft, sft_settings
+
+    committed = committed_sft()
+    assert json.loads((committed / "sft.json").read_text()) == sft_settings(BUDGETS["full"])
+    assert sft_model(tmp_path, BUDGETS["full"], retrain=False) == committed
+    assert not (tmp_path / "sft").exists()  # nothing trained
+    history = [json.loads(x) for x in (committed / "sft-metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["step"] == BUDGETS["full"].sft_steps
