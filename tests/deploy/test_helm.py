@@ -192,6 +192,8 @@ def test_secret_and_run_config_are_wired(rendered: list[dict[str, Any]]) -> None
     assert vol["configMap"]["name"] == cm["metadata"]["name"]
     assert config_path == f"{mount['mountPath']}/{next(iter(cm['data']))}"
     assert c["args"][:2] == ["--algo", "vine"] and c["command"] == ["vineppo", "train"]
+    # the rollout Deployment serves the queue: the trainer starts no engine of its own
+    assert {"name": "VINEPPO_TRAINER_LOCAL_REPLICAS", "value": "0"} in c["env"]
 
 
 def test_pods_run_as_non_root(rendered: list[dict[str, Any]]) -> None:
