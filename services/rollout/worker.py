@@ -13,7 +13,9 @@ trainer never enqueues stale work. A trainer that did would see those jobs time 
 Announced weights go through the same resolver as ``POST /v1/weights``
 (``engine.weights.read_weights``): only ``checkpoint_root / <last path component>``, only
 the shards the announcement names, each read once and checked against its SHA-256; an
-announcement without digests, or older than the version served, is refused.
+announcement without digests, or older than the version served, is refused — unless it
+comes from a later trainer generation (a resumed run rolling replicas back to its
+checkpoint's version; see ``WeightsAnnouncement.generation``).
 
 A failed load leaves the worker in state ``failed`` (heartbeat names the version and the
 error); it serves nothing until a newer version is announced, which it tries to load.
@@ -87,6 +89,8 @@ class RolloutWorker:
         self.queue, self.engine, self.grader, self.config = queue, engine, grader, config
         self.state: str = "starting"
         self.failed_version: int | None = None
+        self._failed: tuple[int, int] | None = None  # order of the announcement that failed
+        self.generation = 0  # trainer generation of the weights the engine holds
         self.error: str | None = None
         self.served = 0
         self._announced: WeightsAnnouncement | None = None
@@ -111,15 +115,20 @@ class RolloutWorker:
 
     async def _watch_weights(self) -> None:
         async for ann in self.queue.subscribe_weights():
-            if self._announced is None or ann.version > self._announced.version:
+            if self._announced is None or ann.order > self._announced.order:
                 self._announced = ann
                 self._wake.set()
 
     def _needs_load(self) -> WeightsAnnouncement | None:
         ann = self._announced
-        if ann is None or ann.version <= self.engine.version:
+        if ann is None or ann.order <= (self.generation, self.engine.version):
             return None
-        if self.failed_version is not None and ann.version <= self.failed_version:
+        if ann.version == self.engine.version:  # a resumed trainer re-announces what we hold:
+            self.generation = ann.generation  # the same weights (its runs are deterministic)
+            return None
+        if ann.version < self.engine.version and ann.generation <= self.generation:
+            return None  # never back to an older policy of the same trainer
+        if self._failed is not None and ann.order <= self._failed:
             return None
         return ann
 
@@ -129,18 +138,19 @@ class RolloutWorker:
         beat = asyncio.create_task(self._beat())  # announce "loading" while the load runs
         t0 = time.perf_counter()
         try:
-            if ann.version < self.engine.version:  # never go back to an older policy
+            if ann.version < self.engine.version and ann.generation <= self.generation:
                 raise WeightsPathError(f"v{ann.version} is older than the v{self.engine.version}"
                                        " served", 409, "stale_version")  # fmt: skip
             weights = await asyncio.to_thread(self._read, ann)
             await self.engine.load_weights(ann.version, weights)
         except Exception as exc:
-            self.state, self.failed_version = "failed", ann.version
+            self.state, self.failed_version, self._failed = "failed", ann.version, ann.order
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("replica %s failed to load v%d from %s: %s",
                       self.config.replica_id, ann.version, path, self.error)  # fmt: skip
         else:
             self.state, self.failed_version, self.error = "ready", None, None
+            self._failed, self.generation = None, ann.generation
             log.info("replica %s loaded v%d in %.3fs",
                      self.config.replica_id, ann.version, time.perf_counter() - t0)  # fmt: skip
         with contextlib.suppress(Exception):

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -144,10 +145,19 @@ def shard_digests(path: Path) -> dict[str, str]:
     return out
 
 
+GENERATION = time.time_ns() // 1000
+"""This trainer process's generation (its start time in µs): a resumed run's announcements
+supersede those of the run it resumes, so replicas that a killed run moved past its last
+checkpoint follow the resumed run back (``WeightsAnnouncement.generation``)."""
+
+
 def announcement(version: int, path: Path) -> WeightsAnnouncement:
     """The announcement of ``policy-v<version>`` at ``path``, with each shard's SHA-256."""
     return WeightsAnnouncement(
-        version=version, path=str(Path(path).resolve()), sha256=shard_digests(path)
+        version=version,
+        path=str(Path(path).resolve()),
+        sha256=shard_digests(path),
+        generation=GENERATION,
     )
 
 

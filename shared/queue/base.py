@@ -101,7 +101,8 @@ class JobQueue(Protocol):
         ...
 
     def subscribe_weights(self) -> AsyncIterator[WeightsAnnouncement]:
-        """Announcements as they come, starting with the latest; versions only increase."""
+        """Announcements as they come, starting with the latest; each one's ``order``
+        (generation, version) is greater than the last's."""
         ...
 
     async def heartbeat(self, beat: ReplicaHeartbeat, ttl_s: float) -> None:

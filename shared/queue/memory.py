@@ -168,14 +168,14 @@ class InProcessQueue:
         q: asyncio.Queue[WeightsAnnouncement] = asyncio.Queue()
         self._subscribers.append(q)
         try:
-            last = -1
+            last = (-1, -1)
             if self._latest is not None:
-                last = self._latest.version
+                last = self._latest.order
                 yield self._latest.model_copy()
             while True:
                 ann = await q.get()
-                if ann.version > last:
-                    last = ann.version
+                if ann.order > last:
+                    last = ann.order
                     yield ann
         finally:
             self._subscribers.remove(q)

@@ -343,7 +343,7 @@ class RedisQueue:
         return WeightsAnnouncement.model_validate_json(raw) if raw else None
 
     async def subscribe_weights(self) -> AsyncIterator[WeightsAnnouncement]:
-        last = -1
+        last = (-1, -1)  # (generation, version) of the last one yielded
         delay = 0.05
         while True:
             pubsub = self._redis.pubsub()
@@ -351,16 +351,16 @@ class RedisQueue:
                 await pubsub.subscribe(self._channel)
                 latest = await self.latest_weights()  # after subscribing: nothing is missed
                 delay = 0.05
-                if latest is not None and latest.version > last:
-                    last = latest.version
+                if latest is not None and latest.order > last:
+                    last = latest.order
                     yield latest
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg is None or msg.get("type") != "message":
                         continue
                     ann = WeightsAnnouncement.model_validate_json(msg["data"])
-                    if ann.version > last:
-                        last = ann.version
+                    if ann.order > last:
+                        last = ann.order
                         yield ann
             except _REFUSED as exc:
                 raise RedisAuthError(self._url, exc) from None

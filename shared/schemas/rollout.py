@@ -160,6 +160,15 @@ class WeightsAnnouncement(Message):
     sha256: dict[str, str] = Field(default_factory=dict, max_length=MAX_SHARDS,
                                    description=_SHA256_DOC)  # fmt: skip
     announced_at: float = Field(default_factory=now)
+    generation: int = Field(default=0, ge=0, description=(
+        "Start time (µs) of the trainer process that announced. A later trainer (a resumed "
+        "run) supersedes every version of an earlier one, so replicas follow it back to its "
+        "checkpoint's version; within one trainer, versions only increase."))  # fmt: skip
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """(generation, version): announcements are followed in this order."""
+        return (self.generation, self.version)
 
     @model_validator(mode="after")
     def _digests(self) -> WeightsAnnouncement:

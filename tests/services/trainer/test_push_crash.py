@@ -1,13 +1,15 @@
-"""Trainer killed mid-push: ``kill -9`` after ``policy-v2/`` is written and before v2 is
-announced, then ``--resume``: the same run, and the replicas end on the right version.
+"""Trainer killed mid-push, then ``--resume``: the same run, and the replicas end on the
+right version. Two crash points: ``kill -9`` after ``policy-v2/`` is written and before v2 is
+announced (the replica still serves v1), and right after v2 is announced but before the
+checkpoint of iteration 2 (the replica moves on to v2; the resumed run, back at v1, must take
+it back: its announcements carry a later trainer generation).
 
 The replicas outlive the trainer, as in a deployment: per run a private redis-server and one
 real rollout worker running in this test process; the trainer to kill is a subprocess with
 ``--redis-url ... --local-replicas 0`` (the uninterrupted run is the same loop in-process).
-The pause point is made by ``tests/services/trainer/push_hook.py``
-(``VINEPPO_TEST_PAUSE_BEFORE_ANNOUNCE=<version>:<marker>``, read only by that test wrapper): it
-writes the marker once ``policy-v<version>/`` is complete and then sleeps where the
-announcement would go.
+The pause points are made by ``tests/services/trainer/push_hook.py``
+(``VINEPPO_TEST_PAUSE_{BEFORE,AFTER}_ANNOUNCE=<version>:<marker>``, read only by that test
+wrapper): it writes the marker at that point of the push of ``policy-v<version>`` and sleeps.
 """
 
 from __future__ import annotations
@@ -73,14 +75,14 @@ async def _replica(redis_url: str, reward_url: str, model: Path, root: Path,
 
 
 def _trainer(model: Path, out: Path, redis_url: str, reward_url: str, *extra: str,
-             pause: str | None = None) -> subprocess.Popen[str]:  # fmt: skip
+             pause: str | None = None, when: str = "BEFORE") -> subprocess.Popen[str]:  # fmt: skip
     args = [sys.executable, "-m", "tests.services.trainer.push_hook", "train", "--preset",
             "tiny-cpu", "--output-dir", str(out), "--threads", "1", "--redis-url", redis_url,
             "--reward-url", reward_url, "--local-replicas", "0", *extra,
             "--set", f"model.policy={model}"]  # fmt: skip
     for s in SETS:
         args += ["--set", s]
-    env = _env() | ({"VINEPPO_TEST_PAUSE_BEFORE_ANNOUNCE": pause} if pause else {})
+    env = _env() | ({f"VINEPPO_TEST_PAUSE_{when}_ANNOUNCE": pause} if pause else {})
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "trainer.log").open("a")
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=log, text=True)
@@ -109,11 +111,12 @@ async def _served(redis_url: str) -> list[tuple[str, int]]:
         await queue.close()
 
 
-async def test_kill_9_between_writing_and_announcing_a_policy_then_resume(
-    tiny_model: Path, tmp_path: Path
+@pytest.mark.parametrize("when", ["BEFORE", "AFTER"])
+async def test_kill_9_mid_push_then_resume_gives_the_same_run(
+    tiny_model: Path, tmp_path: Path, when: str
 ) -> None:
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    marker = tmp_path / "paused-before-announcing-v2"
+    marker = tmp_path / f"paused-{when}-announcing-v2"
     stop = asyncio.Event()
     with ExitStack() as stack:
         reward = stack.enter_context(serve_app(create_reward_app(RewardSettings(workers=1))))
@@ -122,7 +125,7 @@ async def test_kill_9_between_writing_and_announcing_a_policy_then_resume(
                     for r, out in ((ra, straight), (rb, killed))]  # fmt: skip
         try:
             # 1) the run to be killed (a subprocess) and the uninterrupted one, side by side
-            b = _trainer(tiny_model, killed, rb.url, reward, pause=f"2:{marker}")
+            b = _trainer(tiny_model, killed, rb.url, reward, pause=f"2:{marker}", when=when)
             a = asyncio.create_task(_straight(tiny_model, straight, ra.url, reward))
             deadline = time.monotonic() + 300
             while not marker.is_file():
@@ -131,10 +134,14 @@ async def test_kill_9_between_writing_and_announcing_a_policy_then_resume(
                 await asyncio.sleep(0.05)
             b.send_signal(signal.SIGKILL)
             assert await asyncio.to_thread(b.wait, 30) == -signal.SIGKILL
-            # 2) the crash point: v2 complete on disk, not announced; the replica serves v1
+            # 2) the crash point: v2 complete on disk, the checkpoint still at iteration 1; the
+            # replica serves v1 (not announced) or moves on to v2 (announced)
             assert (killed / "policies" / "policy-v2" / "model.safetensors").is_file()
             assert (killed / "checkpoints" / "latest").read_text().strip() == "1"
-            assert await _served(rb.url) == [("ready", 1)]
+            served = 1 if when == "BEFORE" else 2
+            while await _served(rb.url) != [("ready", served)]:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
             # 3) resume: the same run from the checkpoint of iteration 1
             t0 = time.monotonic()
             await _finish(_trainer(tiny_model, killed, rb.url, reward, "--resume"), killed)
