@@ -253,7 +253,7 @@ def report(
                   f"{statistics.mean(maes['vine']):.4f}, PPO critic "
                   f"{statistics.mean(maes.get('ppo') or [float('nan')]):.4f} (mean over seeds; "
                   "per step index in each run's value-analysis)."]  # fmt: skip
-    lines += ["", *profile(args, list(results))]
+    lines += ["", *mae_by_step(args), "", *profile(args, list(results))]
     plot(val, reward, DOCS / "learning.png", {a: NAMES[a] for a in results})
     lines += ["", "![validation Pass@1 and train reward per iteration, mean and min–max band "
               "over seeds](learning.png)", "", "Train reward per iteration (mean over seeds): "
@@ -261,6 +261,23 @@ def report(
                                                    for i in sorted(reward[a]))
                           for a in results)]  # fmt: skip
     write_doc(DOCS / "learning.md", lines)
+
+
+def mae_by_step(args: argparse.Namespace) -> list[str]:
+    """Value MAE per step index of every seed's value analysis (MC vs critic vs group)."""
+    out = ["Value MAE by step index (each seed's value analysis):", "",
+           "| seed | estimator | " + " | ".join(f"step {i}" for i in range(4)) + " |",
+           "|---|---|" + "---:|" * 4]  # fmt: skip
+    for seed in args.seeds.split(","):
+        path = args.out / f"seed{seed}" / "ppo" / "value-analysis" / "analysis.json"
+        if not path.is_file():
+            continue
+        for name, m in json.loads(path.read_text())["metrics"].items():
+            by = m["mae_by_step"]
+            out.append(f"| {seed} | {name} | "
+                       + " | ".join(f"{by[str(i)]:.3f}" if str(i) in by else ""
+                                    for i in range(4)) + " |")  # fmt: skip
+    return out
 
 
 def profile(args: argparse.Namespace, algos: list[str]) -> list[str]:
