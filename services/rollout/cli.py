@@ -76,7 +76,7 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
                      "host": host, "port": port, "reward_url": reward_url}  # fmt: skip
         settings = RolloutSettings(**{k: v for k, v in overrides.items() if v is not None})
         if settings.redis_url:  # a refused password is one line now, not an unready pod later
-            from shared.queue.redis_streams import check_credentials
+            from shared.queue.redis_auth import check_credentials
 
             check_credentials(settings.redis_url)
         api = create_app(settings, stop_on_boot_failure=True)

@@ -25,7 +25,8 @@ def make_queue(redis_url: str | None, prefix: str = "vineppo:") -> JobQueue:
     With a URL, one ``PING`` first: credentials Redis refuses raise ``RedisAuthError`` (a
     ``PermissionError``, one line in the CLI) here, at start-up."""
     if redis_url:
-        from shared.queue.redis_streams import RedisQueue, check_credentials
+        from shared.queue.redis_auth import check_credentials
+        from shared.queue.redis_streams import RedisQueue
 
         check_credentials(redis_url)
         return RedisQueue(redis_url, prefix=prefix)
