@@ -179,7 +179,8 @@ async def test_queue_announcements_go_through_the_weight_guard(
         await queue.publish_weights(tampered)
         beat = await _beat_when(queue, "r", lambda b: b.failed_version == 2)
         assert beat.loaded_version == 0 and "SHA-256" in (beat.error or "")
-        await queue.publish_weights(Ann(version=3, path=str(root / "policy-v2")))  # no digests
+        no_digests = Ann(version=3, path=str(root / "policy-v2"), generation=tampered.generation)
+        await queue.publish_weights(no_digests)
         beat = await _beat_when(queue, "r", lambda b: b.failed_version == 3)
         assert beat.loaded_version == 0 and "no shard SHA-256" in (beat.error or "")
         traversal = announcement(4, root / "policy-v4").model_copy(update={"path": "/x/.."})

@@ -117,9 +117,15 @@ async def test_weights_latest_and_subscription(queue: JobQueue) -> None:
     await queue.publish_weights(WeightsAnnouncement(version=2, path="/ckpt/policy-v2"))
     second = await asyncio.wait_for(anext(sub), 5)
     assert second.version == 2 and second.path == "/ckpt/policy-v2"
+    # same trainer: an older version is not passed on; a later trainer (a resumed run) is,
+    # even with a lower version
+    await queue.publish_weights(WeightsAnnouncement(version=1, path="/ckpt/policy-v1"))
+    await queue.publish_weights(WeightsAnnouncement(version=1, path="/r/policy-v1", generation=7))
+    third = await asyncio.wait_for(anext(sub), 5)
+    assert (third.generation, third.version, third.path) == (7, 1, "/r/policy-v1")
     await sub.aclose()  # type: ignore[attr-defined]
     latest = await queue.latest_weights()
-    assert latest is not None and latest.version == 2
+    assert latest is not None and latest.order == (7, 1)
 
 
 async def test_heartbeats_expire(queue: JobQueue) -> None:
