@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import tempfile
 import time
@@ -30,34 +30,44 @@ def serve_app(app: FastAPI, timeout: float = 30.0) -> contextlib.AbstractContext
 
 @dataclass
 class RedisProcess:
-    """A private redis-server on a free loopback port (append-only file in a temp dir)."""
+    """A private redis-server on a free loopback port (append-only file in a temp dir;
+    ``flags`` = its persistence settings)."""
 
     port: int
     dir: Path
     proc: subprocess.Popen[bytes] | None = None
+    flags: tuple[str, ...] = ("--appendonly", "yes", "--appendfsync", "always")
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        import redis
+
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found on PATH (.ci/run installs it)")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir)],
+             *self.flags, "--dir", str(self.dir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
-                return
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # up and done loading the append-only file
+            with contextlib.suppress(redis.exceptions.RedisError):
+                if redis.Redis(port=self.port, socket_timeout=0.5).ping():
+                    return
             time.sleep(0.05)
         raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def kill9(self) -> None:
+        """SIGKILL: no shutdown, no final fsync (what a crash does)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        assert self.proc.returncode == -signal.SIGKILL
+        self.proc = None
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -19,12 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,7 +33,7 @@ from services.trainer.weights import announce, save_policy
 from shared.queue import make_queue
 from shared.schemas import GenerateRequest, Job, SamplingParams
 from tests.services.rollout.tiny import make_model, make_tiny_model_dir
-from tests.support import free_port
+from tests.support import RedisProcess, free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.redis, pytest.mark.slow]
 
@@ -46,59 +42,13 @@ TEXTS = ["Question: 2+3=?\nAnswer: 2+3=5\n#### 5", "Question: 7*6=?\n7*6=42\n###
 # seeded, long-ish random continuations: deterministic per (seed, stream, sample), ≈ 0.2-1 s
 SAMPLING = SamplingParams(temperature=1.0, max_tokens=40, seed=1234)
 CLAIM_IDLE_MS = 1500
-COMPOSE_FLAGS = ["--appendonly", "yes", "--appendfsync", "everysec"]  # docker-compose.yml
+COMPOSE_FLAGS = ("--appendonly", "yes", "--appendfsync", "everysec")  # docker-compose.yml
 DROPPED = "duplicate dropped"  # what the worker logs for every copy it drops
 
 
-@dataclass
-class CrashableRedis:
-    """A private redis-server with the compose persistence flags, killable with SIGKILL."""
-
-    port: int
-    dir: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server not found on PATH")
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             *COMPOSE_FLAGS, "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        import redis
-
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # up and done loading the append-only file
-            try:
-                if redis.Redis(port=self.port, socket_timeout=0.5).ping():
-                    return
-            except redis.exceptions.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        assert self.proc.returncode == -signal.SIGKILL
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
 @pytest.fixture()
-def crashable_redis(tmp_path: Path) -> Iterator[CrashableRedis]:
-    r = CrashableRedis(port=free_port(), dir=tmp_path / "redis")
+def crashable_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    r = RedisProcess(port=free_port(), dir=tmp_path / "redis", flags=COMPOSE_FLAGS)
     r.dir.mkdir()
     r.start()
     try:
@@ -128,7 +78,7 @@ def gen_job(version: int, prompt: str, stream: int) -> Job:
 
 
 async def test_sigkill_redis_everysec_mid_batch(
-    crashable_redis: CrashableRedis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    crashable_redis: RedisProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     import transformers
 
