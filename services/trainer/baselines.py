@@ -65,7 +65,8 @@ class SelfTrainRun:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.iteration, self.version = 0, 0
         self.metrics_path = self.out / "metrics.jsonl"
-        self.policy_root = services.policy_root or self.out / "policies"
+        # where policy-vN/ go for replicas (the shared volume), else <out>/policies
+        self.policy_root = getattr(services, "policy_root", None) or self.out / "policies"
         self.ckpt_root = self.out / "checkpoints"
         self.dtype = (
             torch.bfloat16
