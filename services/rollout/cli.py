@@ -63,6 +63,10 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
                 reward_url or cfg.reward_url,
                 "--device",
                 device or "cpu",
+                "--engine",
+                engine or cfg.engine,
+                "--kv-cache-gib",
+                str(cfg.kv_cache_gib),
             ]
             # where this replica mounts the volume: announced weights load only from under it
             argv += ["--checkpoint-root", str(cfg.checkpoint_root)]

@@ -33,7 +33,18 @@ class RolloutSettings(ServiceSettings):
     model_dir: Path | None = Field(
         default=None, description="Local model directory (transformers format) to serve."
     )
-    engine: Literal["torch", "vllm"] = Field(default="torch", description="Inference engine.")
+    engine: Literal["torch", "vllm"] = Field(
+        default="torch", description="Inference engine (docs/rollout.md says which when)."
+    )
+    kv_cache_gib: float = Field(
+        default=2.0, gt=0, description="vLLM on CPU: host memory for the KV cache (GiB)."
+    )
+    enforce_eager: bool | None = Field(
+        default=None, description="vLLM: no CUDA graphs/torch.compile; unset = eager on CPU only."
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.85, gt=0, le=1, description="vLLM on a GPU: share of its memory to use."
+    )
     device: str = Field(default="cpu", description="torch device for the torch engine: cpu, cuda.")
     dtype: str | None = Field(
         default=None, description="float32 | bfloat16 | float16; default fp32 on CPU, bf16 on GPU."

@@ -49,6 +49,9 @@ def train_cmd(
     local_replicas: int | None = typer.Option(
         None, min=0, help="Rollout workers in this process [env VINEPPO_TRAINER_LOCAL_REPLICAS, 1]."
     ),
+    engine: str | None = typer.Option(
+        None, help="Engine of the local replicas: torch | vllm [env VINEPPO_TRAINER_ENGINE, torch]."
+    ),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads."),
 ) -> None:
     """Run RL finetuning (VinePPO, PPO, GRPO, RLOO) through the rollout and reward services.
@@ -75,7 +78,7 @@ def train_cmd(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     out = Path(cfg.output_dir)
-    wiring = _train_wiring(out, redis_url, reward_url, checkpoint_root, local_replicas)
+    wiring = _train_wiring(out, redis_url, reward_url, checkpoint_root, local_replicas, engine)
     logging.getLogger().setLevel(wiring.log_level)  # VINEPPO_TRAINER_LOG_LEVEL
     try:
         check_rollout(wiring)
@@ -94,6 +97,7 @@ def train_cmd(
             reward_url=wiring.reward_url,
             reward_token=wiring.reward_token,
             local_replicas=wiring.local_replicas,
+            engine=wiring.engine,
         )
         async with services as svc:
             if cfg.algo in ("restem", "dpo_positive"):  # the RL-free baselines (issue 7)
@@ -117,6 +121,7 @@ def _train_wiring(
     reward_url: str | None,
     checkpoint_root: Path | None,
     local_replicas: int | None,
+    engine: str | None = None,
 ) -> Wiring:
     """`TrainerSettings()` (``VINEPPO_TRAINER_*``) merged with the options; one-line errors."""
     from pydantic import ValidationError
@@ -128,7 +133,7 @@ def _train_wiring(
         settings = TrainerSettings()
         return resolve_wiring(
             settings, out, redis_url=redis_url, reward_url=reward_url,
-            checkpoint_root=checkpoint_root, local_replicas=local_replicas,
+            checkpoint_root=checkpoint_root, local_replicas=local_replicas, engine=engine,
         )  # fmt: skip
     except (ValidationError, ValueError) as e:
         raise typer.BadParameter(str(e)) from e
@@ -141,6 +146,7 @@ def demo_cmd(
     threads: int = typer.Option(
         1, min=1, help="torch CPU threads (1: tiny models gain nothing from more on 2 cores)."
     ),
+    engine: str = typer.Option("torch", help="Rollout engine: torch | vllm."),
 ) -> None:
     """The built-in demo: SFT a tiny model, PPO vs VinePPO through the services, report."""
     import torch
@@ -154,7 +160,8 @@ def demo_cmd(
         torch.set_num_threads(threads)
     try:
         summary = run_demo(out, budget="quick" if quick else "full", retrain_sft=retrain_sft,
-                           redis_url=os.environ.get("REDIS_URL") or None)  # fmt: skip
+                           redis_url=os.environ.get("REDIS_URL") or None,
+                           engine=engine)  # fmt: skip
     except KeyboardInterrupt:
         typer.echo("\ninterrupted: services stopped; run again to continue (the SFT model is kept)")
         raise typer.Exit(130) from None

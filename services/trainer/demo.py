@@ -144,6 +144,7 @@ async def train_and_test(
     redis_url: str | None,
     sft_acc: dict[str, float],
     test: bool = True,
+    engine: str = "torch",
 ) -> dict[str, Any]:
     """Train one method through the services, then its test Pass@1 (and the SFT model's);
     ``test=False`` skips both test evaluations (a sweep chooses on validation only)."""
@@ -159,7 +160,7 @@ async def train_and_test(
     # per CPU second at 128 rows than at 64 (docs/benchmarks/engine_speed.md); same samples
     async with run_services(cfg.model.policy, out / "policies", redis_url=redis_url,
                             queue_prefix=f"vineppo-demo-{cfg.algo}:", job_size=32,
-                            max_batch=128) as services:  # fmt: skip
+                            max_batch=128, engine=engine) as services:  # fmt: skip
         trainer = RLTrainer(cfg, services)
         prompts = [trainer.prompt(x) for x in test]
 
@@ -211,7 +212,7 @@ def value_mae(out: Path, budget: DemoBudget, cfg: RunConfig) -> dict[str, float]
 
 def run_demo(
     out: Path = Path("runs/demo"), *, budget: str = "full", retrain_sft: bool = False,
-    redis_url: str | None = None, seed: int = 0,
+    redis_url: str | None = None, seed: int = 0, engine: str = "torch",
 ) -> list[dict[str, Any]]:  # fmt: skip
     """The whole demo; returns the summary rows (also printed and written to the report)."""
     from services.trainer.report import load_run, write_report
@@ -223,7 +224,7 @@ def run_demo(
     rows = []
     for algo in ("ppo", "vine"):
         cfg = run_config(algo, model, out, b, seed)
-        rows.append(asyncio.run(train_and_test(cfg, b, redis_url, sft_acc)))
+        rows.append(asyncio.run(train_and_test(cfg, b, redis_url, sft_acc, engine=engine)))
     maes = value_mae(out, b, run_config("ppo", model, out, b, seed))
     names = {"ppo": "PPO", "vine": "VinePPO"}
     summary = [{"method": "SFT", "test Pass@1": sft_acc["test"], "± SE": sft_acc["test SE"],

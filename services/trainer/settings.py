@@ -12,12 +12,14 @@ environment):
   ``/v1/generate`` with the bearer token) so a wrong URL or token fails before the model loads;
 - ``checkpoint_root``: where ``policy-vN/`` are written for the replicas (the rollout's
   ``checkpoint_root`` must be the same volume); unset = ``<output_dir>/policies``;
-- ``local_replicas``: rollout workers inside the trainer (0 when replicas run elsewhere).
+- ``local_replicas``: rollout workers inside the trainer (0 when replicas run elsewhere);
+- ``engine``: their inference engine, ``torch`` or ``vllm`` (docs/rollout.md says which when).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -50,6 +52,9 @@ class TrainerSettings(ServiceSettings):
     )
     local_replicas: int = Field(
         default=1, ge=0, description="Rollout workers inside the trainer (needs Redis when 0)."
+    )
+    engine: Literal["torch", "vllm"] = Field(
+        default="torch", description="Inference engine of the local replicas."
     )
     rollout_timeout_s: float = Field(
         default=600.0, gt=0, description="How long the start-up check waits for rollout_url."

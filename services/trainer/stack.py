@@ -3,8 +3,8 @@
 - reward: ``reward_url`` if given, else the reward app under uvicorn on a free loopback port
   (its grading still runs in sandboxed worker processes);
 - queue: Redis Streams when ``redis_url`` is set, else the in-process queue;
-- rollout: with ``local_replicas > 0`` that many torch-engine workers run as tasks of this
-  event loop (required with the in-process queue); with Redis, replicas may also run
+- rollout: with ``local_replicas > 0`` that many workers (``engine``: torch or vllm) run as
+  tasks of this event loop (required with the in-process queue); with Redis, replicas may also run
   elsewhere (``vineppo serve rollout --worker-only``) and find the run through Redis and the
   checkpoint volume.
 """
@@ -30,6 +30,7 @@ async def run_services(
     reward_token: str | None = None,
     local_replicas: int = 1,
     device: str | None = None,
+    engine: str = "torch",
     queue_prefix: str = "vineppo:",
     job_size: int = 16,
     max_batch: int = 64,
@@ -40,14 +41,15 @@ async def run_services(
     (the shared volume when replicas run elsewhere). ``reward_token``: bearer token for a
     reward service with REQUIRE_TOKEN.
 
-    ``device`` of the local rollout engines: None = ``cuda`` when available (bf16, SDPA),
-    else ``cpu`` (float32). ``max_batch``: rows one engine decodes together (raise it to fill
-    a GPU: e.g. 256-512 for a 135 M model on an 80 GB card).
+    ``engine`` of the local replicas: ``torch`` or ``vllm``. ``device`` of a local torch
+    engine: None = ``cuda`` when available (bf16, SDPA), else ``cpu`` (float32).
+    ``max_batch``: rows one engine decodes together (raise it to fill a GPU: e.g. 256-512
+    for a 135 M model on an 80 GB card).
     """
     import torch
 
     from services.reward.client import RewardClient
-    from services.rollout.engine.torch_engine import TorchEngine
+    from services.rollout.engine import make_engine
     from services.rollout.worker import WorkerConfig, run_worker
 
     if device is None:
@@ -65,18 +67,21 @@ async def run_services(
         grader = RewardClient(reward_url, token=reward_token)
         stop = asyncio.Event()
         workers = []
+        engines = []
+        kw = {"device": device} if engine == "torch" else {}
         for i in range(local_replicas):
-            engine = await asyncio.to_thread(
-                TorchEngine, model_dir, device=device, max_batch=max_batch
-            )
+            eng = await asyncio.to_thread(make_engine, engine, model_dir, max_batch=max_batch, **kw)
+            engines.append(eng)
             config = WorkerConfig(replica_id=f"local-{i}", checkpoint_root=checkpoint_root)
-            workers.append(asyncio.create_task(run_worker(queue, engine, grader, config, stop)))
+            workers.append(asyncio.create_task(run_worker(queue, eng, grader, config, stop)))
         try:
             yield Services(queue=queue, grader=grader, min_replicas=max(1, local_replicas),
                            job_size=job_size, policy_root=checkpoint_root)  # fmt: skip
         finally:
             stop.set()
             await asyncio.gather(*workers, return_exceptions=True)
+            for eng in engines:
+                await eng.close()
             await grader.aclose()
             close = getattr(queue, "close", None)
             if close is not None:

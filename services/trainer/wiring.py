@@ -34,6 +34,7 @@ class Wiring:
     rollout_token: str | None
     policy_root: Path  # policy-vN/ for the replicas (the shared volume)
     local_replicas: int
+    engine: str  # of the local replicas
     rollout_timeout_s: float
     log_level: str
 
@@ -58,6 +59,7 @@ def resolve_wiring(
     reward_url: str | None = None,
     checkpoint_root: Path | None = None,
     local_replicas: int | None = None,
+    engine: str | None = None,
 ) -> Wiring:
     """Merge the command line (non-None wins) over ``settings``; ``ValueError`` on a bad mix."""
     if redis_url is not None and settings.redis_password is not None:
@@ -75,6 +77,7 @@ def resolve_wiring(
         rollout_token=_secret(settings.api_token),
         policy_root=Path(root),
         local_replicas=replicas,
+        engine=engine or settings.engine,
         rollout_timeout_s=settings.rollout_timeout_s,
         log_level=settings.log_level.upper(),
     )

@@ -311,7 +311,7 @@ class RedisQueue:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     # -- replicas ---------------------------------------------------------------------
     async def heartbeat(self, beat: ReplicaHeartbeat, ttl_s: float) -> None:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.rollout.engine.base import (
     Engine,
@@ -16,7 +16,21 @@ from services.rollout.engine.base import (
     WeightsError,
 )
 
+if TYPE_CHECKING:
+    from services.rollout.settings import RolloutSettings
+
 ENGINE_KINDS = ("torch", "vllm")
+
+
+def engine_kwargs(settings: RolloutSettings) -> dict[str, Any]:
+    """The constructor keywords of ``settings.engine`` taken from the rollout settings."""
+    kw: dict[str, Any] = {"dtype": settings.dtype, "max_batch": settings.max_batch}
+    if settings.engine == "torch":
+        kw["device"] = settings.device
+    else:
+        kw.update(kv_cache_gib=settings.kv_cache_gib, enforce_eager=settings.enforce_eager,
+                  gpu_memory_utilization=settings.gpu_memory_utilization)  # fmt: skip
+    return kw
 
 
 def make_engine(kind: str, model_dir: str | Path, **kw: Any) -> Engine:
@@ -42,5 +56,6 @@ __all__ = [
     "EngineStats",
     "Prefix",
     "WeightsError",
+    "engine_kwargs",
     "make_engine",
 ]

@@ -6,6 +6,7 @@ under the sampling distribution (the trainer's π_θk), and the finish reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -116,3 +117,28 @@ def row_budget(prefix: Prefix, sampling: SamplingParams) -> int:
         raise EngineInputError(f"Prefix.max_tokens must be >= 1, got {prefix.max_tokens}",
                                "bad_max_tokens")  # fmt: skip
     return min(prefix.max_tokens, sampling.max_tokens)
+
+
+def prefix_ids(prefix: Prefix, tokenize: Callable[[str], list[int]], vocab_size: int) -> list[int]:
+    """Token ids an engine continues ``prefix`` from: its own ``token_ids`` when given, else
+    the tokenisation of ``prompt + partial``. Empty or out-of-vocabulary ids are refused."""
+    if prefix.token_ids is not None:
+        ids = [int(t) for t in prefix.token_ids]
+    else:
+        ids = tokenize(prefix.prompt + prefix.partial)
+    if not ids:
+        raise EngineInputError("empty prompt: nothing to condition on", "empty_prompt")
+    if min(ids) < 0 or max(ids) >= vocab_size:
+        raise EngineInputError(f"token id out of range [0, {vocab_size})", "bad_token_ids")
+    return ids
+
+
+def check_context(ids: list[list[int]], budgets: list[int], max_context: int) -> None:
+    """Refuse a prefix whose tokens plus its sampling budget exceed the model's context."""
+    for x, max_tokens in zip(ids, budgets, strict=True):
+        if len(x) + max_tokens > max_context:
+            raise EngineInputError(
+                f"prompt of {len(x)} tokens + max_tokens {max_tokens} exceeds the model's "
+                f"context of {max_context} tokens; shorten the prompt or lower max_tokens",
+                "prompt_too_long",
+            )

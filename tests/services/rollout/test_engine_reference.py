@@ -6,6 +6,12 @@ unpadded, a fresh ``DynamicCache``, the same ``sample_next`` fed from the row's 
 engine (left padding, forked reserved caches, finished rows compacted out, chunks of
 ``max_batch``) must give the same tokens and log-probs (1e-5) — so no speed-up of the
 batched path may change what a seed samples.
+
+Batched and one-row forward passes differ by float rounding (~1e-7 in the logits), so a
+uniform that lands within that of a CDF boundary may pick the neighbouring token. The
+reference records each draw's margin (distance of the uniform's target to the nearest
+boundary of the chosen token, as a fraction of the mass); a row may diverge only at a draw
+whose margin is below ``TIE``, and is compared up to there.
 """
 
 from __future__ import annotations
@@ -19,17 +25,32 @@ import torch
 
 from services.rollout.engine import Prefix
 from services.rollout.engine.kv_cache import ReservedLayer, compact, swap_remove_order
-from services.rollout.engine.sampling import sample_next
+from services.rollout.engine.sampling import sample_next, top_p_mask
 from services.rollout.engine.torch_engine import TorchEngine
 from shared.schemas import SamplingParams
 
 PROMPTS = ["Question: Tom has", "He buys 4 more, so 3 + 4 = 7 and then some", "#", "Tom"]
+TIE = 1e-5  # a draw this close to a CDF boundary may go either way under float rounding
+
+
+def draw_margin(logits: torch.Tensor, sp: SamplingParams, u: float, token: int) -> float:
+    """How far the draw that chose ``token`` was from choosing another (fraction of mass)."""
+    logits = logits.float().view(-1)
+    if sp.temperature == 0.0:  # greedy: the gap to the runner-up, as a probability
+        top2 = torch.softmax(logits, -1).topk(2).values
+        return float(top2[0] - top2[1])
+    probs = torch.softmax(logits / sp.temperature, -1)
+    weights = probs * top_p_mask(probs.view(1, -1), sp.top_p).view(-1)
+    cdf = weights.double().cumsum(-1)
+    target = u * float(cdf[-1])
+    low = float(cdf[token - 1]) if token > 0 else 0.0
+    return min(abs(target - low), abs(float(cdf[token]) - target)) / float(cdf[-1])
 
 
 def reference_row(
     engine: TorchEngine, ids: list[int], budget: int, sp: SamplingParams, key: str
-) -> tuple[list[int], list[float], str]:
-    """(tokens, logprobs, finish) of one row decoded alone."""
+) -> tuple[list[int], list[float], str, list[float]]:
+    """(tokens, logprobs, finish, margins) of one row decoded alone."""
     from transformers import DynamicCache
 
     rng = random.Random(key)
@@ -39,15 +60,17 @@ def reference_row(
         logits = engine.model(input_ids=torch.tensor([ids]), use_cache=True, **kw).logits[:, -1]
         tokens: list[int] = []
         logprobs: list[float] = []
+        margins: list[float] = []
         while True:
             u = torch.tensor([rng.random()], dtype=torch.float64)
             tok, lp = sample_next(logits, sp.temperature, sp.top_p, u)
             tokens.append(int(tok))
             logprobs.append(float(lp))
+            margins.append(draw_margin(logits, sp, float(u), int(tok)))
             if tokens[-1] in engine.eos_ids:
-                return tokens, logprobs, "stop"
+                return tokens, logprobs, "stop", margins
             if len(tokens) >= budget:
-                return tokens, logprobs, "length"
+                return tokens, logprobs, "length", margins
             logits = engine.model(input_ids=tok.view(1, 1), use_cache=True, **kw).logits[:, -1]
 
 
@@ -76,20 +99,28 @@ async def test_batched_decode_equals_one_row_reference(
         Prefix(PROMPTS[3], " 3 apples", max_tokens=9),
     ]
     out = await engine.continue_from(prefixes, k, sp)  # 5k rows > max_batch 16: chunks
-    finished_early = 0
+    finished_early = near_ties = 0
     for i, (p, per) in enumerate(zip(prefixes, out, strict=True)):
         stream = i if p.stream is None else p.stream
         budget = min(p.max_tokens or sp.max_tokens, sp.max_tokens)
         for j, c in enumerate(per):
-            tokens, logprobs, finish = reference_row(
+            tokens, logprobs, finish, margins = reference_row(
                 engine, engine.encode(p), budget, sp, f"{sp.seed}/{stream}/{j}"
             )
-            assert c.token_ids == tokens, (i, j)
-            assert c.finish_reason == finish
-            torch.testing.assert_close(
-                torch.tensor(c.logprobs), torch.tensor(logprobs), atol=1e-5, rtol=0
+            same = next(
+                (n for n, (a, b) in enumerate(zip(c.token_ids, tokens, strict=False)) if a != b),
+                min(len(c.token_ids), len(tokens)),
             )
+            torch.testing.assert_close(
+                torch.tensor(c.logprobs[:same]), torch.tensor(logprobs[:same]), atol=1e-5, rtol=0
+            )
+            if same < len(tokens) or len(c.token_ids) != len(tokens):
+                assert same < len(tokens) and margins[same] < TIE, (i, j, same)
+                near_ties += 1
+                continue
+            assert c.finish_reason == finish
             finished_early += finish == "stop"
+    assert near_ties <= 1  # float ties are rare: more means the batched path drifted
     if temperature > 0:
         assert finished_early >= 2  # rows did leave the batch mid-way
 

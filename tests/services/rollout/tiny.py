@@ -46,7 +46,7 @@ def make_tokenizer(vocab_texts: Sequence[str], vocab_size: int = 320):  # type: 
     )
 
 
-def make_model(tokenizer, *, seed: int = 0, hidden: int = 48, layers: int = 2):  # type: ignore[no-untyped-def]
+def make_model(tokenizer, *, seed: int = 0, hidden: int = 64, layers: int = 2):  # type: ignore[no-untyped-def]
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -54,8 +54,8 @@ def make_model(tokenizer, *, seed: int = 0, hidden: int = 48, layers: int = 2): 
         hidden_size=hidden,
         intermediate_size=hidden * 2,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
         max_position_embeddings=256,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -101,12 +101,16 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(sft_model: Path, tmp_pa
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     _run(_train_cmd(sft_model, straight, 2), env)
     # 1) start the same run, kill -9 it as soon as iteration 1 is checkpointed
-    proc = subprocess.Popen(_train_cmd(sft_model, killed, 2), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    err = tmp_path / "killed.stderr"
+    with err.open("wb") as err_file:
+        proc = subprocess.Popen(_train_cmd(sft_model, killed, 2), env=env,
+                                stdout=subprocess.DEVNULL, stderr=err_file)  # fmt: skip
     latest = killed / "checkpoints" / "latest"
     deadline = time.monotonic() + 600
     while not (latest.is_file() and latest.read_text().strip() == "1"):
-        assert proc.poll() is None, "the run ended before it could be killed"
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before it could be killed (exit "
+                                 f"{proc.returncode}):\n{err.read_text()[-4000:]}")  # fmt: skip
         assert time.monotonic() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)

