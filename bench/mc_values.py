@@ -86,10 +86,10 @@ def sampling(args: argparse.Namespace, max_tokens: int | None = None) -> Samplin
 
 
 def run_engine(kind: str, model_dir: Path, states: list[list[int]], args: argparse.Namespace,
-               ) -> dict[str, Any]:  # fmt: skip
-    kw: dict[str, Any] = {"max_batch": args.max_batch}
+               dtype: str | None = None) -> dict[str, Any]:  # fmt: skip
+    kw: dict[str, Any] = {"max_batch": args.max_batch, "dtype": dtype}
     if kind == "vllm":
-        kw.update(kv_cache_gib=args.kv_cache_gib, dtype=args.vllm_dtype)
+        kw.update(kv_cache_gib=args.kv_cache_gib)
     start = time.perf_counter()
     engine = make_engine(kind, model_dir, **kw)
     startup = time.perf_counter() - start
@@ -142,7 +142,7 @@ def write_report(path: Path, args: argparse.Namespace, model_dir: Path, states: 
     lines = [
         f"# MC value estimation throughput: {model_dir.name}",
         "",
-        f"Command: `.venv/bin/python -m bench.mc_values {' '.join(sys.argv[1:])}`".rstrip(),
+        f"Command: `{' '.join(['.venv/bin/python -m bench.mc_values', *sys.argv[1:]])}`",
         "",
         f"Machine: {platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{args.threads} torch threads; load average {os.getloadavg()[0]:.1f} when it ended "
@@ -153,8 +153,8 @@ def write_report(path: Path, args: argparse.Namespace, model_dir: Path, states: 
         f"problems x up to {args.states} states (prompt + the first i gold steps) = "
         f"{len(states)} states, mean {sum(map(len, states)) / len(states):.0f} tokens; K = "
         f"{args.k} continuations each, T = {args.temperature}, top_p 1, at most "
-        f"{args.max_tokens} tokens, ending at EOS. vLLM dtype {args.vllm_dtype}; the torch "
-        "engine and transformers in float32.",
+        f"{args.max_tokens} tokens, ending at EOS. The torch engine and transformers in "
+        "float32.",
         "",
         "| method | rows | sampled tokens | cut at budget | seconds | tokens/s | start-up s |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -166,7 +166,7 @@ def write_report(path: Path, args: argparse.Namespace, model_dir: Path, states: 
         "",
     ]
     if "torch" in rate:
-        lines += [f"- {m} / torch engine: **{rate[m] / rate['torch']:.2f}x** tokens/s"
+        lines += [f"- {m} / torch: **{rate[m] / rate['torch']:.2f}x** tokens/s"
                   for m in rate if m != "torch"]  # fmt: skip
     lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,13 +184,17 @@ def main() -> None:
     p.add_argument("--model-dir", type=Path, default=None, help="Default: SmolLM2-135M.")
     p.add_argument("--dataset", default="gsm8k", help="gsm8k | math | arithmetic")
     p.add_argument("--problems", type=int, default=2, help="P train problems")
-    p.add_argument("--states", type=int, default=4, help="S: states per problem")
+    p.add_argument("--states", type=int, default=3, help="S: states per problem")
     p.add_argument("--k", type=int, default=9, help="K continuations per state")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens per continuation")
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--max-batch", type=int, default=256, help="engine rows decoded together")
     p.add_argument("--threads", type=int, default=2, help="torch threads (torch, transformers)")
-    p.add_argument("--vllm-dtype", default="float32", help="float32 | bfloat16")
+    p.add_argument(
+        "--vllm-dtypes",
+        default="float32,bfloat16",
+        help="one vllm row per dtype (float32 = the torch engine's precision)",
+    )
     p.add_argument("--kv-cache-gib", type=float, default=2.0)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seed", type=int, default=0, help="which train problems")
@@ -201,16 +205,22 @@ def main() -> None:
     states = real_states(model_dir, args)
     rows: dict[str, dict[str, Any]] = {}
     for method in args.methods.split(","):
-        if method == "transformers":
-            rows[method] = run_transformers(model_dir, states, args)
-        else:
-            rows[method] = run_engine(method, model_dir, states, args)
-        r = rows[method]
-        print(f"{method:>12}: {r['tokens']} tokens in {r['seconds']:.1f}s = "
-              f"{r['tokens'] / r['seconds']:.0f} tokens/s (start-up {r['startup_s']:.1f}s)",
-              flush=True)  # fmt: skip
+        runs = [(f"vllm {d}", d) for d in args.vllm_dtypes.split(",")] if method == "vllm" else [
+            (method, None)]  # fmt: skip
+        for name, dtype in runs:
+            if method == "transformers":
+                rows[name] = run_transformers(model_dir, states, args)
+            else:
+                rows[name] = run_engine(method, model_dir, states, args, dtype)
+            show(name, rows[name])
     write_report(args.out, args, model_dir, states, rows)
     print(f"-> {args.out}")
+
+
+def show(method: str, r: dict[str, Any]) -> None:
+    print(f"{method:>14}: {r['tokens']} tokens in {r['seconds']:.1f}s = "
+          f"{r['tokens'] / r['seconds']:.0f} tokens/s (start-up {r['startup_s']:.1f}s)",
+          flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

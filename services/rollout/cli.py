@@ -32,7 +32,9 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
     def serve_rollout(
         model: str = typer.Option(..., "--model",
                                   help="Local model directory (transformers format)."),
-        engine: str | None = typer.Option(None, help="torch | vllm (default torch)."),
+        engine: str | None = typer.Option(
+            None, help="auto | torch | vllm (default auto: by model size, docs/rollout.md)."
+        ),
         device: str | None = typer.Option(None, help="torch engine device: cpu, cuda."),
         dtype: str | None = typer.Option(None, help="float32 | bfloat16 | float16."),
         host: str | None = typer.Option(None, help="Interface (default VINEPPO_ROLLOUT_HOST)."),

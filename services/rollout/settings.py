@@ -33,8 +33,10 @@ class RolloutSettings(ServiceSettings):
     model_dir: Path | None = Field(
         default=None, description="Local model directory (transformers format) to serve."
     )
-    engine: Literal["torch", "vllm"] = Field(
-        default="torch", description="Inference engine (docs/rollout.md says which when)."
+    engine: Literal["auto", "torch", "vllm"] = Field(
+        default="auto",
+        description="Inference engine; auto = vllm for models of 20 M parameters or more "
+        "when it is installed, else torch (docs/rollout.md: the measurements).",
     )
     kv_cache_gib: float = Field(
         default=2.0, gt=0, description="vLLM on CPU: host memory for the KV cache (GiB)."

@@ -315,8 +315,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--reward-url", default="http://127.0.0.1:8001", help="Reward service.")
     p.add_argument("--prefix", default="vineppo:", help="Redis key prefix.")
     p.add_argument("--version", type=int, default=0, help="Policy version of --model.")
-    p.add_argument("--engine", default="torch", choices=["torch", "vllm"],
-                   help="Inference engine (docs/rollout.md says which when).")  # fmt: skip
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "vllm"],
+                   help="Inference engine (auto: by model size, docs/rollout.md).")  # fmt: skip
     p.add_argument("--device", default="cpu", help="torch device of the torch engine.")
     p.add_argument("--kv-cache-gib", type=float, default=2.0,
                    help="vLLM on CPU: host memory for the KV cache (GiB).")  # fmt: skip
@@ -362,8 +362,8 @@ async def _amain(args: argparse.Namespace) -> None:
         max_weights_bytes=args.max_weights_bytes,
     )
     queue = make_queue(args.redis_url, prefix=args.prefix)
-    kw = {"device": args.device} if args.engine == "torch" else {"kv_cache_gib": args.kv_cache_gib}
-    engine = make_engine(args.engine, args.model, version=args.version, **kw)
+    engine = make_engine(args.engine, args.model, version=args.version, device=args.device,
+                         kv_cache_gib=args.kv_cache_gib)  # fmt: skip
     grader = RewardClient(args.reward_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

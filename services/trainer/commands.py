@@ -50,7 +50,7 @@ def train_cmd(
         None, min=0, help="Rollout workers in this process [env VINEPPO_TRAINER_LOCAL_REPLICAS, 1]."
     ),
     engine: str | None = typer.Option(
-        None, help="Engine of the local replicas: torch | vllm [env VINEPPO_TRAINER_ENGINE, torch]."
+        None, help="Local replicas' engine: auto | torch | vllm [env VINEPPO_TRAINER_ENGINE, auto]."
     ),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads."),
 ) -> None:
@@ -146,7 +146,7 @@ def demo_cmd(
     threads: int = typer.Option(
         1, min=1, help="torch CPU threads (1: tiny models gain nothing from more on 2 cores)."
     ),
-    engine: str = typer.Option("torch", help="Rollout engine: torch | vllm."),
+    engine: str = typer.Option("auto", help="Rollout engine: auto | torch | vllm."),
 ) -> None:
     """The built-in demo: SFT a tiny model, PPO vs VinePPO through the services, report."""
     import torch

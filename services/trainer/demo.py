@@ -144,7 +144,7 @@ async def train_and_test(
     redis_url: str | None,
     sft_acc: dict[str, float],
     test: bool = True,
-    engine: str = "torch",
+    engine: str = "auto",
 ) -> dict[str, Any]:
     """Train one method through the services, then its test Pass@1 (and the SFT model's);
     ``test=False`` skips both test evaluations (a sweep chooses on validation only)."""
@@ -212,7 +212,7 @@ def value_mae(out: Path, budget: DemoBudget, cfg: RunConfig) -> dict[str, float]
 
 def run_demo(
     out: Path = Path("runs/demo"), *, budget: str = "full", retrain_sft: bool = False,
-    redis_url: str | None = None, seed: int = 0, engine: str = "torch",
+    redis_url: str | None = None, seed: int = 0, engine: str = "auto",
 ) -> list[dict[str, Any]]:  # fmt: skip
     """The whole demo; returns the summary rows (also printed and written to the report)."""
     from services.trainer.report import load_run, write_report

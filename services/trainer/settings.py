@@ -13,7 +13,7 @@ environment):
 - ``checkpoint_root``: where ``policy-vN/`` are written for the replicas (the rollout's
   ``checkpoint_root`` must be the same volume); unset = ``<output_dir>/policies``;
 - ``local_replicas``: rollout workers inside the trainer (0 when replicas run elsewhere);
-- ``engine``: their inference engine, ``torch`` or ``vllm`` (docs/rollout.md says which when).
+- ``engine``: their inference engine, ``auto``, ``torch`` or ``vllm`` (docs/rollout.md).
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ class TrainerSettings(ServiceSettings):
     local_replicas: int = Field(
         default=1, ge=0, description="Rollout workers inside the trainer (needs Redis when 0)."
     )
-    engine: Literal["torch", "vllm"] = Field(
-        default="torch", description="Inference engine of the local replicas."
+    engine: Literal["auto", "torch", "vllm"] = Field(
+        default="auto", description="Inference engine of the local replicas (as the rollout's)."
     )
     rollout_timeout_s: float = Field(
         default=600.0, gt=0, description="How long the start-up check waits for rollout_url."

