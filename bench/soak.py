@@ -42,350 +42,57 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import itertools
 import json
 import logging
 import os
 import platform
-import random
-import re
 import shutil
 import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
 import psutil  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
+from bench.soak_load import Load, build_model  # noqa: E402
+from bench.soak_report import (  # noqa: E402
+    count_by,
+    cpu_model,
+    latency_stats,
+    mean_value,
+    memory_row,
+    redis_memory,
+    summary,
+)
+from bench.soak_stack import (  # noqa: E402
+    COMPOSE_FLAGS,
+    GROUP,
+    LOG_MARKS,
+    MB,
+    PREFIX,
+    RECLAIMED,
+    ROOT,
+    STREAM,
+    Clock,
+    Proc,
+    Stack,
+    replica_id,
+    vineppo,
+    wait_http_ready,
+    wait_redis,
+    wait_replica,
+)
 from shared.queue import JobQueue, make_queue  # noqa: E402
-from shared.schemas import Job, JobResult, SamplingParams, ValueItem, ValueRequest  # noqa: E402
+from shared.schemas import Job  # noqa: E402
 from tests.support import free_port  # noqa: E402
 
-PREFIX = "vineppo:"  # the default prefix: `vineppo serve rollout --worker-only` has no flag
-STREAM = f"{PREFIX}jobs:v0"
-GROUP = "workers"
-COMPOSE_FLAGS = ("--appendonly", "yes", "--appendfsync", "everysec")  # docker-compose.yml
-MB = 1024 * 1024
-# what the replicas log (format "<time> LEVEL logger: message"), counted over every generation
-LOG_MARKS = {
-    "duplicate_dropped": "duplicate dropped",
-    "redis_unavailable_retries": "redis unavailable",
-    "weights_resubscribed": "resubscribing",
-    "heartbeat_failed": "heartbeat failed",
-    "job_failed": "ERROR services.rollout.worker: job ",
-    "traceback": "Traceback",
-}
-RECLAIMED = re.compile(r"reclaimed (\d+) idle job")
-
-
-# -- processes -------------------------------------------------------------------------
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the bench process dies (even by SIGKILL)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class Proc:
-    """One child process (its own session, so its whole group can be killed)."""
-
-    role: str  # "redis" | "reward" | "replica-a" | "replica-b"
-    gen: int
-    popen: subprocess.Popen[bytes]
-    started: float  # bench clock (s since the load started; negative before)
-    log: Path
-    ended: float | None = None
-    end: str = ""  # how it ended: "sigkill" | "stopped"
-    ready_after_s: float | None = None
-    rss: list[tuple[float, float]] = field(default_factory=list)  # (t, MB) of the whole tree
-
-    @property
-    def key(self) -> str:
-        return f"{self.role}#{self.gen}"
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-
-class Stack:
-    """Every child this bench started; :meth:`close` ends them all (also on errors)."""
-
-    def __init__(self, work: Path, log_dir: Path, clock: Clock):
-        self.work, self.log_dir, self.clock = work, log_dir, clock
-        self.procs: list[Proc] = []
-        self.gens: dict[str, int] = {}
-
-    def spawn(self, role: str, cmd: list[str], env: dict[str, str] | None = None) -> Proc:
-        gen = self.gens.get(role, 0) + 1
-        self.gens[role] = gen
-        log = self.log_dir / f"{role}-{gen}.log"
-        with log.open("wb") as out:  # the child keeps its own descriptor
-            popen = subprocess.Popen(
-                cmd,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        proc = Proc(role, gen, popen, self.clock.now(), log)
-        self.procs.append(proc)
-        return proc
-
-    def live(self, role: str) -> Proc:
-        return next(p for p in reversed(self.procs) if p.role == role and p.ended is None)
-
-    async def kill9(self, proc: Proc) -> None:
-        """SIGKILL to the process group: no shutdown handler runs (a crash)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await asyncio.to_thread(proc.popen.wait, 30)
-        proc.ended, proc.end = self.clock.now(), "sigkill"
-
-    def close(self) -> None:
-        """SIGTERM every live group, SIGKILL what is left after 10 s."""
-        live = [p for p in self.procs if p.popen.poll() is None]
-        for p in live:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for p in live:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.popen.wait(max(0.1, deadline - time.monotonic()))
-        for p in self.procs:  # the group too: the reward service's grader processes
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
-            if p.popen.poll() is None:
-                p.popen.wait(10)
-            if p.ended is None:
-                p.ended, p.end = self.clock.now(), "stopped"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t0 = time.monotonic()
-
-    def now(self) -> float:
-        return time.monotonic() - self.t0
-
-
-def vineppo() -> list[str]:
-    script = Path(sys.executable).parent / "vineppo"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "services.cli"]
-
-
-# -- the model and the load ------------------------------------------------------------
-def problems(seed: int, n: int = 40) -> list[tuple[int, int]]:
-    rng = random.Random(seed)
-    return [(rng.randint(1, 30), rng.randint(1, 30)) for _ in range(n)]
-
-
-def build_model(out: Path, seed: int) -> Path:
-    """A tiny Llama trained to write ``Answer: a+b=c\\n#### c`` (a subprocess: the load
-    generator stays free of torch, so its RSS is the client's own)."""
-    texts = [
-        f"Question: {a}+{b}=?\nAnswer: {a}+{b}={a + b}\n#### {a + b}"
-        for a, b in problems(seed)[:24]
-    ]
-    code = (
-        "import json, sys; from pathlib import Path; "
-        "from tests.services.rollout.tiny import train_tiny_model_dir; "
-        "train_tiny_model_dir(Path(sys.argv[1]), json.loads(sys.argv[2]), steps=300, "
-        "seed=int(sys.argv[3]))"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [sys.executable, "-c", code, str(out), json.dumps(texts), str(seed)],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    return out
-
-
-def value_job(n: int, run_id: str, args: argparse.Namespace, pool: list[tuple[int, int]]) -> Job:
-    """Request ``n``: ``--items`` states (prompt + a partial of 0-2 steps), ``--k`` samples."""
-    rng = random.Random(args.seed * 1_000_003 + n)
-    items = []
-    for _ in range(args.items):
-        a, b = rng.choice(pool)
-        partial = rng.choice(["", "Answer: ", f"Answer: {a}+{b}="])
-        items.append(
-            ValueItem(prompt=f"Question: {a}+{b}=?\n", partial_response=partial, gold=str(a + b))
-        )
-    sampling = SamplingParams(temperature=1.0, max_tokens=args.max_tokens, seed=args.seed)
-    request = ValueRequest(items=items, k=args.k, sampling=sampling, stream_offset=n * args.items)
-    return Job(job_id=f"soak-{run_id}-{n:06d}", kind="value", policy_version=0, value=request)
-
-
-@dataclass
-class Request:
-    n: int
-    job_id: str
-    client: int
-    t_sched: float
-    t_submit: float = -1.0
-    t_done: float | None = None
-    status: str = "pending"  # answered | failed | late | lost (pending/timeout: not final)
-    worker: str | None = None
-    error: str | None = None
-    worker_s: float | None = None
-    bad: str | None = None  # a result that does not match the request
-    values: list[float] = field(default_factory=list)
-
-    @property
-    def latency(self) -> float | None:
-        return None if self.t_done is None else self.t_done - self.t_submit
-
-
-def check_result(job: Job, res: JobResult) -> str | None:
-    """Why ``res`` is not a valid answer to ``job`` (None: it is)."""
-    req = job.value
-    assert req is not None
-    if res.policy_version != 0 or res.value is None or res.value.policy_version != 0:
-        return f"policy version {res.policy_version}"
-    if len(res.value.values) != len(req.items):
-        return f"{len(res.value.values)} values for {len(req.items)} items"
-    for v in res.value.values:
-        if not (v.terminal or v.out_of_budget) and len(v.returns) != req.k:
-            return f"{len(v.returns)} returns for k={req.k}"
-    return None
-
-
-class Load:
-    """``concurrency`` clients taking request slots of a fixed-rate schedule."""
-
-    def __init__(self, queue: JobQueue, args: argparse.Namespace, clock: Clock, end: float):
-        self.queue, self.args, self.clock, self.end = queue, args, clock, end
-        self.run_id = f"{args.seed}-{os.getpid()}"
-        self.pool = problems(args.seed)
-        self.slots = itertools.count()
-        self.requests: list[Request] = []
-        self.jobs: dict[str, Job] = {}
-        self.behind: list[float] = []  # how late each late slot was taken (s)
-
-    async def client(self, i: int) -> None:
-        args = self.args
-        while True:
-            n = next(self.slots)
-            t_sched = n / args.rate
-            if t_sched >= self.end:
-                return
-            wait = t_sched - self.clock.now()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            elif wait < -0.05:
-                self.behind.append(-wait)
-            job = value_job(n, self.run_id, args, self.pool)
-            req = Request(n, job.job_id, i, t_sched)
-            self.requests.append(req)
-            self.jobs[job.job_id] = job
-            req.t_submit = self.clock.now()
-            try:
-                await self.queue.submit(job)
-                got = await self.queue.wait_results([job.job_id], args.request_timeout_s)
-            except Exception as exc:  # Redis gone past the client's reconnect window
-                req.status, req.error = "timeout", f"client: {type(exc).__name__}: {exc}"
-                continue
-            if job.job_id in got:
-                self.settle(req, got[job.job_id], self.clock.now())
-            else:
-                req.status = "timeout"
-
-    def settle(self, req: Request, res: JobResult, t_done: float) -> None:
-        req.t_done, req.worker, req.worker_s = t_done, res.worker_id, res.elapsed_s
-        job = self.jobs.pop(req.job_id)  # kept until answered: the client's RSS stays its own
-        if res.ok:
-            req.status = "answered" if req.status == "pending" else "late"
-            req.bad = check_result(job, res)
-            req.values = [v.value for v in res.value.values] if res.value else []
-        else:
-            req.status, req.error = "failed", res.error
-
-    async def drain(self, seconds: float) -> None:
-        """Look for the results of unanswered jobs for up to ``seconds``; the rest are lost."""
-        deadline = time.monotonic() + seconds
-        while True:
-            open_ = [r for r in self.requests if r.status == "timeout"]
-            if not open_:
-                return
-            with contextlib.suppress(Exception):
-                got = await self.queue.get_results([r.job_id for r in open_])
-                for r in open_:
-                    if r.job_id in got:
-                        self.settle(r, got[r.job_id], self.clock.now())
-            if time.monotonic() >= deadline:
-                for r in open_:
-                    if r.status == "timeout":
-                        r.status = "lost"
-                return
-            await asyncio.sleep(0.5)
-
-
 # -- the soak --------------------------------------------------------------------------
-async def wait_redis(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        r = Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
-        try:
-            if await r.ping():  # answers only once the append-only file is loaded
-                return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start on port {port}") from None
-        finally:
-            await r.aclose()
-        await asyncio.sleep(0.05)
-
-
-async def wait_http_ready(url: str, proc: Proc, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=2) as http:
-        while time.monotonic() < deadline:
-            if not proc.alive:
-                raise RuntimeError(f"{proc.key} exited: see {proc.log}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(f"{url}/readyz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout}s")
-
-
-def replica_id(proc: Proc) -> str:
-    return f"{socket.gethostname()}-{proc.pid}"  # the worker's default id (hostname-pid)
-
-
-async def wait_replica(queue: JobQueue, proc: Proc, timeout: float = 180) -> None:
-    rid, deadline = replica_id(proc), time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.alive:
-            raise RuntimeError(f"{proc.key} exited: see {proc.log}")
-        with contextlib.suppress(Exception):
-            for beat in await queue.list_replicas():
-                if beat.replica_id == rid and beat.state == "ready" and beat.loaded_version == 0:
-                    return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{proc.key} not ready after {timeout}s: see {proc.log}")
 
 
 class Soak:
@@ -802,137 +509,6 @@ class Soak:
                 "redis_used_mb_keys": self.redis_mem,
             },
         }
-
-
-# -- numbers ---------------------------------------------------------------------------
-def latency_stats(xs: list[float]) -> dict[str, float | None]:
-    """p50/p90/p99/max in ms of a sorted list (nearest rank)."""
-    if not xs:
-        return {"n": 0, "p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None}
-
-    def rank(q: float) -> float:
-        return round(1e3 * xs[min(len(xs) - 1, max(0, int(q * len(xs) + 0.999999) - 1))], 1)
-
-    return {
-        "n": len(xs),
-        "p50_ms": rank(0.5),
-        "p90_ms": rank(0.9),
-        "p99_ms": rank(0.99),
-        "max_ms": round(1e3 * xs[-1], 1),
-        "mean_ms": round(1e3 * statistics.fmean(xs), 1),
-    }
-
-
-def memory_row(
-    key: str, rss: list[tuple[float, float]], started: float, ended: float | None, end: str
-) -> dict[str, Any]:
-    """RSS of a process (tree): median of its first minute (after 10 s of warm-up) and of its
-    last minute, the growth between them, its peak."""
-    row: dict[str, Any] = {
-        "process": key,
-        "started_s": round(started, 1),
-        "ended_s": None if ended is None else round(ended, 1),
-        "end": end,
-    }
-    if not rss:
-        return row | {"samples": 0}
-    t_first, t_last = rss[0][0], rss[-1][0]
-    if t_last - t_first < 20:  # killed (or ended) while still starting: no steady state
-        return row | {
-            "samples": len(rss),
-            "life_s": round(t_last - t_first, 1),
-            "peak_mb": round(max(m for _, m in rss), 1),
-        }
-    warm = [m for t, m in rss if t >= t_first + 10] or [m for _, m in rss]
-    first = [m for t, m in rss if t_first + 10 <= t < t_first + 70] or warm[:1]
-    last = [m for t, m in rss if t > t_last - 60] or warm[-1:]
-    f, la = statistics.median(first), statistics.median(last)
-    return row | {
-        "samples": len(rss),
-        "life_s": round(t_last - t_first, 1),
-        "first_min_mb": round(f, 1),
-        "last_min_mb": round(la, 1),
-        "growth_mb": round(la - f, 1),
-        "growth_pct": round(100 * (la - f) / f, 1),
-        "peak_mb": round(max(m for _, m in rss), 1),
-    }
-
-
-def redis_memory(samples: list[tuple[float, float, int]]) -> dict[str, Any]:
-    if not samples:
-        return {}
-    first = [s for s in samples if s[0] < samples[0][0] + 60]
-    last = [s for s in samples if s[0] > samples[-1][0] - 60]
-    return {
-        "first_min_used_mb": round(statistics.median(s[1] for s in first), 2),
-        "last_min_used_mb": round(statistics.median(s[1] for s in last), 2),
-        "first_keys": first[0][2],
-        "last_keys": last[-1][2],
-    }
-
-
-def count_by(xs: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for x in xs:
-        out[str(x)] = out.get(str(x), 0) + 1
-    return dict(sorted(out.items()))
-
-
-def mean_value(answered: list[Request]) -> float | None:
-    """Mean V(s) over every answered state (a sanity check: the tiny model is trained)."""
-    values = [v for r in answered for v in r.values]
-    return round(statistics.fmean(values), 4) if values else None
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "?"
-
-
-def summary(r: dict[str, Any]) -> str:
-    q, lat = r["requests"], r["latency"]
-    lines = [
-        f"soak: {r['load_s']:.0f}s of load, {q['sent']} requests sent "
-        f"({r['config']['rate']}/s, {r['config']['concurrency']} clients)",
-        f"answered {q['answered']}  failed {q['failed']}  late {q['late']}  "
-        f"LOST {q['lost']}  bad results {q['bad_results']}  "
-        f"({q['throughput_per_s']}/s answered)",
-        f"latency ms: p50 {lat['p50_ms']}  p90 {lat['p90_ms']}  p99 {lat['p99_ms']}  "
-        f"max {lat['max_ms']}",
-        "",
-        f"{'event':<26} {'t (s)':>7} {'in flight':>9} {'answered after (s)':>18} "
-        f"{'restart ready (s)':>17}",
-    ]
-    for ev in r["events"]:
-        after = ",".join(str(j["answered_after_kill_s"]) for j in ev.get("inflight", []))
-        ready = ev.get("restart_ready_s", ev.get("down_s", ""))
-        n = len(ev.get("inflight_jobs", [])) if "inflight_jobs" in ev else "-"
-        lines.append(f"{ev['what']:<26} {ev['t']:>7} {n!s:>9} {after or '-':>18} {ready!s:>17}")
-    lines += [
-        "",
-        f"{'process':<32} {'life (s)':>8} {'first min MB':>12} {'last min MB':>11} "
-        f"{'growth MB':>9} {'peak MB':>8}",
-    ]
-    for m in r["memory"]:
-        if "first_min_mb" in m:
-            lines.append(
-                f"{m['process']:<32} {m['life_s']:>8} {m['first_min_mb']:>12} "
-                f"{m['last_min_mb']:>11} {m['growth_mb']:>9} {m['peak_mb']:>8}"
-            )
-    rm = r["redis_memory"]
-    if rm:
-        lines.append(
-            f"redis used_memory: {rm['first_min_used_mb']} → {rm['last_min_used_mb']} MB,"
-            f" keys {rm['first_keys']} → {rm['last_keys']}"
-        )
-    lines.append(f"redis at the end: {r['redis_final']}")
-    lines.append(f"replica logs: {r['replica_logs']}")
-    if r["errors"]:
-        lines.append(f"errors: {r['errors']}")
-    return "\n".join(lines)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
