@@ -88,9 +88,8 @@ def make_engine(kind: str, model_dir: str | Path, **kw: Any) -> Engine:
     if kind not in ENGINE_KINDS:
         raise ValueError(f"unknown engine kind {kind!r}; known: {', '.join(ENGINE_KINDS)}")
     kind = choose_engine(kind, model_dir)
-    for other, keys in _ONLY.items():
-        if other != kind:
-            kw = {k: v for k, v in kw.items() if k not in keys}
+    other = set().union(*(keys for name, keys in _ONLY.items() if name != kind))
+    kw = {k: v for k, v in kw.items() if k not in other}
     if kind == "torch":
         from services.rollout.engine.torch_engine import TorchEngine
 
