@@ -45,7 +45,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import shutil
 import signal
 import sys
@@ -62,21 +61,14 @@ from redis.asyncio import Redis  # noqa: E402
 
 from bench.soak_load import Load, build_model  # noqa: E402
 from bench.soak_report import (  # noqa: E402
-    count_by,
-    cpu_model,
-    latency_stats,
-    mean_value,
-    memory_row,
-    redis_memory,
+    build_report,
     summary,
 )
 from bench.soak_stack import (  # noqa: E402
     COMPOSE_FLAGS,
     GROUP,
-    LOG_MARKS,
     MB,
     PREFIX,
-    RECLAIMED,
     ROOT,
     STREAM,
     Clock,
@@ -366,7 +358,7 @@ class Soak:
                 task.cancel()
             await asyncio.gather(sampler, progress, chaos, *clients, return_exceptions=True)
             await queue.close()
-        return self.report(load, final, setup_s, t_load_end)
+        return build_report(self, load, final, setup_s, t_load_end)
 
     async def progress(self, load: Load, end: float) -> None:
         while True:
@@ -380,135 +372,6 @@ class Soak:
                 f"{os.getloadavg()[0]:.1f}",
                 flush=True,
             )
-
-    # report
-    def report(
-        self, load: Load, final: dict[str, Any], setup_s: float, t_load_end: float
-    ) -> dict[str, Any]:
-        a, reqs = self.args, load.requests
-        by = {s: [r for r in reqs if r.status == s] for s in ("answered", "failed", "late", "lost")}
-        lat = sorted(r.latency for r in by["answered"] if r.latency is not None)
-        minutes = []
-        for m in range(int(-(-a.minutes * 60 // 60))):
-            rs = [r for r in reqs if m * 60 <= r.t_submit < (m + 1) * 60]
-            ls = sorted(r.latency for r in rs if r.status == "answered" and r.latency is not None)
-            minutes.append(
-                {
-                    "minute": m + 1,
-                    "sent": len(rs),
-                    "answered": sum(r.status == "answered" for r in rs),
-                    "not_answered": sum(r.status != "answered" for r in rs),
-                    **latency_stats(ls),
-                }
-            )
-        for ev in self.events:  # what became of each killed replica's in-flight jobs
-            jobs = []
-            for job_id in ev.get("inflight_jobs", []):
-                r = next((q for q in reqs if q.job_id == job_id), None)
-                if r is not None:
-                    jobs.append(
-                        {
-                            "job_id": job_id,
-                            "status": r.status,
-                            "worker": r.worker,
-                            "latency_s": None if r.latency is None else round(r.latency, 2),
-                            "answered_after_kill_s": None
-                            if r.t_done is None
-                            else round(r.t_done - ev["t"], 2),
-                        }
-                    )
-            if "inflight_jobs" in ev:
-                ev["inflight"] = jobs
-            if ev["what"].startswith("SIGKILL redis"):  # when answers flowed again
-                up = ev["t"] + ev["down_s"]
-                after = [r.t_done for r in reqs if r.t_done is not None and r.t_done > up]
-                ev["first_answer_after_restart_s"] = round(min(after) - up, 2) if after else None
-                around = [
-                    r.latency
-                    for r in reqs
-                    if r.latency is not None and ev["t"] - 5 <= r.t_submit <= up
-                ]
-                ev["max_latency_of_requests_sent_5s_before_to_restart_s"] = (
-                    round(max(around), 2) if around else None
-                )
-        logs = {k: 0 for k in [*LOG_MARKS, "reclaimed_jobs"]}
-        for p in self.stack.procs:
-            if p.role.startswith("replica") and p.log.exists():
-                text = p.log.read_text(errors="replace")
-                for k, mark in LOG_MARKS.items():
-                    logs[k] += text.count(mark)
-                logs["reclaimed_jobs"] += sum(int(n) for n in RECLAIMED.findall(text))
-        reward_log = "".join(
-            p.log.read_text(errors="replace")
-            for p in self.stack.procs
-            if p.role == "reward" and p.log.exists()
-        )
-        memory = [memory_row(p.key, p.rss, p.started, p.ended, p.end) for p in self.stack.procs]
-        memory.append(memory_row("load generator (this process)", self.client_rss, 0.0, None, ""))
-        answered_late = [r for r in by["late"]]
-        total = len(reqs)
-        return {
-            "command": "python -m bench.soak " + " ".join(sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "machine": {
-                "cpus": os.cpu_count(),
-                "arch": platform.machine(),
-                "cpu": cpu_model(),
-                "python": platform.python_version(),
-                "load_avg_end": [round(x, 2) for x in os.getloadavg()],
-            },
-            "config": {k: v for k, v in vars(a).items() if k != "out"} | {"out": str(a.out)},
-            "setup_s": round(setup_s, 1),
-            "load_s": round(t_load_end, 1),
-            "requests": {
-                "sent": total,
-                "answered": len(by["answered"]),
-                "failed": len(by["failed"]),
-                "late": len(answered_late),
-                "lost": len(by["lost"]),
-                "bad_results": sum(r.bad is not None for r in reqs),
-                "throughput_per_s": round(len(by["answered"]) / max(t_load_end, 1e-9), 3),
-                "behind_schedule": len(load.behind),
-                "behind_max_s": round(max(load.behind, default=0.0), 2),
-            },
-            "latency": latency_stats(lat),
-            "worker_s": latency_stats(
-                sorted(r.worker_s for r in by["answered"] if r.worker_s is not None)
-            ),
-            "served_by": count_by(r.worker for r in by["answered"]),
-            "failures": [{"job_id": r.job_id, "error": r.error} for r in by["failed"]],
-            "late": [
-                {
-                    "job_id": r.job_id,
-                    "t_submit": round(r.t_submit, 2),
-                    "latency_s": round(r.latency or 0, 2),
-                }
-                for r in answered_late
-            ],
-            "lost": [
-                {"job_id": r.job_id, "t_submit": round(r.t_submit, 2), "error": r.error}
-                for r in by["lost"]
-            ],
-            "bad": [{"job_id": r.job_id, "why": r.bad} for r in reqs if r.bad],
-            "mean_value": mean_value(by["answered"]),
-            "events": self.events,
-            "per_minute": minutes,
-            "restart_ready_s": {
-                p.key: round(p.ready_after_s, 2)
-                for p in self.stack.procs
-                if p.ready_after_s is not None
-            },
-            "memory": memory,
-            "redis_memory": redis_memory(self.redis_mem),
-            "redis_final": final,
-            "replica_logs": logs,
-            "reward_log_tracebacks": reward_log.count("Traceback"),
-            "errors": self.errors,
-            "series": {
-                "rss_mb": {p.key: p.rss for p in self.stack.procs} | {"client": self.client_rss},
-                "redis_used_mb_keys": self.redis_mem,
-            },
-        }
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
