@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from shared.settings import ServiceSettings
+from tests.deploy.readers import settings_read
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "vineppo"
@@ -211,4 +212,28 @@ def stray_variables(
                     f"{c.where}: sets {var}, which no Settings of service {service!r} reads "
                     f"(it reads: {known})"
                 )
+    return problems
+
+
+def unread_variables(containers: list[Container]) -> list[str]:
+    """One message per VINEPPO_* variable whose Settings class the container's command never
+    instantiates, or whose field no code reachable from that command reads."""
+    classes = settings_classes()
+    problems = []
+    for c in containers:
+        service = service_of(c.argv)
+        if service is None or service == "*":
+            continue  # not vineppo / the demo (which sets none)
+        instantiated, attrs = settings_read(c.argv)
+        cls = classes[service]
+        for var in c.env:
+            field = env_names(cls).get(var.upper())
+            if field is None:
+                continue  # a stray variable: test_*_sets_only_settings_fields names it
+            if cls not in instantiated:
+                problems.append(f"{c.where}: sets {var} but `{' '.join(c.argv[:3])}` never "
+                                f"instantiates {cls.__name__}")  # fmt: skip
+            elif field not in attrs:
+                problems.append(f"{c.where}: sets {var} but no code `{' '.join(c.argv[:3])}` "
+                                f"runs reads .{field}")  # fmt: skip
     return problems

@@ -12,11 +12,19 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.manifests import COMPOSE, ROOT, compose_containers, settings_classes
+from tests.deploy.manifests import (
+    COMPOSE,
+    ROOT,
+    compose_containers,
+    settings_classes,
+    unread_variables,
+)
 from tests.deploy.manifests import stray_variables as stray
 
 GPU_ENV = "deploy/compose/gpu.env.example"
 CPU_ENV = "deploy/compose/cpu.env"
+CPU_STACK = ("deploy/compose/cpu.yml",)
+HOST_NETWORK = (*CPU_STACK, "deploy/compose/host-network.yml")
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +41,11 @@ def compose_bin() -> str:
 
 
 def config(
-    binary: str, *args: str, env_file: str | None = GPU_ENV
+    binary: str, *args: str, env_file: str | None = GPU_ENV, overlays: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
     cmd = [binary, "-f", str(COMPOSE)]
+    for overlay in overlays:
+        cmd += ["-f", str(ROOT / overlay)]
     if env_file:
         cmd += ["--env-file", str(ROOT / env_file)]
     return subprocess.run(
@@ -44,8 +54,11 @@ def config(
     )  # fmt: skip
 
 
-def resolved(binary: str, *args: str, env_file: str = GPU_ENV) -> dict[str, Any]:
-    proc = config(binary, *args, "config", "--format", "json", env_file=env_file)
+def resolved(
+    binary: str, *args: str, env_file: str = GPU_ENV, overlays: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    proc = config(binary, *args, "config", "--format", "json", env_file=env_file,
+                  overlays=overlays)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     doc: dict[str, Any] = json.loads(proc.stdout)
     return doc
@@ -63,6 +76,12 @@ def test_compose_config_resolves(compose_bin: str) -> None:
     assert mounts["/models"]["source"] == "/srv/models" and mounts["/models"]["read_only"]
     assert mounts["/checkpoints"]["type"] == "volume"
     assert {d["condition"] for d in rollout["depends_on"].values()} == {"service_healthy"}
+    # a restarted trainer (restart: on-failure) resumes: its run directory is on a volume
+    trainer = doc["services"]["trainer"]
+    assert trainer["command"][-3:] == ["--output-dir", "/app/runs/run", "--resume"]
+    assert {"type": "volume", "source": "runs", "target": "/app/runs", "volume": {}} in trainer[
+        "volumes"
+    ]
 
 
 def test_missing_required_variable_fails_naming_it(compose_bin: str) -> None:
@@ -86,3 +105,60 @@ def test_resolved_environment_has_no_stray_variables(compose_bin: str) -> None:
     doc = resolved(compose_bin, "--profile", "cpu")
     problems = stray(compose_containers(doc), settings_classes())
     assert not problems, "\n".join(problems)
+
+
+def test_cpu_stack_is_the_gpu_shape_without_gpus(compose_bin: str) -> None:
+    """deploy/compose/cpu.yml: the same services plus a second replica, all from the CPU
+    image, no GPU reservation, the demo's model baked into the image, the run config mounted."""
+    doc = resolved(compose_bin, env_file=CPU_ENV, overlays=CPU_STACK)
+    services = doc["services"]
+    assert set(services) == {"redis", "reward", "rollout", "rollout-2", "trainer"}
+    for name in ("reward", "rollout", "rollout-2", "trainer"):
+        assert services[name]["image"] == "vineppo-cpu:0.1.0", name
+        assert "deploy" not in services[name], name
+    one, two = services["rollout"], services["rollout-2"]
+    for replica, port in ((one, "8002"), (two, "8003")):
+        assert replica["command"][-4:] == ["--model", "/app/data/demo-sft", "--engine", "torch"]
+        assert replica["environment"]["VINEPPO_ROLLOUT_PORT"] == port
+        assert replica["environment"]["VINEPPO_ROLLOUT_DEVICE"] == "cpu"
+        assert [m["target"] for m in replica["volumes"]] == ["/checkpoints"]
+        assert [p["target"] for p in replica["ports"]] == [int(port)]
+    same = {k: v for k, v in one["environment"].items() if k != "VINEPPO_ROLLOUT_PORT"}
+    assert same == {k: v for k, v in two["environment"].items() if k != "VINEPPO_ROLLOUT_PORT"}
+    trainer = services["trainer"]
+    mounts = {m["target"]: m["source"] for m in trainer["volumes"]}
+    assert mounts == {"/etc/vineppo/run.yaml": str(ROOT / "deploy/compose/cpu-run.yaml"),
+                      "/checkpoints": "checkpoints", "/app/runs": "runs"}  # fmt: skip
+    assert trainer["command"][-3:] == ["--output-dir", "/app/runs/run", "--resume"]
+    problems = stray(compose_containers(doc), settings_classes())
+    problems += unread_variables(compose_containers(doc))
+    assert not problems, "\n".join(problems)
+
+
+def test_host_network_overlay_creates_no_network(compose_bin: str) -> None:
+    """deploy/compose/host-network.yml (CI's dockerd has no bridge): every container on the
+    host's network, nothing published, no compose network to create, the service names mapped
+    to loopback, Redis on REDIS_PORT and bound to loopback, every URL on that port."""
+    doc = resolved(compose_bin, env_file=CPU_ENV, overlays=HOST_NETWORK)
+    for name, svc in doc["services"].items():
+        assert svc["network_mode"] == "host" and not svc.get("ports") and "networks" not in svc
+        assert set(svc["extra_hosts"]) == {"redis=127.0.0.1", "reward=127.0.0.1",
+                                           "rollout=127.0.0.1"}, name  # fmt: skip
+    assert not doc.get("networks")
+    env_file = ROOT / CPU_ENV
+    # the same files with REDIS_PORT set, as the containers step writes it
+    with_port = subprocess.run(
+        [compose_bin, "-f", str(COMPOSE), *(a for o in HOST_NETWORK for a in ("-f", str(ROOT / o))),
+         "--env-file", str(env_file), "config", "--format", "json"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT), "REDIS_PORT": "16380"},
+    )  # fmt: skip
+    assert with_port.returncode == 0, with_port.stderr
+    services = json.loads(with_port.stdout)["services"]
+    redis = services["redis"]["command"]
+    assert redis[redis.index("--port") + 1] == "16380"
+    assert redis[redis.index("--bind") + 1] == "127.0.0.1"
+    assert "--requirepass" in redis
+    for name in ("rollout", "rollout-2", "trainer"):
+        prefix = "VINEPPO_TRAINER_" if name == "trainer" else "VINEPPO_ROLLOUT_"
+        assert services[name]["environment"][prefix + "REDIS_URL"].endswith("@redis:16380/0")

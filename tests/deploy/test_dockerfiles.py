@@ -93,7 +93,7 @@ def test_dependency_layer_before_code(image: str) -> None:
         return next(n for n, i in enumerate(build) if pred(i))  # type: ignore[operator]
 
     pyproject = first(lambda i: i.op == "COPY" and "pyproject.toml" in i.args)
-    deps = first(lambda i: i.op == "RUN" and "pip install -r" in i.args)
+    deps = first(lambda i: i.op == "RUN" and re.search(r"pip install .*-r ", i.args))
     code = first(lambda i: i.op == "COPY" and i.args.split()[0] in ("shared", "services", "."))
     project = first(lambda i: i.op == "RUN" and re.search(r"pip install .*(\s\.|\"\.\[)", i.args))
     assert pyproject < deps < code < project
@@ -108,6 +108,21 @@ def test_cpu_image_uses_the_makefile_pins() -> None:
     ds_at = next(n for n, r in enumerate(runs) if "deepspeed==" in r)
     assert torch_at < ds_at and "--no-build-isolation" in runs[ds_at]
     assert "download.pytorch.org/whl/cpu" in expand(runs[torch_at], args)
+
+
+def test_cpu_image_installs_the_lock() -> None:
+    """Every package install of the CPU image is held to constraints-cpu.txt, the lock `make
+    setup` installs: the image runs the versions the test suite ran."""
+    instrs, _ = parse("cpu")
+    build = [i for i in instrs if i.stage == 0]
+    copy_at = next(n for n, i in enumerate(build)
+                   if i.op == "COPY" and "constraints-cpu.txt" in i.args.split())  # fmt: skip
+    runs = [(n, i.args) for n, i in enumerate(build) if i.op == "RUN" and "pip install" in i.args]
+    for n, run in runs:
+        for cmd in re.findall(r"pip install[^&;]*", run):
+            if "--upgrade pip" in cmd or "--no-deps ." in cmd:
+                continue  # pip itself; the project with no dependencies
+            assert "-c constraints-cpu.txt" in cmd and copy_at < n, cmd
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))

@@ -24,6 +24,7 @@ from tests.deploy.manifests import (
     service_of,
     settings_classes,
     stray_variables,
+    unread_variables,
     url_host_port,
 )
 from tests.deploy.readers import closure, settings_read
@@ -120,7 +121,8 @@ def test_urls_point_at_the_right_service_and_port(rendered: list[dict[str, Any]]
         name: str(svc.get("environment", {}).get(f"VINEPPO_{name.upper()}_PORT", ""))
         for name, svc in compose["services"].items()
     }
-    ports["redis"] = "6379"
+    redis_cmd = compose["services"]["redis"]["command"]
+    ports["redis"] = redis_cmd[redis_cmd.index("--port") + 1]  # "${REDIS_PORT:-6379}"
     for name, svc in compose["services"].items():
         for var, value in (svc.get("environment") or {}).items():
             if var.endswith("_URL"):
@@ -141,37 +143,13 @@ def test_urls_point_at_the_right_service_and_port(rendered: list[dict[str, Any]]
                     assert port in services.get(host, set()), f"{doc['metadata']['name']}: {e}"
 
 
-def _unread(containers: list[Container]) -> list[str]:
-    """One message per VINEPPO_* variable whose Settings class the container's command never
-    instantiates, or whose field no code reachable from that command reads."""
-    classes = settings_classes()
-    problems = []
-    for c in containers:
-        service = service_of(c.argv)
-        if service is None or service == "*":
-            continue  # not vineppo / the demo (which sets none)
-        instantiated, attrs = settings_read(c.argv)
-        cls = classes[service]
-        for var in c.env:
-            field = env_names(cls).get(var.upper())
-            if field is None:
-                continue  # a stray variable: test_*_sets_only_settings_fields names it
-            if cls not in instantiated:
-                problems.append(f"{c.where}: sets {var} but `{' '.join(c.argv[:3])}` never "
-                                f"instantiates {cls.__name__}")  # fmt: skip
-            elif field not in attrs:
-                problems.append(f"{c.where}: sets {var} but no code `{' '.join(c.argv[:3])}` "
-                                f"runs reads .{field}")  # fmt: skip
-    return problems
-
-
 def test_compose_variables_are_read_by_the_command_that_runs() -> None:
-    problems = _unread(compose_containers(load_compose()))
+    problems = unread_variables(compose_containers(load_compose()))
     assert not problems, "docker-compose.yml sets dead variables:\n" + "\n".join(problems)
 
 
 def test_chart_variables_are_read_by_the_command_that_runs(rendered: list[dict[str, Any]]) -> None:
-    problems = _unread(chart_containers(rendered))
+    problems = unread_variables(chart_containers(rendered))
     assert not problems, "the Helm chart sets dead variables:\n" + "\n".join(problems)
 
 

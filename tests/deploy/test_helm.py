@@ -196,6 +196,16 @@ def test_secret_and_run_config_are_wired(rendered: list[dict[str, Any]]) -> None
     assert {"name": "VINEPPO_TRAINER_LOCAL_REPLICAS", "value": "0"} in c["env"]
 
 
+def test_trainer_run_directory_survives_a_pod_restart(rendered: list[dict[str, Any]]) -> None:
+    """The Job restarts its pod on failure: the run directory must be on a volume and the
+    command must resume, or a restart starts the run over (as it did before issue 18)."""
+    c = _container(find(rendered, "Job", "-trainer"))
+    out = c["args"][c["args"].index("--output-dir") + 1]
+    assert "--resume" in c["args"]
+    mounts = [m["mountPath"] for m in c["volumeMounts"] if m["name"] == "checkpoints"]
+    assert mounts and out.startswith(mounts[0] + "/") and out.endswith("/t-vineppo")
+
+
 def test_pods_run_as_non_root(rendered: list[dict[str, Any]]) -> None:
     for doc in rendered:
         if doc["kind"] in ("Deployment", "StatefulSet", "Job"):

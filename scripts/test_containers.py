@@ -1,0 +1,388 @@
+"""The containers step of `make test`: build the CPU image and run the distributed stack.
+
+Redis, reward, two rollout replicas and a trainer, each in its own container from
+deploy/docker/Dockerfile.cpu, run a short VinePPO job (deploy/compose/cpu-run.yaml) over
+Redis and the checkpoint volume (docker-compose.yml + deploy/compose/cpu.yml). Once the first
+iteration is done one replica is SIGKILLed (`docker kill`) and started again; the run must
+finish, its metrics must hold every iteration, and both replicas must end on the final
+policy version.
+
+Where no Docker daemon answers and this runs as root (the CI machine), it installs Debian's
+docker.io if needed and starts dockerd with no bridge, no iptables and no forwarding (Docker
+must not touch the host's network); containers then share the host's network
+(deploy/compose/host-network.yml). Where no registry is reachable, base images come from
+debootstrap (deploy/local/base-images.sh). Images stay in Docker's store, so a second run on
+the same machine rebuilds only the layers whose inputs changed.
+
+    .venv/bin/python scripts/test_containers.py       # VINEPPO_SKIP_CONTAINERS=1 skips it
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+LOGS = ROOT / "runs" / "containers"
+PROJECT = "vineppo-ci"
+CPU_IMAGE = "vineppo-cpu:ci"
+OFFICIAL = {"python": "python:3.11.13-slim-bookworm", "redis": "redis:7.4.5-bookworm"}
+LOCAL = {"python": "vineppo-local/python:3.11-bookworm", "redis": "vineppo-local/redis:7-bookworm"}
+TORCH = "torch==2.13.0+cpu"
+TORCH_INDEX_PORT = 18580
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+RUN_CONFIG = ROOT / "deploy" / "compose" / "cpu-run.yaml"
+REPLICA_PORTS = {"rollout": 8002, "rollout-2": 8003}
+DOCKERD_FLAGS = ["--iptables=false", "--ip6tables=false", "--bridge=none", "--ip-forward=false",
+                 "--ip-masq=false", "--storage-driver=overlay2"]  # fmt: skip
+T0 = time.monotonic()
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def say(msg: str) -> None:
+    print(f"[containers {time.monotonic() - T0:6.0f}s] {msg}", flush=True)
+
+
+def run(args: list[str], log: Path | None = None, check: bool = True,
+        env: dict[str, str] | None = None, timeout: float = 1800) -> str:  # fmt: skip
+    """Run a command; its output goes to ``log`` (kept) or is returned."""
+    full_env = os.environ | (env or {})
+    if log is None:
+        proc = subprocess.run(args, capture_output=True, text=True, env=full_env,
+                              timeout=timeout)  # fmt: skip
+        out = proc.stdout + proc.stderr
+    else:
+        with log.open("w") as fh:
+            proc = subprocess.run(args, stdout=fh, stderr=subprocess.STDOUT, text=True,
+                                  env=full_env, timeout=timeout)  # fmt: skip
+        out = log.read_text()
+    if check and proc.returncode != 0:
+        raise StepFailed(f"{' '.join(args[:4])} ... exited {proc.returncode}:\n{out[-4000:]}")
+    return proc.stdout if log is None else out
+
+
+def daemon_answers() -> bool:
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+# -- the daemon ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def docker_daemon() -> Iterator[None]:
+    """Use the daemon that answers, else start one that leaves the host's network alone."""
+    if shutil.which("docker") and daemon_answers():
+        say("docker daemon: already running")
+        yield
+        return
+    if os.geteuid() != 0:
+        raise StepFailed("no Docker daemon answers and this is not root: start Docker, or set "
+                         "VINEPPO_SKIP_CONTAINERS=1 to skip the containers step")  # fmt: skip
+    if not shutil.which("dockerd"):
+        say("installing Debian's docker.io (services not started: policy-rc.d)")
+        with no_service_starts():
+            run(["apt-get", "update", "-q"])
+            run(["apt-get", "install", "-y", "-q", "docker.io"],
+                env={"DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+    with (LOGS / "dockerd.log").open("w") as log:
+        proc = subprocess.Popen(["dockerd", *DOCKERD_FLAGS], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not daemon_answers():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise StepFailed("dockerd did not start:\n"
+                                 + (LOGS / "dockerd.log").read_text()[-3000:])  # fmt: skip
+            time.sleep(0.5)
+        say(f"docker daemon: started dockerd {' '.join(DOCKERD_FLAGS)}")
+        yield
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+
+
+@contextlib.contextmanager
+def no_service_starts() -> Iterator[None]:
+    """Debian's policy-rc.d convention: package installs start no daemon (dockerd's defaults
+    would create a bridge and iptables rules)."""
+    policy = Path("/usr/sbin/policy-rc.d")
+    if policy.exists():
+        yield
+        return
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    try:
+        yield
+    finally:
+        policy.unlink()
+
+
+def has_bridge_network() -> bool:
+    return subprocess.run(["docker", "network", "inspect", "bridge"],
+                          capture_output=True).returncode == 0  # fmt: skip
+
+
+# -- images -------------------------------------------------------------------------------
+def image_exists(tag: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
+
+
+def base_images() -> dict[str, str]:
+    """The official bases when present (or pullable), else the debootstrap stand-ins."""
+    chosen = {}
+    for kind, official in OFFICIAL.items():
+        if (
+            image_exists(official)
+            or subprocess.run(
+                ["docker", "pull", "-q", official], capture_output=True, timeout=120
+            ).returncode
+            == 0
+        ):
+            chosen[kind] = official
+    if len(chosen) < len(OFFICIAL):
+        out = run(["bash", str(ROOT / "deploy" / "local" / "base-images.sh")])
+        say(f"base images: no registry; {out.strip().splitlines()[-1]}")
+        chosen = {k: chosen.get(k, LOCAL[k]) for k in OFFICIAL}
+    say(f"base images: {chosen['python']}, {chosen['redis']}")
+    return chosen
+
+
+@contextlib.contextmanager
+def torch_index() -> Iterator[str]:
+    """torch's CPU wheel served on loopback as a one-package index (pip finds it where `make
+    setup` does: the local wheel directory, or download.pytorch.org)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", TORCH, "-d",
+             f"{tmp}/torch", "--extra-index-url", TORCH_CPU_INDEX])  # fmt: skip
+        handler = functools.partial(QuietHandler, directory=tmp)
+        try:  # a fixed port: the URL is a build argument, and a new one misses the layer cache
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", TORCH_INDEX_PORT), handler)
+        except OSError:
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/"
+        finally:
+            server.shutdown()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def build_cpu_image(bases: dict[str, str]) -> None:
+    start = time.monotonic()
+    with torch_index() as index:
+        run(["docker", "build", "--network", "host", "-f", "deploy/docker/Dockerfile.cpu",
+             "--build-arg", f"PYTHON_IMAGE={bases['python']}",
+             "--build-arg", f"TORCH_INDEX_URL={index}", "-t", CPU_IMAGE, str(ROOT)],
+            log=LOGS / "build.log", env={"DOCKER_BUILDKIT": "0"})  # fmt: skip
+    size = int(run(["docker", "image", "inspect", "-f", "{{.Size}}", CPU_IMAGE]).strip())
+    say(f"image built: {CPU_IMAGE}, {size / 1e9:.2f} GB, {time.monotonic() - start:.0f} s "
+        "(Docker's layer cache keeps unchanged layers between runs)")  # fmt: skip
+
+
+# -- the stack ----------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    def __init__(self, bases: dict[str, str], host_network: bool, workdir: Path) -> None:
+        files = ["docker-compose.yml", "deploy/compose/cpu.yml"]
+        if host_network:
+            files.append("deploy/compose/host-network.yml")
+        env_file = workdir / "ci.env"
+        env_file.write_text("\n".join([
+            f"REDIS_PASSWORD={secrets.token_hex(16)}", f"API_TOKEN={secrets.token_hex(16)}",
+            f"REDIS_PORT={free_port() if host_network else 6379}",
+            f"REDIS_IMAGE={bases['redis']}", f"VINEPPO_CPU_IMAGE={CPU_IMAGE}",
+            f"RUN_CONFIG={RUN_CONFIG}", f"MODEL_DIR={workdir}", "RUN_NAME=ci",
+        ]) + "\n")  # fmt: skip
+        compose = Path(sys.executable).parent / "docker-compose"
+        self.base = [str(compose) if compose.exists() else "docker-compose", "-p", PROJECT,
+                     "--project-directory", str(ROOT), "--env-file", str(env_file)]  # fmt: skip
+        for f in files:
+            self.base += ["-f", str(ROOT / f)]
+
+    def compose(self, *args: str, log: Path | None = None, check: bool = True) -> str:
+        return run([*self.base, *args], log=log, check=check)
+
+    def container(self, service: str) -> str:
+        ids = self.compose("ps", "-a", "-q", service).split()
+        if not ids:
+            raise StepFailed(f"no container for {service}")
+        return ids[0]
+
+    def state(self, service: str) -> dict[str, object]:
+        out = run(["docker", "inspect", "-f", "{{json .State}}", self.container(service)])
+        state: dict[str, object] = json.loads(out)
+        return state
+
+    def wait_healthy(self, service: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.state(service)
+            health = state.get("Health")
+            status = health.get("Status") if isinstance(health, dict) else None
+            if status == "healthy":
+                return
+            if state.get("Status") == "exited" or time.monotonic() > deadline:
+                raise StepFailed(f"{service} not healthy: {state.get('Status')} {status}")
+            time.sleep(1)
+
+    def metrics(self) -> list[dict[str, object]]:
+        """The trainer's metrics.jsonl (a running or stopped container)."""
+        proc = subprocess.run(["docker", "cp", f"{self.container('trainer')}:/app/runs/ci/"
+                               "metrics.jsonl", "-"], capture_output=True)  # fmt: skip
+        if proc.returncode != 0:
+            return []
+        text = tar_member(proc.stdout)
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def dump_logs(self) -> None:
+        for service in ("redis", "reward", "rollout", "rollout-2", "trainer"):
+            out = self.compose("logs", "--no-color", "--tail", "60", service, check=False)
+            print(f"---- last lines of {service}'s log\n{out}", flush=True)
+
+
+def tar_member(data: bytes) -> str:
+    """The single file of a `docker cp ... -` tar stream."""
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.next()
+        fh = tar.extractfile(member) if member else None
+        return fh.read().decode() if fh else ""
+
+
+def iterations_done(stack: Stack) -> int:
+    return max((int(str(r["iteration"])) for r in stack.metrics()), default=0)
+
+
+def replica_version(service: str) -> int | None:
+    try:
+        body = httpx.get(f"http://127.0.0.1:{REPLICA_PORTS[service]}/readyz", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    version = body.get("version")
+    return int(version) if isinstance(version, int) else None
+
+
+def run_stack(stack: Stack, iterations: int) -> None:
+    stack.compose("down", "-v", "--remove-orphans", check=False)  # leftovers of a killed run
+    start = time.monotonic()
+    stack.compose("up", "-d", "--no-build", "--quiet-pull", log=LOGS / "up.log")
+    for service in ("redis", "reward", "rollout", "rollout-2"):
+        stack.wait_healthy(service)
+    say(f"stack up: redis, reward, rollout, rollout-2 healthy, trainer running "
+        f"({time.monotonic() - start:.0f} s)")  # fmt: skip
+
+    deadline = time.monotonic() + 1200
+    while iterations_done(stack) < 1:
+        if stack.state("trainer").get("Status") == "exited" or time.monotonic() > deadline:
+            raise StepFailed("the trainer ended (or stalled) before its first iteration")
+        time.sleep(2)
+    victim = stack.container("rollout-2")
+    run(["docker", "kill", victim])
+    say(f"replica killed: rollout-2 (docker kill, SIGKILL) after iteration 1, "
+        f"{time.monotonic() - start:.0f} s into the run")  # fmt: skip
+    time.sleep(3)
+    restarted_at = f"{time.time():.0f}"
+    run(["docker", "start", victim])  # a no-op where the restart policy already started it
+    stack.wait_healthy("rollout-2")
+    say(f"replica back: rollout-2 healthy again, serving policy v{replica_version('rollout-2')}")
+
+    while (state := stack.state("trainer")).get("Status") != "exited":
+        if time.monotonic() > deadline:
+            raise StepFailed("the trainer did not finish within 20 minutes")
+        time.sleep(2)
+    if state.get("ExitCode") != 0:
+        raise StepFailed(f"the trainer exited {state.get('ExitCode')}")
+    rows = stack.metrics()
+    done = sorted({int(str(r["iteration"])) for r in rows if int(str(r["iteration"])) > 0})
+    if done != list(range(1, iterations + 1)):
+        raise StepFailed(f"metrics hold iterations {done}, expected 1..{iterations}")
+    last = [r for r in rows if r["iteration"] == iterations][-1]
+    say(f"run finished: trainer exit 0 in {time.monotonic() - start:.0f} s; metrics hold "
+        f"iterations {done[0]}..{done[-1]}; last reward/mean {last.get('reward/mean')}, "
+        f"acc/val {last.get('acc/val')}")  # fmt: skip
+
+    final = int(str(last["version"]))
+    versions: dict[str, int | None] = {}
+    until = time.monotonic() + 60  # the last push is announced as the trainer ends
+    while time.monotonic() < until:
+        versions = {s: replica_version(s) for s in REPLICA_PORTS}
+        if all(v == final for v in versions.values()):
+            break
+        time.sleep(1)
+    if any(v != final for v in versions.values()):
+        raise StepFailed(f"replicas serve {versions}, the final policy is v{final}")
+    say(f"versions match: rollout v{versions['rollout']}, rollout-2 v{versions['rollout-2']}, "
+        f"final policy v{final}")  # fmt: skip
+    log = subprocess.run(["docker", "logs", "--since", restarted_at, victim], text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout  # fmt: skip
+    loaded = sorted({int(m) for m in re.findall(r"loaded v(\d+)", log)})
+    if not loaded or loaded[-1] != final:
+        raise StepFailed(f"rollout-2 loaded {loaded} after its restart, not up to v{final}")
+    say(f"rollout-2 after its restart loaded policies v{loaded[0]}..v{loaded[-1]} "
+        f"({len(loaded)} versions)")  # fmt: skip
+
+
+def main() -> int:
+    if os.environ.get("VINEPPO_SKIP_CONTAINERS") == "1":
+        say("skipped (VINEPPO_SKIP_CONTAINERS=1)")
+        return 0
+    LOGS.mkdir(parents=True, exist_ok=True)
+    iterations = int(next(line.split(":")[1] for line in RUN_CONFIG.read_text().splitlines()
+                          if line.startswith("iterations:")))  # fmt: skip
+    try:
+        with docker_daemon():
+            host_network = not has_bridge_network()
+            if host_network:
+                say("no bridge network: containers share the host's network "
+                    "(deploy/compose/host-network.yml)")  # fmt: skip
+            bases = base_images()
+            build_cpu_image(bases)
+            with tempfile.TemporaryDirectory() as tmp:
+                stack = Stack(bases, host_network, Path(tmp))
+                try:
+                    run_stack(stack, iterations)
+                except BaseException:
+                    stack.dump_logs()
+                    raise
+                finally:
+                    stack.compose("down", "-v", "--remove-orphans", check=False)
+    except (StepFailed, subprocess.TimeoutExpired) as e:
+        say(f"FAILED: {e}")
+        return 1
+    say(f"passed in {time.monotonic() - T0:.0f} s (logs in {LOGS.relative_to(ROOT)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
