@@ -26,6 +26,7 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from services.rollout.engine import Engine, engine_kwargs, make_engine
+from services.rollout.engine.base import EngineDead
 from services.rollout.service import RolloutService
 from services.rollout.settings import RolloutSettings
 from services.rollout.values import Grader
@@ -74,7 +75,7 @@ def _start_worker(
 def health_of(app: FastAPI) -> RolloutHealth:
     """The service's state: the engine build, then the last HTTP or queue weight load."""
     svc: RolloutService | None = getattr(app.state, "service", None)
-    if svc is None:
+    if svc is None or app.state.boot_state == "failed":  # not built, or the engine died
         return RolloutHealth(state=app.state.boot_state, error=app.state.boot_error)
     state, error = svc.state, svc.error
     worker = getattr(app.state, "worker", None)
@@ -133,10 +134,27 @@ def create_app(
                 return
             held["engine"] = eng
             app.state.service = RolloutService(settings, eng, grader or client)  # type: ignore[arg-type]
+            app.state.service.on_engine_dead = engine_died
             app.state.worker, held["task"], held["stop"] = _start_worker(
                 settings, eng, grader or client
             )
+            if held["task"] is not None:
+                held["task"].add_done_callback(worker_ended)
             app.state.boot_state = "ready"
+
+        def engine_died(reason: str) -> None:
+            """Not live any more (/healthz and /readyz 503); `vineppo serve rollout` exits so
+            that compose / Kubernetes start a fresh process."""
+            app.state.boot_state, app.state.boot_error = "failed", reason
+            app.state.engine_dead = True
+            log.error("%s: this replica must be restarted", reason)
+            server = getattr(app.state, "server", None)
+            if stop_on_boot_failure and server is not None:
+                server.should_exit = True
+
+        def worker_ended(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and isinstance(task.exception(), EngineDead):
+                engine_died(str(task.exception()))
 
         booting = None
         if engine is not None:

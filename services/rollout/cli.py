@@ -87,6 +87,8 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
             check_credentials(settings.redis_url)
         api = create_app(settings, stop_on_boot_failure=True)
         run(api, settings)
+        if getattr(api.state, "engine_dead", False):  # not the user's fault: exit 1
+            raise SystemExit(f"vineppo serve rollout: {api.state.boot_error}; restart it")
         if getattr(api.state, "boot_state", None) == "failed":
             from services.cli_errors import UserError
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from services.rollout.engine.base import Engine, EngineInputError, WeightsError
+from services.rollout.engine.base import Engine, EngineDead, EngineInputError, WeightsError
 from services.rollout.engine.weights import WeightsPathError, read_weights
 from services.rollout.settings import RolloutSettings
 from services.rollout.values import Grader, estimate_values
@@ -54,6 +54,8 @@ class RolloutService:
         self.in_flight = 0
         self.state: str = "ready"  # "loading" during a weight push; "failed" after one failed
         self.error: str | None = None
+        # called once the engine died (the app marks itself not live and stops)
+        self.on_engine_dead: Callable[[str], None] | None = None
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "rollout_requests", "Requests served, by route.", ["route"], registry=self.registry
@@ -165,6 +167,11 @@ class RolloutService:
             return await coro
         except EngineInputError as exc:
             raise ApiError(400, str(exc), exc.code) from exc
+        except EngineDead as exc:
+            self.state, self.error = "failed", str(exc)
+            if self.on_engine_dead is not None:
+                self.on_engine_dead(str(exc))
+            raise ApiError(503, f"{exc}; this replica is restarting", "engine_dead") from exc
         finally:
             self.in_flight -= 1
             self.engine.stats().extra["last_request_s"] = time.perf_counter() - start

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from services.rollout.engine.base import Engine
+from services.rollout.engine.base import Engine, EngineDead
 from services.rollout.engine.weights import VerifiedWeights, WeightsPathError, read_weights
 from shared.queue import Delivery, JobQueue
 from shared.schemas import (
@@ -244,6 +244,13 @@ class RolloutWorker:
         self._inflight.add(delivery_id)
         try:
             result = await self._execute(job, version)
+        except EngineDead as exc:
+            # Not the job's fault: no failed result, no ack. The delivery stays pending and
+            # another replica reclaims it after claim_idle_ms; this worker stops (run raises).
+            log.error("replica %s: %s; job %s left for another replica",
+                      self.config.replica_id, exc, job.job_id)  # fmt: skip
+            self.state, self.error = "failed", str(exc)
+            raise
         except Exception as exc:
             log.exception("job %s failed", job.job_id)
             result = JobResult(job_id=job.job_id, policy_version=version,
@@ -257,7 +264,8 @@ class RolloutWorker:
         self.served += 1
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Serve until ``stop`` is set (or the task is cancelled)."""
+        """Serve until ``stop`` is set (or the task is cancelled); raises ``EngineDead`` when
+        the engine dies (the job in hand stays pending for another replica)."""
         stop = stop or asyncio.Event()
         self.state = "ready"
         helpers = [asyncio.create_task(self._watch_weights()),

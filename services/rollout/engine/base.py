@@ -105,6 +105,12 @@ class EngineInputError(ValueError):
         self.code = code
 
 
+class EngineDead(RuntimeError):
+    """The engine can serve nothing more (vLLM's engine-core process died): a job it fails is
+    not the job's fault, and the replica must be restarted (a worker leaves such a job for
+    another replica and stops; the rollout process exits)."""
+
+
 class WeightsError(ValueError):
     """A weights directory/file that cannot be loaded (not safetensors, wrong shapes, ...)."""
 

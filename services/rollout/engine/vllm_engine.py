@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from services.rollout.engine.base import (
+    EngineDead,
     EngineInputError,
     EngineStats,
     Prefix,
@@ -269,8 +270,12 @@ class VllmEngine:
                 finally:
                     self._stats.busy_s += time.perf_counter() - start
 
+        from vllm.v1.engine.exceptions import EngineDeadError
+
         self.waiting += 1
         try:
             return await asyncio.to_thread(call)
+        except EngineDeadError as exc:
+            raise EngineDead(f"vLLM's engine core died: {exc}") from exc
         finally:
             self.waiting -= 1

@@ -13,6 +13,7 @@ import pytest
 from services.reward.app import create_app as create_reward_app
 from services.reward.client import RewardClient
 from services.reward.settings import RewardSettings
+from services.rollout.engine.base import EngineDead
 from services.rollout.engine.torch_engine import TorchEngine
 from services.rollout.worker import RolloutWorker, WorkerConfig
 from services.trainer.jobs import JobOptions, ReplicasNotReady, run_jobs, wait_for_replicas
@@ -20,6 +21,7 @@ from services.trainer.weights import announcement, push_policy
 from shared.queue import JobQueue, make_queue
 from shared.schemas import GenerateRequest, Job, ReplicaHeartbeat, SamplingParams
 from shared.schemas import WeightsAnnouncement as Ann
+from tests.services.rollout.test_engine_death import DeadEngine
 from tests.services.rollout.tiny import make_model, make_tiny_model_dir, save_weights
 from tests.support import serve_app
 
@@ -196,3 +198,31 @@ async def test_queue_announcements_go_through_the_weight_guard(
     finally:
         stop.set()
         await asyncio.gather(*tasks)
+
+
+async def test_dead_engine_leaves_its_job_for_another_replica(
+    queue: JobQueue, tiny_dir: Path, reward_url: str
+) -> None:
+    """A replica whose engine died must not answer its job with an error (the trainer would
+    retry into the same black hole): the job stays pending, the worker stops, and another
+    replica reclaims and serves it."""
+    stop = asyncio.Event()
+    dead = RolloutWorker(queue, DeadEngine(tiny_dir, version=0), RewardClient(reward_url),
+                         fast_config("dead"))  # fmt: skip
+    dead_task = asyncio.create_task(dead.run(stop))
+    await wait_for_replicas(queue, 0, 1, timeout=20)
+    job = gen_job(0, "Question: 1+1=?\n")
+    answered = asyncio.create_task(run_jobs(queue, [job], JobOptions(progress=False)))
+    with pytest.raises(EngineDead, match="engine core died"):
+        await asyncio.wait_for(dead_task, 30)
+    assert dead.state == "failed" and dead.served == 0
+    assert await queue.get_results([job.job_id]) == {}  # no error stored for the trainer
+    good = RolloutWorker(queue, TorchEngine(tiny_dir, version=0), RewardClient(reward_url),
+                         fast_config("good"))  # fmt: skip
+    good_task = asyncio.create_task(good.run(stop))
+    try:
+        results = await asyncio.wait_for(answered, 60)
+    finally:
+        stop.set()
+        await good_task
+    assert [(r.ok, r.worker_id) for r in results] == [(True, "good")]
