@@ -33,7 +33,8 @@ from services.trainer.evaluate import validation_metrics
 from services.trainer.jobs import JobOptions, run_generate_jobs, wait_for_replicas
 from services.trainer.loop import DataOrder, Services
 from services.trainer.weights import push_policy
-from shared.datasets import Example, load_examples
+from shared.datasets import load_examples
+from shared.example import Example
 from shared.prompts import format_prompt, style_for
 from shared.schemas import Completion, GradeItem, SamplingParams, Verdict
 

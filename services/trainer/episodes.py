@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from shared.datasets import Example
+from shared.example import Example
 from shared.schemas import Completion, Verdict
 from shared.steps import char_offsets, split_steps, token_step_ranges
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.trainer.jobs import JobOptions, run_generate_jobs
-from shared.datasets import Example
+from shared.example import Example
 from shared.queue import JobQueue
 from shared.schemas import GradeItem, SamplingParams, Verdict
 

@@ -40,7 +40,8 @@ from services.trainer.jobs import JobOptions, run_generate_jobs, run_value_jobs,
 from services.trainer.memory import memory_stats, reset_peak
 from services.trainer.ppo import UpdateInputs, critic_values, policy_logprobs, ppo_epochs
 from services.trainer.weights import push_policy
-from shared.datasets import Example, load_examples
+from shared.datasets import load_examples
+from shared.example import Example
 from shared.prompts import format_prompt, style_for
 from shared.queue import JobQueue
 from shared.schemas import GradeItem, SamplingParams, ValueItem

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from services.trainer.sft_config import SFTConfig
-from shared.datasets import Example
+from shared.example import Example
 
 IGNORE = -100
 
@@ -41,7 +41,7 @@ def score(response: str, example: Example) -> float:
     try:
         from services.reward.grading import grade
     except ImportError:  # grader not installed: compare the text after '####'
-        from shared.datasets import gsm8k_answer
+        from shared.example import gsm8k_answer
 
         return float(gsm8k_answer(response) == example.answer)
     return float(grade(response, example.answer, example.dataset).reward)

@@ -25,7 +25,7 @@ import torch
 from services.trainer.analysis import GROUP_BASELINE, group_baseline
 from services.trainer.episodes import build_episodes
 from services.trainer.jobs import JobOptions, run_generate_jobs, run_value_jobs
-from shared.datasets import Example
+from shared.example import Example
 from shared.schemas import GradeItem, SamplingParams, ValueItem
 from shared.steps import split_steps
 

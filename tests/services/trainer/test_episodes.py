@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.trainer.episodes import GradingFailed, build_episodes, error_rate
-from shared.datasets import Example
+from shared.example import Example
 from shared.schemas import Completion, Verdict
 
 

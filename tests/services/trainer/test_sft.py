@@ -13,7 +13,7 @@ import torch
 
 from services.trainer.sft import collate, encode_example, score
 from services.trainer.sft_config import SFTConfig
-from shared.datasets import Example
+from shared.example import Example
 
 ROOT = Path(__file__).resolve().parents[3]
 
