@@ -65,7 +65,7 @@ def run_one(
     rl: dict[str, Any] | None = None, test: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     from services.trainer.demo import run_config, train_and_test
-    from services.trainer.report import load_run
+    from services.trainer.evaluation.report import load_run
 
     cfg = run_config(algo, model, out, budget, seed, rl)
     res = asyncio.run(train_and_test(cfg, budget, None, sft_acc, test=test))
@@ -99,7 +99,7 @@ def sweep(args: argparse.Namespace, budget: Any, model: Path) -> None:
         for lr, kl in points:
             out = args.out / "sweep" / f"lr{lr:g}-kl{kl:g}"
             if _complete(out / algo, budget.iterations):
-                from services.trainer.report import load_run
+                from services.trainer.evaluation.report import load_run
 
                 res = {"curves": curves(load_run(out / algo).rows)}
             else:
@@ -282,7 +282,7 @@ def mae_by_step(args: argparse.Namespace) -> list[str]:
 
 def profile(args: argparse.Namespace, algos: list[str]) -> list[str]:
     """Where an iteration's seconds go, per method (mean over iterations and seeds)."""
-    from services.trainer.report import load_run
+    from services.trainer.evaluation.report import load_run
 
     keys = ("generate", "values", "train", "push", "iteration")
     out = ["Seconds per iteration (mean over iterations and seeds; `values` = MC rollouts for "

@@ -65,7 +65,7 @@ def default_model_dir() -> Path:
 def real_states(model_dir: Path, args: argparse.Namespace) -> list[list[int]]:
     """Token ids of prompt + the first i gold steps, i = 0..S-1, for P problems."""
     from services.trainer.eval_cmds import prompts_for
-    from services.trainer.model import load_tokenizer
+    from services.trainer.runtime.model import load_tokenizer
     from shared.datasets import load_examples
     from shared.steps import split_steps
 

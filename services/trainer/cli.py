@@ -43,8 +43,8 @@ def sft_cmd(
     import torch
 
     from services.trainer.config import merge_dicts, parse_overrides
-    from services.trainer.sft import run_sft
-    from services.trainer.sft_config import SFT_PRESETS, SFTConfig
+    from services.trainer.sft.config import SFT_PRESETS, SFTConfig
+    from services.trainer.sft.train import run_sft
 
     if threads is not None:
         torch.set_num_threads(threads)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
-    from services.trainer.wiring import Wiring
+    from services.trainer.client.wiring import Wiring
 
 
 def register_rl(app: typer.Typer) -> None:
@@ -64,10 +64,10 @@ def train_cmd(
 
     import torch
 
+    from services.trainer.client.stack import run_services
+    from services.trainer.client.wiring import RolloutUnavailable, check_rollout
     from services.trainer.config import load_config
-    from services.trainer.loop import RLTrainer
-    from services.trainer.stack import run_services
-    from services.trainer.wiring import RolloutUnavailable, check_rollout
+    from services.trainer.rl.loop import RLTrainer
 
     _setup_logging()
     if threads:
@@ -126,8 +126,8 @@ def _train_wiring(
     """`TrainerSettings()` (``VINEPPO_TRAINER_*``) merged with the options; one-line errors."""
     from pydantic import ValidationError
 
+    from services.trainer.client.wiring import resolve_wiring
     from services.trainer.settings import TrainerSettings
-    from services.trainer.wiring import resolve_wiring
 
     try:
         settings = TrainerSettings()
@@ -182,7 +182,7 @@ def report_cmd(
     out: Path = typer.Option(Path("report.html"), help="The HTML page to write."),
 ) -> None:
     """One static HTML page (PNG plots beside it) comparing the given runs."""
-    from services.trainer.report import load_run, write_report
+    from services.trainer.evaluation.report import load_run, write_report
 
     try:
         loaded = [load_run(r) for r in runs]

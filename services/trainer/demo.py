@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from services.trainer.config import RunConfig, load_config
-from services.trainer.sft_config import SFT_PRESETS, SFTConfig
+from services.trainer.sft.config import SFT_PRESETS, SFTConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def sft_model(out: Path, budget: DemoBudget, retrain: bool) -> Path:
     """The SFT model (π_ref): ``out/sft/best`` when it was trained with today's settings,
     else the committed one (`committed_sft`) when its settings match, else trained now
     (always trained with ``retrain``)."""
-    from services.trainer.sft import run_sft
+    from services.trainer.sft.train import run_sft
 
     settings = sft_settings(budget)
     best = out / "sft" / "best"
@@ -148,9 +148,9 @@ async def train_and_test(
 ) -> dict[str, Any]:
     """Train one method through the services, then its test Pass@1 (and the SFT model's);
     ``test=False`` skips both test evaluations (a sweep chooses on validation only)."""
-    from services.trainer.evaluate import evaluate
-    from services.trainer.loop import RLTrainer
-    from services.trainer.stack import run_services
+    from services.trainer.client.stack import run_services
+    from services.trainer.evaluation.evaluate import evaluate
+    from services.trainer.rl.loop import RLTrainer
     from shared.datasets import load_examples
 
     out = Path(cfg.output_dir)
@@ -186,7 +186,7 @@ def value_mae(out: Path, budget: DemoBudget, cfg: RunConfig) -> dict[str, float]
     the final PPO policy: VinePPO's MC estimate (its K) vs PPO's critic. The analysis (JSON +
     plots) lands in ``out/ppo/value-analysis`` and the report picks it up."""
     from services.trainer.eval_cmds import analyze_checkpoint, load_critic, run_policy
-    from services.trainer.value_probe import ProbeConfig
+    from services.trainer.evaluation.value_probe import ProbeConfig
     from shared.datasets import load_examples
 
     policy, critic_file = run_policy(out / "ppo")
@@ -215,7 +215,7 @@ def run_demo(
     redis_url: str | None = None, seed: int = 0, engine: str = "auto",
 ) -> list[dict[str, Any]]:  # fmt: skip
     """The whole demo; returns the summary rows (also printed and written to the report)."""
-    from services.trainer.report import load_run, write_report
+    from services.trainer.evaluation.report import load_run, write_report
 
     b = BUDGETS[budget]
     out.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ def run_config(run_dir: Path) -> Any:
 
 def select_checkpoint(run_dir: Path) -> dict[str, Any]:
     """The best available checkpoint of a run by validation Pass@1 (see module docstring)."""
-    from services.trainer.weights import list_policies, policy_dir
+    from services.trainer.client.weights import list_policies, policy_dir
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
@@ -82,7 +82,7 @@ def prompts_for(tokenizer: Any, examples: list[Any], shots: Sequence[Any] = ()) 
 
 
 def _services(checkpoint: Path, svc: dict[str, Any]) -> Any:
-    from services.trainer.stack import run_services
+    from services.trainer.client.stack import run_services
 
     prefix = f"vineppo-eval-{uuid.uuid4().hex[:8]}:"
     return run_services(checkpoint, Path(checkpoint).parent, queue_prefix=prefix, **svc)
@@ -94,9 +94,9 @@ async def eval_checkpoint(
 ) -> Any:  # fmt: skip
     """Pass@1 (``evaluate.PassAt1``) of ``checkpoint`` through freshly started services;
     ``svc`` goes to ``run_services`` (redis_url, reward_url, local_replicas, device)."""
-    from services.trainer.evaluate import evaluate
-    from services.trainer.jobs import wait_for_replicas
-    from services.trainer.model import load_tokenizer
+    from services.trainer.client.jobs import wait_for_replicas
+    from services.trainer.evaluation.evaluate import evaluate
+    from services.trainer.runtime.model import load_tokenizer
 
     prompts = prompts_for(load_tokenizer(checkpoint), examples, shots)
     async with _services(checkpoint, svc) as s:
@@ -109,8 +109,8 @@ async def eval_checkpoint(
 def run_policy(run_dir: Path) -> tuple[Path, Path | None]:
     """(policy dir, critic.pt or None) of a run's newest state: the policy of the newest
     checkpoint when its critic exists (they belong together), else the newest policy."""
-    from services.trainer.checkpoint import latest_checkpoint
-    from services.trainer.weights import list_policies, policy_dir
+    from services.trainer.client.weights import list_policies, policy_dir
+    from services.trainer.runtime.checkpoint import latest_checkpoint
 
     run_dir = Path(run_dir)
     ckpt = latest_checkpoint(run_dir / "checkpoints")
@@ -129,7 +129,7 @@ def load_critic(policy: Path, critic_file: Path | None = None) -> Any:
     (engine state) on top of the policy's body."""
     import torch
 
-    from services.trainer.model import Critic
+    from services.trainer.runtime.model import Critic
 
     if critic_file is None or critic_file.is_dir():
         return Critic.from_pretrained(critic_file or policy).eval()
@@ -145,10 +145,10 @@ async def analyze_checkpoint(
 ) -> dict[str, Any]:  # fmt: skip
     """Probe values (``value_probe.probe_values``), summarize, write ``analysis.json`` and
     ``values-*.png`` into ``out_dir``; return the JSON document."""
-    from services.trainer.analysis import plot_analysis, summarize
-    from services.trainer.jobs import wait_for_replicas
-    from services.trainer.model import load_tokenizer
-    from services.trainer.value_probe import probe_values
+    from services.trainer.client.jobs import wait_for_replicas
+    from services.trainer.evaluation.analysis import plot_analysis, summarize
+    from services.trainer.evaluation.value_probe import probe_values
+    from services.trainer.runtime.model import load_tokenizer
 
     tok = load_tokenizer(policy)
     prompts = prompts_for(tok, examples, shots)
@@ -326,7 +326,7 @@ def analyze_values_cmd(
     top-action identification of VinePPO, the PPO critic and GRPO/RLOO baselines."""
     import asyncio
 
-    from services.trainer.value_probe import ProbeConfig
+    from services.trainer.evaluation.value_probe import ProbeConfig
 
     if (checkpoint is None) == (run is None):
         raise typer.BadParameter("give exactly one of --run or --checkpoint")
@@ -375,7 +375,7 @@ def sweep_cmd(
     """An ablation: one `vineppo train` per value (one after another), then one report."""
     import subprocess
 
-    from services.trainer.report import load_run, write_report
+    from services.trainer.evaluation.report import load_run, write_report
 
     if (k is None) == (temperature is None):
         raise typer.BadParameter("give exactly one of --k or --temperature")

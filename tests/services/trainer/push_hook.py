@@ -3,9 +3,9 @@
     VINEPPO_TEST_PAUSE_BEFORE_ANNOUNCE=2:/tmp/marker python -m tests.services.trainer.push_hook \
         train ...
 
-runs ``services.cli`` unchanged except that ``services.trainer.weights.announce`` of version 2
-first writes the marker file and then sleeps forever, so a test can ``kill -9`` the trainer
-exactly after ``policy-v2/`` is complete on disk and before any replica is told about it.
+runs ``services.cli`` unchanged except that ``services.trainer.client.weights.announce`` of
+version 2 first writes the marker file and then sleeps forever, so a test can ``kill -9`` the
+trainer exactly after ``policy-v2/`` is complete on disk and before any replica is told about it.
 ``VINEPPO_TEST_PAUSE_AFTER_ANNOUNCE=<version>:<marker>`` pauses right after the announcement
 instead (announced, not yet checkpointed). Nothing in the services reads these variables:
 only this wrapper does.
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import services.trainer.weights as weights
+import services.trainer.client.weights as weights
 from services.cli import main
 
 _real_announce = weights.announce

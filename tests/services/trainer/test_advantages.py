@@ -207,7 +207,7 @@ def _two_groups() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("algo", ["grpo", "rloo"])
 def test_all_wrong_group_gets_zero_push_by_default(algo: str) -> None:
     from services.trainer.config import RunConfig
-    from services.trainer.ppo import minibatch_advantages
+    from services.trainer.rl.ppo import minibatch_advantages
 
     rewards, groups, mask = _two_groups()
     adv, _ = compute_advantages(algo, AdvantageInputs(rewards, mask, group_ids=groups))
@@ -229,7 +229,7 @@ def test_all_wrong_group_gets_zero_push_by_default(algo: str) -> None:
 
 def test_vine_advantages_whitened_with_mean_shift_by_hand() -> None:
     from services.trainer.config import RunConfig
-    from services.trainer.ppo import minibatch_advantages
+    from services.trainer.rl.ppo import minibatch_advantages
 
     # vine token advantages: mostly 0; the authors whiten them with the mean shift
     adv = torch.tensor([[0.0, 0.0, 0.6], [0.0, 0.2, 0.0]])
@@ -246,7 +246,7 @@ def test_vine_advantages_whitened_with_mean_shift_by_hand() -> None:
 
 def test_ppo_epochs_refuses_unresolved_whitening() -> None:
     from services.trainer.config import PPOConfig
-    from services.trainer.ppo import UpdateInputs, ppo_epochs
+    from services.trainer.rl.ppo import UpdateInputs, ppo_epochs
 
     with pytest.raises(ValueError, match="RunConfig"):
         ppo_epochs(None, None, UpdateInputs(None, None, None, None), PPOConfig(), 1.0,  # type: ignore[arg-type]

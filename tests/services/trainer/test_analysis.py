@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.trainer.analysis import (
+from services.trainer.evaluation.analysis import (
     accuracy_curve,
     accuracy_within,
     explained_variance,
@@ -21,7 +21,7 @@ from services.trainer.analysis import (
     summarize,
     top_action_accuracy,
 )
-from services.trainer.value_probe import first_step
+from services.trainer.evaluation.value_probe import first_step
 
 PRED = torch.tensor([0.5, 0.2, 1.0, 0.0])
 TRUTH = torch.tensor([0.5, 0.25, 0.8, 0.1])
@@ -70,8 +70,8 @@ def test_group_baseline_leaves_the_own_outcome_out() -> None:
 def test_critic_values_are_not_clamped(tmp_path: Path) -> None:
     """The critic's V(s) is scored as it is: a head that says 1.5 (or −0.5) is 0.5 off a
     true value of 1 (or 0); clamping to [0, 1] would report 0."""
-    from services.trainer.model import Critic, build_tiny_model, load_tokenizer
-    from services.trainer.value_probe import critic_state_values
+    from services.trainer.evaluation.value_probe import critic_state_values
+    from services.trainer.runtime.model import Critic, build_tiny_model, load_tokenizer
 
     texts = ["Question: 1 + 2?\nAnswer:\n1 + 2 = 3\n#### 3"] * 4
     model_dir = build_tiny_model(tmp_path / "m", texts, preset="micro")
@@ -111,7 +111,7 @@ def test_greedy_policy_gives_exact_mc_values(tiny_sft: Path, tmp_path: Path) -> 
     every state is the reward of its one greedy completion: the MC estimate equals the ground
     truth exactly (MAE 0) and every value is 0 or 1."""
     from services.trainer.eval_cmds import analyze_checkpoint
-    from services.trainer.value_probe import ProbeConfig
+    from services.trainer.evaluation.value_probe import ProbeConfig
     from shared.datasets import load_examples
 
     examples = load_examples("arithmetic", "test", n=2, seed=0)

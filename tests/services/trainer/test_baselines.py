@@ -24,9 +24,9 @@ import pytest
 from typer.testing import CliRunner
 
 from services.cli import app
-from services.trainer.report import load_run, write_report
-from services.trainer.sft import run_sft
-from services.trainer.sft_config import SFTConfig
+from services.trainer.evaluation.report import load_run, write_report
+from services.trainer.sft.config import SFTConfig
+from services.trainer.sft.train import run_sft
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -186,9 +186,9 @@ def test_restem_and_dpo_prompts_carry_the_few_shot_examples(
 ) -> None:
     """``rollout.few_shot`` worked examples (the first training problems) precede every
     sampled and validated prompt of RestEM and DPO-Positive, exactly as in the RL loop."""
+    from services.trainer.baselines.dpo import DPOPositive
+    from services.trainer.baselines.restem import RestEM
     from services.trainer.config import load_config
-    from services.trainer.dpo import DPOPositive
-    from services.trainer.restem import RestEM
     from shared.prompts import format_prompt
 
     for algo, cls in (("restem", RestEM), ("dpo_positive", DPOPositive)):

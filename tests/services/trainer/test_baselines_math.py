@@ -10,10 +10,10 @@ import torch
 
 from services.trainer.algos import AdvantageInputs, compute_advantages
 from services.trainer.algos.losses import dpo_positive_loss
+from services.trainer.baselines.dpo import PairRound, chunk_seed, make_pairs, sequence_logprobs
+from services.trainer.baselines.restem import keep_correct, select_checkpoint
 from services.trainer.config import PRESETS, load_config
-from services.trainer.dpo import PairRound, chunk_seed, make_pairs, sequence_logprobs
-from services.trainer.restem import keep_correct, select_checkpoint
-from services.trainer.sft import IGNORE
+from services.trainer.sft.train import IGNORE
 from shared.schemas import Completion
 
 

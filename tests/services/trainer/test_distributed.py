@@ -27,7 +27,7 @@ def _run(rank: int, world: int, port: int, stage: int, x: torch.Tensor, out: dic
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from services.trainer.distributed import all_reduce_mean, is_main, wrap
+    from services.trainer.runtime.distributed import all_reduce_mean, is_main, wrap
 
     per = x.shape[0] // world
     engine = wrap(_model(), lr=LR, grad_clip=CLIP, zero_stage=stage, total_steps=TOTAL,
@@ -89,7 +89,7 @@ def _tiny_llama():  # -> LlamaConfig
 
 
 def _batch():  # -> Batch: 8 right-padded prompt+response rows, 2-token reasoning steps
-    from services.trainer.episodes import Batch
+    from services.trainer.data.episodes import Batch
 
     g = torch.Generator().manual_seed(7)
     ids = torch.zeros(B, L, dtype=torch.long)
@@ -113,8 +113,8 @@ def _engines(algo: str, stage: int, world: int) -> tuple:
 
     from transformers import LlamaForCausalLM, LlamaModel
 
-    from services.trainer.distributed import wrap
-    from services.trainer.model import Critic
+    from services.trainer.runtime.distributed import wrap
+    from services.trainer.runtime.model import Critic
 
     torch.manual_seed(0)
     policy = LlamaForCausalLM(_tiny_llama())
@@ -132,7 +132,7 @@ def _engines(algo: str, stage: int, world: int) -> tuple:
 
 
 def _flat(engine: object, stage: int) -> torch.Tensor:
-    from services.trainer.distributed import gathered_params
+    from services.trainer.runtime.distributed import gathered_params
 
     with gathered_params(engine.module, stage):  # type: ignore[attr-defined]
         return torch.cat([p.detach().flatten().clone() for p in engine.parameters()])  # type: ignore[attr-defined]
@@ -144,9 +144,9 @@ def _update(algo: str, stage: int, rank: int, world: int, root: str) -> dict:
     a checkpoint round trip (`save_checkpoint`, `load_checkpoint` into fresh engines, one
     more update on both)."""
     from services.trainer.algos.advantages import AdvantageInputs, compute_advantages
+    from services.trainer.client.weights import save_policy
     from services.trainer.config import PPOConfig
-    from services.trainer.ppo import UpdateInputs, critic_values, policy_logprobs, ppo_epochs
-    from services.trainer.weights import save_policy
+    from services.trainer.rl.ppo import UpdateInputs, critic_values, policy_logprobs, ppo_epochs
 
     engine, crit, ref = _engines(algo, stage, world)
     batch = _batch()
@@ -184,8 +184,8 @@ def _update(algo: str, stage: int, rank: int, world: int, root: str) -> dict:
 def _resume(engine, crit, upd, cfg, stage: int, rank: int, world: int, root: Path) -> object:
     """Checkpoint, restore into fresh engines, train both once more: (params, params, state)
     — or the error a ZeRO-3 checkpoint raises."""
-    from services.trainer.checkpoint import load_checkpoint, save_checkpoint
-    from services.trainer.ppo import ppo_epochs
+    from services.trainer.rl.ppo import ppo_epochs
+    from services.trainer.runtime.checkpoint import load_checkpoint, save_checkpoint
 
     try:
         path = save_checkpoint(root, 1, {"policy": engine, "critic": crit}, {"mark": 7})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.trainer.episodes import GradingFailed, build_episodes, error_rate
+from services.trainer.data.episodes import GradingFailed, build_episodes, error_rate
 from shared.example import Example
 from shared.schemas import Completion, Verdict
 

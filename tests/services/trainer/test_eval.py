@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from services.cli import app
 from services.trainer.config import load_config
 from services.trainer.eval_cmds import select_checkpoint, sweep_plan
-from services.trainer.evaluate import pass_at_1
+from services.trainer.evaluation.evaluate import pass_at_1
 from shared.schemas.grade import Verdict
 
 runner = CliRunner()

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from services.trainer.jobs import (
+from services.trainer.client.jobs import (
     JobOptions,
     JobsFailed,
     ReplicasNotReady,

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from services.trainer.client.stack import run_services
 from services.trainer.config import RunConfig, load_config
-from services.trainer.loop import RLTrainer
-from services.trainer.sft import run_sft
-from services.trainer.sft_config import SFTConfig
-from services.trainer.stack import run_services
+from services.trainer.rl.loop import RLTrainer
+from services.trainer.sft.config import SFTConfig
+from services.trainer.sft.train import run_sft
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.trainer.model import (
+from services.trainer.runtime.model import (
     VALUE_HEAD_FILE,
     Critic,
     build_tiny_model,

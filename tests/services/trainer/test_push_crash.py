@@ -30,10 +30,10 @@ from services.reward.client import RewardClient
 from services.reward.settings import RewardSettings
 from services.rollout.engine.torch_engine import TorchEngine
 from services.rollout.worker import WorkerConfig, run_worker
+from services.trainer.client.stack import run_services
+from services.trainer.client.weights import shard_digests
 from services.trainer.config import load_config
-from services.trainer.loop import RLTrainer
-from services.trainer.stack import run_services
-from services.trainer.weights import shard_digests
+from services.trainer.rl.loop import RLTrainer
 from shared.queue import make_queue
 from tests.services.rollout.tiny import make_tiny_model_dir
 from tests.services.trainer.test_loop import _rows

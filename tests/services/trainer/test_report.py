@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from services.cli import app
+from services.trainer.client.stack import run_services
 from services.trainer.config import load_config
-from services.trainer.loop import RLTrainer
-from services.trainer.stack import run_services
+from services.trainer.rl.loop import RLTrainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 runner = CliRunner()

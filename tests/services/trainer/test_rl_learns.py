@@ -53,8 +53,8 @@ def rl_overrides(model: Path, out: Path, algo: str, *, lr: float = 3e-4) -> list
 @pytest.fixture(scope="module")
 def task(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The SFT'd policy (about 100 s on 2 cores); RL data under $VINEPPO_DATA_DIR."""
-    from services.trainer.sft import run_sft
-    from services.trainer.sft_config import SFTConfig
+    from services.trainer.sft.config import SFTConfig
+    from services.trainer.sft.train import run_sft
 
     root = tmp_path_factory.mktemp("learnable")
     sft_dir, rl_dir = write_data(root, p_correct=0.35)
@@ -69,8 +69,8 @@ def task(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 async def _sampled_reward(model: Path, out: Path, samples_per_prompt: int = 8) -> float:
     """Mean reward of ``model`` on every training prompt × n samples at TEMPERATURE."""
-    from services.trainer.jobs import JobOptions, run_generate_jobs
-    from services.trainer.stack import run_services
+    from services.trainer.client.jobs import JobOptions, run_generate_jobs
+    from services.trainer.client.stack import run_services
 
     examples = load_examples("gsm8k", "train")
     prompts = [format_prompt(ex.question) for ex in examples]
@@ -98,9 +98,9 @@ def start(task: Path, tmp_path_factory: pytest.TempPathFactory) -> float:
 
 def _train(overrides: list[str]) -> list[float]:
     """Run the RL loop; the train reward of each iteration."""
+    from services.trainer.client.stack import run_services
     from services.trainer.config import load_config
-    from services.trainer.loop import RLTrainer
-    from services.trainer.stack import run_services
+    from services.trainer.rl.loop import RLTrainer
 
     cfg = load_config(preset="tiny-cpu", overrides=overrides)
     out = Path(cfg.output_dir)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.trainer.sft import collate, encode_example, score
-from services.trainer.sft_config import SFTConfig
+from services.trainer.sft.config import SFTConfig
+from services.trainer.sft.train import collate, encode_example, score
 from shared.example import Example
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -48,7 +48,7 @@ def test_labels_mask_the_prompt() -> None:
 def test_sft_validates_on_the_problems_every_rl_run_validates_on() -> None:
     """One fixed validation split: SFT (seed 5) and RL runs of any seed (the loop and the
     baselines load ``validation`` with their own seed) see the same problems."""
-    from services.trainer.sft import _examples
+    from services.trainer.sft.train import _examples
     from shared.datasets import load_examples
 
     task = {"max_steps": 4}
@@ -61,7 +61,7 @@ def test_sft_validates_on_the_problems_every_rl_run_validates_on() -> None:
 
 
 def test_needs_a_model_or_from_scratch() -> None:
-    from services.trainer.sft import prepare_model
+    from services.trainer.sft.train import prepare_model
 
     with pytest.raises(ValueError, match="from_scratch"):
         prepare_model(SFTConfig(), [])
@@ -86,7 +86,7 @@ def test_sft_cli_from_scratch_loss_drops_and_checkpoint_loads(tmp_path: Path) ->
     assert rows[-1]["loss/sft"] < 0.8 * rows[0]["loss/sft"], rows
     assert all(0.0 <= r["acc/val"] <= 1.0 for r in rows)
 
-    from services.trainer.model import load_policy, load_tokenizer
+    from services.trainer.runtime.model import load_policy, load_tokenizer
 
     model, tok = load_policy(out / "best"), load_tokenizer(out / "best")
     ids = torch.tensor([tok("Question: Ann has 3 pens.\nAnswer:\n")["input_ids"]])

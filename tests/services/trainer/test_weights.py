@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import transformers
 
-from services.trainer.weights import list_policies, prune_policies, push_policy, save_policy
+from services.trainer.client.weights import list_policies, prune_policies, push_policy, save_policy
 from shared.queue import InProcessQueue
 from shared.schemas import GenerateRequest, Job
 from tests.services.rollout.tiny import make_model, make_tokenizer

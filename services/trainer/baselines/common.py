@@ -8,7 +8,7 @@ reward service, and trains on what it sampled. Its JSONL rows use the RL loop's 
 ``vineppo report`` plots every method on the same axes.
 
 Resume (``vineppo train --algo restem|dpo_positive --resume``) works like the RL loop's:
-``checkpoints/iter-N`` (`services.trainer.checkpoint`, written atomically after every
+``checkpoints/iter-N`` (`services.trainer.runtime.checkpoint`, written atomically after every
 iteration) holds what the next iteration depends on, metric rows after N are dropped, and the
 run continues exactly as an uninterrupted one.
 """
@@ -26,13 +26,14 @@ from typing import Any
 
 import torch
 
-from services.trainer.checkpoint import keep_if_best
+from services.trainer.client.jobs import JobOptions, run_generate_jobs, wait_for_replicas
+from services.trainer.client.stack import Services
+from services.trainer.client.weights import push_policy
 from services.trainer.config import RunConfig
-from services.trainer.distributed import broadcast_from_main
-from services.trainer.evaluate import validation_metrics
-from services.trainer.jobs import JobOptions, run_generate_jobs, wait_for_replicas
-from services.trainer.loop import DataOrder, Services
-from services.trainer.weights import push_policy
+from services.trainer.data.order import DataOrder
+from services.trainer.evaluation.evaluate import validation_metrics
+from services.trainer.runtime.checkpoint import keep_if_best
+from services.trainer.runtime.distributed import broadcast_from_main
 from shared.datasets import load_examples
 from shared.example import Example
 from shared.prompts import format_prompt, style_for
@@ -45,8 +46,8 @@ class SelfTrainRun:
     """Shared state of a baseline run; subclasses implement ``run()``."""
 
     def __init__(self, cfg: RunConfig, services: Services, *, progress: bool = True) -> None:
-        from services.trainer.distributed import init_distributed
-        from services.trainer.model import load_tokenizer
+        from services.trainer.runtime.distributed import init_distributed
+        from services.trainer.runtime.model import load_tokenizer
 
         if not cfg.model.policy:
             raise ValueError("model.policy is empty: point it at the SFT model directory")
@@ -173,17 +174,3 @@ def rewards_of(outs: Sequence[Sequence[Completion]], verdicts: Sequence[Verdict]
     flat = [c for per in outs for c in per]
     return [v.reward if c.finish_reason == "stop" else 0.0
             for c, v in zip(flat, verdicts, strict=True)]  # fmt: skip
-
-
-async def run_baseline(cfg: RunConfig, services: Services, *, resume: bool = False) -> Path:
-    """Run ``cfg.algo`` (``restem`` or ``dpo_positive``) to completion, or continue it from its
-    newest checkpoint with ``resume``; the metrics path."""
-    if cfg.algo == "restem":
-        from services.trainer.restem import RestEM
-
-        return Path(await RestEM(cfg, services).run(resume=resume))
-    if cfg.algo == "dpo_positive":
-        from services.trainer.dpo import DPOPositive
-
-        return Path(await DPOPositive(cfg, services).run(resume=resume))
-    raise ValueError(f"{cfg.algo!r} is not a baseline run here; known: restem, dpo_positive")

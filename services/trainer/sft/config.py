@@ -26,7 +26,7 @@ class SFTConfig(_Section):
     from_scratch: bool = False
     """Build a tiny Llama-style model + tokenizer from the task's text first."""
     model_preset: str = "tiny"
-    """Size preset of the from-scratch model (see services.trainer.model.PRESETS)."""
+    """Size preset of the from-scratch model (see services.trainer.runtime.model.PRESETS)."""
     output_dir: str = "runs/sft"
     """The best checkpoint goes to ``output_dir/best``, metrics to ``metrics.jsonl``."""
     lr: float = Field(default=1e-5, gt=0)

@@ -23,7 +23,7 @@ from services.trainer.algos.losses import (
     whiten,
 )
 from services.trainer.config import PPOConfig
-from services.trainer.episodes import Batch
+from services.trainer.data.episodes import Batch
 
 
 def _micro(idx: Tensor, size: int) -> list[Tensor]:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from services.trainer.sft_config import SFTConfig
+from services.trainer.sft.config import SFTConfig
 from shared.example import Example
 
 IGNORE = -100
@@ -110,7 +110,7 @@ def prepare_model(cfg: SFTConfig, train: Sequence[Example]) -> Path:
         if not cfg.model:
             raise ValueError("set model (a save_pretrained directory) or from_scratch=true")
         return Path(cfg.model)
-    from services.trainer.model import build_tiny_model
+    from services.trainer.runtime.model import build_tiny_model
     from shared.prompts import format_prompt
 
     texts = [format_prompt(e.question) + e.solution for e in train]
@@ -158,8 +158,8 @@ def _log(path: Path, row: dict[str, Any]) -> None:
 
 def run_sft(cfg: SFTConfig, *, data_dir: Path | None = None, progress: bool = True) -> SFTResult:
     """Finetune per ``cfg``; returns where the best checkpoint is and its validation accuracy."""
-    from services.trainer.distributed import init_distributed, is_main, wrap
-    from services.trainer.model import load_policy, load_tokenizer
+    from services.trainer.runtime.distributed import init_distributed, is_main, wrap
+    from services.trainer.runtime.model import load_policy, load_tokenizer
 
     info = init_distributed()
     torch.manual_seed(cfg.seed)
@@ -232,7 +232,7 @@ def _evaluate(
     result: SFTResult,
     metrics_path: Path,
 ) -> None:
-    from services.trainer.distributed import barrier, gathered_params, is_main
+    from services.trainer.runtime.distributed import barrier, gathered_params, is_main
 
     with gathered_params(engine.module, cfg.zero_stage):  # ZeRO-3: whole weights for decoding
         acc = greedy_accuracy(

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from services.trainer.analysis import GROUP_BASELINE, group_baseline
-from services.trainer.episodes import build_episodes
-from services.trainer.jobs import JobOptions, run_generate_jobs, run_value_jobs
+from services.trainer.client.jobs import JobOptions, run_generate_jobs, run_value_jobs
+from services.trainer.data.episodes import build_episodes
+from services.trainer.evaluation.analysis import GROUP_BASELINE, group_baseline
 from shared.example import Example
 from shared.schemas import GradeItem, SamplingParams, ValueItem
 from shared.steps import split_steps

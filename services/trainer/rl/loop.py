@@ -18,7 +18,6 @@ import logging
 import random
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,56 +25,33 @@ import torch
 
 from services.trainer.algos.advantages import AdvantageInputs, compute_advantages
 from services.trainer.algos.states import num_steps_tensor, plan_states, scatter_state_values
-from services.trainer.checkpoint import (
+from services.trainer.client.jobs import (
+    JobOptions,
+    run_generate_jobs,
+    run_value_jobs,
+    wait_for_replicas,
+)
+from services.trainer.client.stack import Services
+from services.trainer.client.weights import push_policy
+from services.trainer.config import RunConfig, merge_dicts
+from services.trainer.data.episodes import Batch, Episode, build_episodes, collate, error_rate
+from services.trainer.data.order import DataOrder
+from services.trainer.evaluation.evaluate import validation_metrics
+from services.trainer.rl.ppo import UpdateInputs, critic_values, policy_logprobs, ppo_epochs
+from services.trainer.runtime.checkpoint import (
     keep_if_best,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from services.trainer.config import RunConfig, merge_dicts
-from services.trainer.distributed import broadcast_from_main
-from services.trainer.episodes import Batch, Episode, build_episodes, collate, error_rate
-from services.trainer.evaluate import validation_metrics
-from services.trainer.jobs import JobOptions, run_generate_jobs, run_value_jobs, wait_for_replicas
-from services.trainer.memory import memory_stats, reset_peak
-from services.trainer.ppo import UpdateInputs, critic_values, policy_logprobs, ppo_epochs
-from services.trainer.weights import push_policy
+from services.trainer.runtime.distributed import broadcast_from_main
+from services.trainer.runtime.memory import memory_stats, reset_peak
 from shared.datasets import load_examples
 from shared.example import Example
 from shared.prompts import format_prompt, style_for
-from shared.queue import JobQueue
 from shared.schemas import GradeItem, SamplingParams, ValueItem
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Services:
-    """Where the loop sends work: the job queue (rollout replicas) and the grader."""
-
-    queue: JobQueue
-    grader: Any  # has ``async grade(items) -> list[Verdict]`` (RewardClient)
-    min_replicas: int = 1
-    replica_timeout_s: float = 600.0
-    job_size: int = 16
-    policy_root: Path | None = None  # where policy-vN/ go for replicas; None = <out>/policies
-
-
-class DataOrder:
-    """Seeded epochs over the training set; ``position`` is saved and restored exactly."""
-
-    def __init__(self, n: int, seed: int, position: int = 0) -> None:
-        self.n, self.seed, self.position = n, seed, position
-
-    def take(self, count: int) -> list[int]:
-        out = []
-        for _ in range(count):
-            epoch, offset = divmod(self.position, self.n)
-            order = list(range(self.n))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-            out.append(order[offset])
-            self.position += 1
-        return out
 
 
 class RLTrainer:
@@ -84,8 +60,8 @@ class RLTrainer:
     def __init__(
         self, cfg: RunConfig, services: Services, *, progress: bool = True, keep_best: bool = True
     ) -> None:
-        from services.trainer.distributed import init_distributed, wrap
-        from services.trainer.model import Critic, load_policy, load_tokenizer
+        from services.trainer.runtime.distributed import init_distributed, wrap
+        from services.trainer.runtime.model import Critic, load_policy, load_tokenizer
 
         if not cfg.model.policy:
             raise ValueError("model.policy is empty: point it at the SFT model directory")

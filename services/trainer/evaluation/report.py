@@ -185,7 +185,7 @@ def value_analysis_section(runs: Sequence[Run], out_html: Path) -> str:
 
 
 def _value_block(i: int, run: Run, out_html: Path) -> str:
-    from services.trainer.analysis import plot_analysis
+    from services.trainer.evaluation.analysis import plot_analysis
 
     assert run.analysis is not None
     metrics, records = run.analysis["metrics"], run.analysis["records"]

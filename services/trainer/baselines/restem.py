@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from services.trainer.baselines import SelfTrainRun, rewards_of, rng_state, set_rng_state
-from services.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from services.trainer.sft import IGNORE, collate
-from services.trainer.weights import policy_dir
+from services.trainer.baselines.common import SelfTrainRun, rewards_of, rng_state, set_rng_state
+from services.trainer.client.weights import policy_dir
+from services.trainer.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from services.trainer.sft.train import IGNORE, collate
 from shared.schemas import Completion
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class RestEM(SelfTrainRun):
     def checkpoint(self, prev_acc: float, stopped: bool) -> None:
         """``checkpoints/iter-N``: data position, RNG, the selected weights (what the next
         iteration samples from), the accuracy the next one must beat, and whether it stopped."""
-        from services.trainer.model import load_policy
+        from services.trainer.runtime.model import load_policy
 
         if self.info.rank != 0:
             return
@@ -141,13 +141,13 @@ class RestEM(SelfTrainRun):
         """Make policy ``version`` the run's best and the one the next iteration samples."""
         self._save_best(policy_dir(self.policy_root, version))
         if version != self.version:  # a later epoch was pushed: serve the selected one again
-            from services.trainer.model import load_policy
+            from services.trainer.runtime.model import load_policy
 
             model = load_policy(self.best_dir, self.info.device, self.dtype)
             await self.push(model, self.version + 1)
 
     def _load_base(self) -> Any:
-        from services.trainer.model import load_policy
+        from services.trainer.runtime.model import load_policy
 
         return load_policy(self.cfg.model.policy, self.info.device, self.dtype)
 
@@ -168,7 +168,7 @@ class RestEM(SelfTrainRun):
 
     async def step(self) -> dict[str, Any]:
         """One iteration; returns its metrics row."""
-        from services.trainer.episodes import encode_prompt
+        from services.trainer.data.episodes import encode_prompt
 
         cfg, rc, t_start = self.cfg, self.cfg.restem, time.monotonic()
         seed = cfg.seed * 100_003 + self.iteration
@@ -224,7 +224,7 @@ class RestEM(SelfTrainRun):
                 "loss/sft": losses[pick], "acc/val_epochs": accs}  # fmt: skip
 
     def _engine(self, total_steps: int) -> Any:
-        from services.trainer.distributed import wrap
+        from services.trainer.runtime.distributed import wrap
 
         cfg, rc = self.cfg, self.cfg.restem
         return wrap(

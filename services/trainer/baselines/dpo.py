@@ -43,9 +43,9 @@ from services.trainer.algos.losses import (
     masked_mean,
     masked_sum,
 )
-from services.trainer.baselines import SelfTrainRun, rewards_of, rng_state, set_rng_state
-from services.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from services.trainer.memory import memory_stats
+from services.trainer.baselines.common import SelfTrainRun, rewards_of, rng_state, set_rng_state
+from services.trainer.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from services.trainer.runtime.memory import memory_stats
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class DPOPositive(SelfTrainRun):
     """One offline DPO-Positive round against ``services``."""
 
     def __init__(self, cfg: Any, services: Any, *, progress: bool = True) -> None:
-        from services.trainer.model import load_policy
+        from services.trainer.runtime.model import load_policy
 
         super().__init__(cfg, services, progress=progress)
         self.beta = cfg.dpo.resolved_beta(cfg.dataset)
@@ -184,7 +184,7 @@ class DPOPositive(SelfTrainRun):
     # -- the round ----------------------------------------------------------------------
     async def sample_round(self) -> PairRound:
         """Sample, grade and pair the round from the served SFT model; score with π_ref."""
-        from services.trainer.episodes import encode_prompt
+        from services.trainer.data.episodes import encode_prompt
 
         cfg, d, t0 = self.cfg, self.cfg.dpo, time.monotonic()
         count = min(d.train_prompts or len(self.train), len(self.train))
@@ -255,8 +255,8 @@ class DPOPositive(SelfTrainRun):
     def _engine(self, num_pairs: int) -> Any:
         """The policy (the SFT model) wrapped with AdamW and an LR schedule over exactly
         ``dpo.epochs × ⌈pairs / batch_size⌉`` optimizer steps."""
-        from services.trainer.distributed import wrap
-        from services.trainer.model import load_policy
+        from services.trainer.runtime.distributed import wrap
+        from services.trainer.runtime.model import load_policy
 
         cfg, d = self.cfg, self.cfg.dpo
         total = max(1, d.epochs * math.ceil(num_pairs / d.batch_size))

@@ -14,10 +14,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from services.trainer.loop import Services
-from shared.queue import make_queue
+from shared.queue import JobQueue, make_queue
+
+
+@dataclass
+class Services:
+    """Where the loop sends work: the job queue (rollout replicas) and the grader."""
+
+    queue: JobQueue
+    grader: Any  # has ``async grade(items) -> list[Verdict]`` (RewardClient)
+    min_replicas: int = 1
+    replica_timeout_s: float = 600.0
+    job_size: int = 16
+    policy_root: Path | None = None  # where policy-vN/ go for replicas; None = <out>/policies
 
 
 @contextlib.asynccontextmanager

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.trainer.jobs import JobOptions, run_generate_jobs
+from services.trainer.client.jobs import JobOptions, run_generate_jobs
 from shared.example import Example
 from shared.queue import JobQueue
 from shared.schemas import GradeItem, SamplingParams, Verdict
@@ -98,7 +98,7 @@ async def validation_metrics(
 ) -> dict[str, float]:
     """The training loops' validation row: Pass@1 of ``version`` per ``eval_cfg`` (an
     ``EvalConfig``). With several ranks, rank 0 evaluates and every rank gets its row."""
-    from services.trainer.distributed import broadcast_from_main, rank
+    from services.trainer.runtime.distributed import broadcast_from_main, rank
 
     row: dict[str, float] | None = None
     if rank() == 0:
