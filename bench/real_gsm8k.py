@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def import_model(args: argparse.Namespace) -> Path:
-    from services.trainer.models_cmd import import_gguf, smollm2_gguf
+    from services.trainer.runtime.gguf import import_gguf, smollm2_gguf
 
     out = args.out / "smollm2-135m-instruct"
     if (out / "config.json").is_file():

@@ -185,7 +185,7 @@ def value_mae(out: Path, budget: DemoBudget, cfg: RunConfig) -> dict[str, float]
     """MAE against ground-truth MC values (``truth_k`` samples) of step states sampled from
     the final PPO policy: VinePPO's MC estimate (its K) vs PPO's critic. The analysis (JSON +
     plots) lands in ``out/ppo/value-analysis`` and the report picks it up."""
-    from services.trainer.eval_cmds import analyze_checkpoint, load_critic, run_policy
+    from services.trainer.evaluation.runs import analyze_checkpoint, load_critic, run_policy
     from services.trainer.evaluation.value_probe import ProbeConfig
     from shared.datasets import load_examples
 

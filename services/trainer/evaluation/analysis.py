@@ -3,7 +3,7 @@ estimate match the "ground truth" V(s) = mean return of N (256) Monte Carlo cont
 
 Pure metric math (tensors in, numbers out) and the plots in the style of the paper's
 Figures 9-11. The sampling that produces the inputs lives in ``value_probe.py`` (this
-package); ``vineppo analyze-values`` (``eval_cmds.py``) runs both and writes
+package); ``vineppo analyze-values`` (``runs.analyze_checkpoint``) runs both and writes
 ``analysis.json`` + PNGs.
 
 Methods compared on the same states:

@@ -58,7 +58,7 @@ TOKEN = "vllm-test-token-0123456789"
 
 def _gsm8k_state(model_dir: Path) -> dict[str, str]:
     """A real GSM8K problem as the trainer prompts it, with its gold solution's first step."""
-    from services.trainer.eval_cmds import prompts_for
+    from services.trainer.evaluation.runs import prompts_for
     from services.trainer.runtime.model import load_tokenizer
     from shared.datasets import load_examples
     from shared.steps import split_steps

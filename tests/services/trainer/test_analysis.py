@@ -110,7 +110,7 @@ def test_greedy_policy_gives_exact_mc_values(tiny_sft: Path, tmp_path: Path) -> 
     """Temperature 0 makes the policy answer the same way every time, so the true value of
     every state is the reward of its one greedy completion: the MC estimate equals the ground
     truth exactly (MAE 0) and every value is 0 or 1."""
-    from services.trainer.eval_cmds import analyze_checkpoint
+    from services.trainer.evaluation.runs import analyze_checkpoint
     from services.trainer.evaluation.value_probe import ProbeConfig
     from shared.datasets import load_examples
 

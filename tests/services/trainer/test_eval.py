@@ -11,9 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from services.cli import app
+from services.trainer.cli.eval import sweep_plan
 from services.trainer.config import load_config
-from services.trainer.eval_cmds import select_checkpoint, sweep_plan
 from services.trainer.evaluation.evaluate import pass_at_1
+from services.trainer.evaluation.runs import select_checkpoint
 from shared.schemas.grade import Verdict
 
 runner = CliRunner()

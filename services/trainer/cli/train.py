@@ -1,4 +1,4 @@
-"""`vineppo train`, `vineppo demo` and `vineppo report` (registered by trainer/cli.py)."""
+"""`vineppo train`, `vineppo demo` and `vineppo report` (registered by ``cli/__init__``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from services.trainer.runtime.logs import setup_logging
+
 if TYPE_CHECKING:
     from services.trainer.client.wiring import Wiring
 
@@ -19,13 +21,6 @@ def register_rl(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
     app.command("demo")(demo_cmd)
     app.command("report")(report_cmd)
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")  # fmt: skip
-    for noisy in ("httpx", "DeepSpeed", "deepspeed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def train_cmd(
@@ -69,7 +64,7 @@ def train_cmd(
     from services.trainer.config import load_config
     from services.trainer.rl.loop import RLTrainer
 
-    _setup_logging()
+    setup_logging()
     if threads:
         torch.set_num_threads(threads)
     overrides = [f"algo={algo}", *set_] + ([f"output_dir={output_dir}"] if output_dir else [])
@@ -155,7 +150,7 @@ def demo_cmd(
 
     from services.trainer.demo import run_demo
 
-    _setup_logging()
+    setup_logging()
     if threads:
         torch.set_num_threads(threads)
     try:

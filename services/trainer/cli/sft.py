@@ -1,24 +1,10 @@
-"""`vineppo` subcommands that belong to the trainer service."""
+"""``vineppo sft``: parse the options into an `SFTConfig` and call `run_sft`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
-
-
-def register(app: typer.Typer, serve: typer.Typer) -> None:
-    """Add this service's commands to the top-level app and its `serve` sub-app."""
-    from services.trainer.commands import register_rl
-
-    app.command("sft")(sft_cmd)
-    register_rl(app)
-    from services.trainer.models_cmd import register_models
-
-    register_models(app)
-    from services.trainer.eval_cmds import register_eval
-
-    register_eval(app)
 
 
 def sft_cmd(
