@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from services.cli import app
-from services.trainer.demo import BUDGETS, sft_model
+from services.demo.run import BUDGETS, sft_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -46,7 +46,7 @@ def test_quick_demo_writes_report_and_summary(tmp_path: Path) -> None:
 def test_the_committed_sft_model_is_the_one_the_full_demo_uses(tmp_path: Path) -> None:
     """data/demo-sft carries the settings it was trained with; a change of the demo's SFT
     settings must come with a rebuilt model (data/README.md), or the demo would retrain."""
-    from services.trainer.demo import committed_sft, sft_settings
+    from services.demo.run import committed_sft, sft_settings
 
     committed = committed_sft()
     assert json.loads((committed / "sft.json").read_text()) == sft_settings(BUDGETS["full"])
