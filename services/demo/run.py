@@ -154,18 +154,18 @@ async def train_and_test(
     from shared.datasets import load_examples
 
     out = Path(cfg.output_dir)
-    test = load_examples(cfg.dataset, "test", n=budget.test_problems, seed=cfg.seed,
-                         arithmetic=cfg.arithmetic)  # fmt: skip
+    test_set = load_examples(cfg.dataset, "test", n=budget.test_problems, seed=cfg.seed,
+                             arithmetic=cfg.arithmetic)  # fmt: skip
     # 32 prompts per job and 128 rows per decode: the tiny model decodes ~1.2× more tokens
     # per CPU second at 128 rows than at 64 (docs/benchmarks/engine_speed.md); same samples
     async with run_services(cfg.model.policy, out / "policies", redis_url=redis_url,
                             queue_prefix=f"vineppo-demo-{cfg.algo}:", job_size=32,
                             max_batch=128, engine=engine) as services:  # fmt: skip
         trainer = RLTrainer(cfg, services)
-        prompts = [trainer.prompt(x) for x in test]
+        prompts = [trainer.prompt(x) for x in test_set]
 
         async def test_acc() -> tuple[float, float]:
-            res = await evaluate(services.queue, services.grader, test, prompts,
+            res = await evaluate(services.queue, services.grader, test_set, prompts,
                                  version=trainer.version, seeds=budget.test_seeds,
                                  temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
                                  max_tokens=cfg.eval.max_response_tokens)  # fmt: skip
