@@ -121,7 +121,11 @@ def create_app(
 
         async def boot() -> None:
             try:
-                eng = engine or await asyncio.to_thread(_build_engine, settings)
+                eng = (
+                    engine
+                    if engine is not None
+                    else await asyncio.to_thread(_build_engine, settings)
+                )
             except Exception as exc:
                 app.state.boot_state = "failed"
                 app.state.boot_error = f"{type(exc).__name__}: {exc}"
@@ -132,10 +136,10 @@ def create_app(
                     server.should_exit = True
                 return
             held["engine"] = eng
-            app.state.service = RolloutService(settings, eng, grader or client)  # type: ignore[arg-type]
-            app.state.worker, held["task"], held["stop"] = _start_worker(
-                settings, eng, grader or client
-            )
+            graded_by = grader or client
+            assert graded_by is not None  # the client is built whenever no grader is given
+            app.state.service = RolloutService(settings, eng, graded_by)
+            app.state.worker, held["task"], held["stop"] = _start_worker(settings, eng, graded_by)
             app.state.boot_state = "ready"
 
         booting = None

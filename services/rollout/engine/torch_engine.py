@@ -28,8 +28,10 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -63,6 +65,9 @@ class _Row:
     finish: str | None = None
 
 
+T = TypeVar("T")
+
+
 def _rng(seed: int, stream: int, sample: int) -> random.Random:
     """The row's own uniform stream, keyed by (seed, stream, sample) only."""
     return random.Random(f"{seed}/{stream}/{sample}")
@@ -92,7 +97,7 @@ class TorchEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(
             self.model_dir, dtype=_DTYPES[dtype], attn_implementation="sdpa"
-        ).to(self.device)
+        ).to(self.device)  # type: ignore[arg-type]  # transformers' typing of `to` drops `self`
         self.model.eval()
         self.max_batch = max_batch
         self._version = version
@@ -166,14 +171,14 @@ class TorchEngine:
         vocab = int(self.model.get_input_embeddings().weight.shape[0])
         return prefix_ids(prefix, self.tokenize, vocab)
 
-    async def _run_locked(self, fn, *args):  # type: ignore[no-untyped-def]
+    async def _run_locked(self, fn: Callable[..., T], *args: object) -> T:
         self.waiting += 1
         try:
             return await asyncio.to_thread(self._call_locked, fn, *args)
         finally:
             self.waiting -= 1
 
-    def _call_locked(self, fn, *args):  # type: ignore[no-untyped-def]
+    def _call_locked(self, fn: Callable[..., T], *args: object) -> T:
         with self._lock, torch.inference_mode():
             start = time.perf_counter()
             try:
@@ -231,6 +236,7 @@ class TorchEngine:
 
     def _to_completion(self, r: _Row) -> Completion:
         text = self.tokenizer.decode(r.tokens, skip_special_tokens=True)
+        assert isinstance(text, str)  # one sequence in, one string out
         return Completion(
             text=text,
             token_ids=r.tokens,

@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from services.rollout.engine.base import (
     EngineInputError,
@@ -118,7 +118,8 @@ def _chosen_logprob(step: Any, token_id: int) -> float:
     entry = step.get(token_id) if isinstance(step, dict) else None
     if entry is None:
         raise RuntimeError(f"vLLM returned no log-prob for sampled token {token_id}")
-    return float(getattr(entry, "logprob", entry))
+    logprob: Any = getattr(entry, "logprob", entry)  # a Logprob, or the float itself
+    return float(logprob)
 
 
 def from_vllm_output(output: Any, decode: Any) -> Completion:
@@ -126,7 +127,7 @@ def from_vllm_output(output: Any, decode: Any) -> Completion:
     token_ids = [int(t) for t in output.token_ids]
     steps = output.logprobs or [None] * len(token_ids)
     logprobs = [_chosen_logprob(s, t) for s, t in zip(steps, token_ids, strict=True)]
-    reason = "length" if output.finish_reason == "length" else "stop"
+    reason: Literal["stop", "length"] = "length" if output.finish_reason == "length" else "stop"
     return Completion(
         text=decode(token_ids), token_ids=token_ids, logprobs=logprobs, finish_reason=reason
     )

@@ -59,7 +59,7 @@ class SelfTrainRun:
         random.seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model.policy)
         self.style = style_for(self.tokenizer)
-        load = {"seed": cfg.seed, "arithmetic": cfg.arithmetic}
+        load: dict[str, Any] = {"seed": cfg.seed, "arithmetic": cfg.arithmetic}
         self.train = load_examples(cfg.dataset, "train", **load)
         self.val = load_examples(cfg.dataset, "validation", n=cfg.eval.num_problems, **load)
         self.data = DataOrder(len(self.train), cfg.seed)

@@ -103,9 +103,9 @@ class RestEM(SelfTrainRun):
             base = self._load_base()
             await self.push(base, 0)
             del base
-            row0 = {"iteration": 0, "version": 0, "algo": "restem", **await self.validate()}
-            self.log_row(row0)
-            prev_acc = row0["acc/val"]
+            val0 = await self.validate()
+            self.log_row({"iteration": 0, "version": 0, "algo": "restem", **val0})
+            prev_acc = val0["acc/val"]
             self._save_best(policy_dir(self.policy_root, 0))
             await asyncio.to_thread(self.checkpoint, prev_acc, False)
         while self.iteration < self.cfg.iterations:
@@ -185,7 +185,7 @@ class RestEM(SelfTrainRun):
         self.iteration += 1
         # 3) finetune the base model epoch by epoch, 4) validate each epoch, select
         t0 = time.monotonic()
-        fit = await self._fit(rows) if rows else {"acc/val": None, "time/eval": 0.0}
+        fit: dict[str, Any] = await self._fit(rows) if rows else {"acc/val": None, "time/eval": 0.0}
         t_fit = time.monotonic() - t0
         if fit["acc/val"] is None:  # nothing correct: keep serving the selected checkpoint
             fit.update(await self.validate())

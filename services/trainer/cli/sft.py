@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -34,7 +35,7 @@ def sft_cmd(
 
     if threads is not None:
         torch.set_num_threads(threads)
-    data: dict = {}
+    data: dict[str, Any] = {}
     if preset is not None:
         if preset not in SFT_PRESETS:
             raise typer.BadParameter(f"unknown preset {preset!r}; known: {', '.join(SFT_PRESETS)}")

@@ -16,6 +16,7 @@ announces and prunes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import re
@@ -59,7 +60,10 @@ def full_weights(model: Any) -> AbstractContextManager[Any]:
         return nullcontext()
     import deepspeed
 
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    gathered: AbstractContextManager[Any] = deepspeed.zero.GatheredParameters(
+        params, modifier_rank=None
+    )
+    return gathered
 
 
 def save_policy(model: Any, tokenizer: Any, root: Path, version: int) -> Path:
@@ -139,7 +143,7 @@ def shard_digests(path: Path) -> dict[str, str]:
     for f in files:
         h = hashlib.sha256()
         with open(f, "rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+            for block in iter(functools.partial(fh.read, 1 << 20), b""):
                 h.update(block)
         out[f.name] = h.hexdigest()
     return out

@@ -84,7 +84,7 @@ class RLTrainer:
             if cfg.model.dtype == "bfloat16" and self.info.device.type == "cuda"
             else torch.float32
         )
-        common = dict(
+        common: dict[str, Any] = dict(
             betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
             grad_clip=cfg.optim.grad_clip, zero_stage=cfg.dist.zero_stage,
             total_steps=cfg.total_steps, warmup_steps=cfg.warmup_steps,
@@ -99,7 +99,7 @@ class RLTrainer:
         if cfg.algo == "ppo":  # VinePPO never builds a critic
             critic = Critic.from_pretrained(cfg.model.policy, dtype)
             self.critic = wrap(critic, lr=cfg.optim.lr, **common)
-        load = {"seed": cfg.seed, "arithmetic": cfg.arithmetic}
+        load: dict[str, Any] = {"seed": cfg.seed, "arithmetic": cfg.arithmetic}
         self.train = load_examples(cfg.dataset, "train", **load)
         self.val = load_examples(cfg.dataset, "validation", n=cfg.eval.num_problems, **load)
         self.data = DataOrder(len(self.train), cfg.seed)
@@ -285,8 +285,10 @@ class RLTrainer:
                                  gamma=cfg.ppo.gamma, lam=cfg.ppo.lam)  # fmt: skip
         stats: dict[str, float] = {}
         if cfg.algo == "vine":
+            cap = cfg.vine.mc_step_cap
+            assert cap != "auto", "RunConfig resolves vine.mc_step_cap: auto per dataset"
             plan = plan_states([e.prompt for e in episodes], [e.response for e in episodes],
-                               [e.spans for e in episodes], cfg.vine.mc_step_cap)  # fmt: skip
+                               [e.spans for e in episodes], cap)  # fmt: skip
             value_items = [ValueItem(prompt=p, partial_response=r, gold=e.example.answer,
                                      dataset=e.example.dataset)
                            for (p, r), e in zip(plan.states, self._state_owner(plan, episodes),
@@ -298,7 +300,7 @@ class RLTrainer:
             est = torch.tensor([v.value for v in estimates], dtype=torch.float32)
             inputs.step_values = scatter_state_values(plan, est, batch.rewards)
             inputs.num_steps = num_steps_tensor(plan)
-            inputs.mc_step_cap = cfg.vine.mc_step_cap
+            inputs.mc_step_cap = cap
             stats = {"value/num_states": float(len(plan.states)),
                      "value/num_steps_mean": float(inputs.num_steps.float().mean()),
                      "value/mc_tokens": float(sum(v.num_tokens for v in estimates))}  # fmt: skip

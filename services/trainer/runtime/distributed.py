@@ -20,7 +20,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -112,14 +112,14 @@ def barrier() -> None:
 T = TypeVar("T")
 
 
-def broadcast_from_main(obj: T) -> T:
+def broadcast_from_main(obj: T | None) -> T:
     """Rank 0's ``obj`` on every rank (any picklable object; other ranks pass anything, e.g.
     None). Alone, ``obj`` itself. Used to do queue/grader work once and share the result."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return obj
+        return cast(T, obj)  # alone: rank 0's own object
     box = [obj if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
-    return box[0]  # type: ignore[return-value]
+    return cast(T, box[0])
 
 
 def gathered_params(model: nn.Module, zero_stage: int) -> AbstractContextManager[Any]:
@@ -128,7 +128,10 @@ def gathered_params(model: nn.Module, zero_stage: int) -> AbstractContextManager
         return nullcontext()
     import deepspeed
 
-    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+    gathered: AbstractContextManager[Any] = deepspeed.zero.GatheredParameters(
+        list(model.parameters()), modifier_rank=None
+    )
+    return gathered
 
 
 def ds_config(

@@ -11,9 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import (
+        LlamaConfig,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+        PreTrainedTokenizerFast,
+    )
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 PRESETS: dict[str, dict[str, int]] = {
@@ -29,7 +38,7 @@ MAX_POSITIONS = 1024
 VALUE_HEAD_FILE = "value_head.safetensors"
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int):  # -> PreTrainedTokenizerFast
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE with one token per digit; adds ``<s>`` in front of encoded text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -58,7 +67,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):  # -> PreTrainedToke
     )
 
 
-def tiny_config(preset: str, tokenizer):  # -> LlamaConfig
+def tiny_config(preset: str, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
     """A `LlamaConfig` of ``preset`` size for ``tokenizer`` (dropout 0, tied embeddings)."""
     from transformers import LlamaConfig
 
@@ -112,7 +121,7 @@ def disable_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_tokenizer(model_dir: Path | str):
+def load_tokenizer(model_dir: Path | str) -> PreTrainedTokenizerBase:
     """The tokenizer saved next to a model (pad token set, left padding for generation)."""
     from transformers import AutoTokenizer
 
@@ -125,7 +134,7 @@ def load_tokenizer(model_dir: Path | str):
 
 def load_policy(
     model_dir: Path | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-):  # -> PreTrainedModel
+) -> PreTrainedModel:
     """A causal LM from ``model_dir`` on ``device`` in ``dtype``, dropout off."""
     from transformers import AutoModelForCausalLM
 
@@ -133,7 +142,7 @@ def load_policy(
     model = AutoModelForCausalLM.from_pretrained(
         str(model_dir), dtype=dtype, attn_implementation="sdpa"
     )
-    return disable_dropout(model).to(device)
+    return cast("PreTrainedModel", disable_dropout(model).to(device))
 
 
 def init_value_head(head: nn.Linear) -> nn.Linear:
@@ -149,7 +158,7 @@ class Critic(nn.Module):
 
     def __init__(self, backbone: nn.Module, hidden_size: int) -> None:
         super().__init__()
-        self.backbone = disable_dropout(backbone)
+        self.backbone: Any = disable_dropout(backbone)  # a transformers base model
         self.value_head = nn.Linear(hidden_size, 1)
         init_value_head(self.value_head)
 
@@ -181,4 +190,5 @@ class Critic(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask (B, T) -> values (B, T), float32."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.value_head(hidden).squeeze(-1).float()  # (B, T)
+        values: torch.Tensor = self.value_head(hidden).squeeze(-1).float()  # (B, T)
+        return values
