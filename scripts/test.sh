@@ -15,5 +15,5 @@ fi
 
 echo "== ruff check"; "$BIN/ruff" check .
 echo "== ruff format --check"; "$BIN/ruff" format --check .
-echo "== mypy (strict on shared/)"; "$BIN/mypy"
+echo "== mypy (strict on shared/ and services/)"; "$BIN/mypy"
 echo "== pytest"; "$BIN/pytest" -q -ra --durations=15 "$@"
