@@ -48,11 +48,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from services.rollout.engine.base import (
-    EngineInputError,
+    EngineBase,
     EngineStats,
     Prefix,
     check_context,
-    prefix_ids,
     row_budget,
 )
 from services.rollout.engine.weights import (
@@ -133,7 +132,7 @@ def from_vllm_output(output: Any, decode: Any) -> Completion:
     )
 
 
-class VllmEngine:
+class VllmEngine(EngineBase):
     """Engine over ``vllm.LLM``; calls run in a thread under a lock (see module docstring)."""
 
     def __init__(
@@ -180,44 +179,18 @@ class VllmEngine:
         self._stats = EngineStats()
         self.waiting = 0
 
-    @property
-    def version(self) -> int:
-        return self._version
-
-    @property
-    def model_name(self) -> str:
-        return self.model_dir.name
-
-    @property
-    def eos_text(self) -> str | None:
-        tok = getattr(self.tokenizer, "eos_token", None)
-        return tok if isinstance(tok, str) and tok else None
-
     def max_context(self) -> int:
         return self._max_len
 
-    def tokenize(self, text: str) -> list[int]:
-        return [int(t) for t in self.tokenizer(text)["input_ids"]]
-
-    def encode(self, prefix: Prefix) -> list[int]:
-        """Token ids of a prefix (its own ``token_ids`` when given); checks the ids."""
-        return prefix_ids(prefix, self.tokenize, self._vocab)
+    def vocab_size(self) -> int:
+        return self._vocab
 
     def decode(self, token_ids: list[int]) -> str:
         return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
 
-    async def generate(
-        self, prompts: list[str], n: int, sampling: SamplingParams, *, stream_offset: int = 0
+    async def _continue(
+        self, prefixes: list[Prefix], ids: list[list[int]], k: int, sampling: SamplingParams
     ) -> list[list[Completion]]:
-        prefixes = [Prefix(prompt=p, stream=stream_offset + i) for i, p in enumerate(prompts)]
-        return await self.continue_from(prefixes, n, sampling)
-
-    async def continue_from(
-        self, prefixes: list[Prefix], k: int, sampling: SamplingParams
-    ) -> list[list[Completion]]:
-        if k < 1:
-            raise EngineInputError("k must be >= 1", "bad_k")
-        ids = [self.encode(p) for p in prefixes]
         base_seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(7))
         per_prefix = request_kwargs(prefixes, k, sampling, base_seed)
         check_context(ids, [kws[0]["max_tokens"] for kws in per_prefix], self._max_len)
@@ -251,9 +224,6 @@ class VllmEngine:
             )
             await self._locked(self.llm.reset_prefix_cache)
         self._version = version
-
-    def stats(self) -> EngineStats:
-        return self._stats
 
     async def close(self) -> None:
         """Stop vLLM's engine-core process (idempotent)."""

@@ -111,11 +111,9 @@ class SelfTrainRun:
     async def validate(self) -> dict[str, float]:
         """Pass@1 of the served version on the validation split (as the RL loop measures it):
         rank 0 evaluates, every rank gets the row."""
-        return await validation_metrics(
-            self.services.queue, self.services.grader, self.val,
-            [self.prompt(x) for x in self.val], version=self.version, eval_cfg=self.cfg.eval,
-            seed=self.cfg.seed + 7, progress=self.progress,
-        )  # fmt: skip
+        prompts = [self.prompt(x) for x in self.val]
+        return await validation_metrics(self.services, self.val, prompts, version=self.version,
+                                        cfg=self.cfg, progress=self.progress)  # fmt: skip
 
     def fresh_start(self) -> None:
         """Forget a previous run in ``output_dir``: metrics, checkpoints, ``best/`` (rank 0)."""

@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from tqdm.auto import tqdm
 
@@ -40,6 +41,7 @@ from shared.schemas import (
 )
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 
 class JobsFailed(RuntimeError):
@@ -137,21 +139,14 @@ async def run_value_jobs(
     options: JobOptions | None = None,
 ) -> list[ValueEstimate]:
     """MC value of every item by policy ``version``; result[i] belongs to items[i]."""
+
+    def job(r: range) -> Job:
+        request = ValueRequest(items=[items[i] for i in r], k=k, sampling=sampling,
+                               stream_offset=r.start)  # fmt: skip
+        return Job(kind="value", policy_version=version, value=request)
+
     options = options or JobOptions(desc="value jobs")
-    spans = _chunks(len(items), options.job_size)
-    jobs = [
-        Job(kind="value", policy_version=version,
-            value=ValueRequest(items=[items[i] for i in r], k=k, sampling=sampling,
-                               stream_offset=r.start))
-        for r in spans
-    ]  # fmt: skip
-    results = await run_jobs(queue, jobs, options)
-    out: list[ValueEstimate] = []
-    for r, res in zip(spans, results, strict=True):
-        _check(res, version)
-        assert res.value is not None and len(res.value.values) == len(r)
-        out.extend(res.value.values)
-    return out
+    return await _run_chunked(queue, len(items), job, JobResult.value_estimates, version, options)
 
 
 async def run_generate_jobs(
@@ -164,20 +159,34 @@ async def run_generate_jobs(
     options: JobOptions | None = None,
 ) -> list[list[Completion]]:
     """``n`` completions of every prompt by policy ``version``, in input order."""
+
+    def job(r: range) -> Job:
+        request = GenerateRequest(prompts=[prompts[i] for i in r], n=n, sampling=sampling,
+                                  stream_offset=r.start)  # fmt: skip
+        return Job(kind="generate", policy_version=version, generate=request)
+
     options = options or JobOptions(desc="generate jobs")
-    spans = _chunks(len(prompts), options.job_size)
-    jobs = [
-        Job(kind="generate", policy_version=version,
-            generate=GenerateRequest(prompts=[prompts[i] for i in r], n=n, sampling=sampling,
-                                     stream_offset=r.start))
-        for r in spans
-    ]  # fmt: skip
-    results = await run_jobs(queue, jobs, options)
-    out: list[list[Completion]] = []
+    return await _run_chunked(queue, len(prompts), job, JobResult.completions, version, options)
+
+
+async def _run_chunked(
+    queue: JobQueue,
+    count: int,
+    make_job: Callable[[range], Job],
+    answers: Callable[[JobResult], list[R]],
+    version: int,
+    options: JobOptions,
+) -> list[R]:
+    """Chunks of ``options.job_size`` inputs -> one job each (``make_job``) -> the answers of
+    every job (``answers``, checked against the chunk) in input order."""
+    spans = _chunks(count, options.job_size)
+    results = await run_jobs(queue, [make_job(r) for r in spans], options)
+    out: list[R] = []
     for r, res in zip(spans, results, strict=True):
         _check(res, version)
-        assert res.generate is not None and len(res.generate.outputs) == len(r)
-        out.extend(res.generate.outputs)
+        part = answers(res)
+        assert len(part) == len(r)
+        out.extend(part)
     return out
 
 

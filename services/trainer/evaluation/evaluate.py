@@ -8,9 +8,10 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from services.trainer.client.jobs import JobOptions, run_generate_jobs
+from services.trainer.client.stack import Services
+from services.trainer.config import RunConfig
 from shared.example import Example
 from shared.queue import JobQueue
 from shared.schemas import GradeItem, SamplingParams, Verdict
@@ -85,28 +86,32 @@ async def evaluate(
     return pass_at_1(grouped)
 
 
+VALIDATION_SEED_OFFSET = 7
+"""Validation samples with seed ``cfg.seed + 7``: the same in the RL loop and the baselines."""
+
+
 async def validation_metrics(
-    queue: JobQueue,
-    grader: object,
+    services: Services,
     examples: Sequence[Example],
     prompts: Sequence[str],
     *,
     version: int,
-    eval_cfg: Any,
-    seed: int,
+    cfg: RunConfig,
     progress: bool = True,
 ) -> dict[str, float]:
-    """The training loops' validation row: Pass@1 of ``version`` per ``eval_cfg`` (an
-    ``EvalConfig``). With several ranks, rank 0 evaluates and every rank gets its row."""
+    """The training runs' validation row (the RL loop and the baselines alike): Pass@1 of
+    ``version`` per ``cfg.eval``. With several ranks, rank 0 evaluates and every rank gets
+    its row."""
     from services.trainer.runtime.distributed import broadcast_from_main, rank
 
     row: dict[str, float] | None = None
     if rank() == 0:
         t0 = time.monotonic()
+        ev = cfg.eval
         res = await evaluate(
-            queue, grader, examples, prompts, version=version, seeds=eval_cfg.seeds,
-            temperature=eval_cfg.temperature, max_tokens=eval_cfg.max_response_tokens,
-            seed=seed, top_p=eval_cfg.top_p, progress=progress,
+            services.queue, services.grader, examples, prompts, version=version,
+            seeds=ev.seeds, temperature=ev.temperature, max_tokens=ev.max_response_tokens,
+            seed=cfg.seed + VALIDATION_SEED_OFFSET, top_p=ev.top_p, progress=progress,
         )  # fmt: skip
         row = {"acc/val": res.mean, "acc/val_spread": res.spread, "acc/val_se": res.stderr,
                "time/eval": time.monotonic() - t0}  # fmt: skip

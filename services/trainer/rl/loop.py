@@ -186,11 +186,9 @@ class RLTrainer:
 
     async def validate(self) -> dict[str, float]:
         """Validation Pass@1 of the current policy: rank 0 evaluates, every rank gets the row."""
-        return await validation_metrics(
-            self.services.queue, self.services.grader, self.val,
-            [self.prompt(x) for x in self.val], version=self.version, eval_cfg=self.cfg.eval,
-            seed=self.cfg.seed + 7, progress=self.progress,
-        )  # fmt: skip
+        prompts = [self.prompt(x) for x in self.val]
+        return await validation_metrics(self.services, self.val, prompts, version=self.version,
+                                        cfg=self.cfg, progress=self.progress)  # fmt: skip
 
     # -- best-by-validation policy (read by `vineppo eval --select-on validation`) -------
     def save_best(self, row: dict[str, Any]) -> None:
