@@ -7,7 +7,7 @@ it back: its announcements carry a later trainer generation).
 The replicas outlive the trainer, as in a deployment: per run a private redis-server and one
 real rollout worker running in this test process; the trainer to kill is a subprocess with
 ``--redis-url ... --local-replicas 0`` (the uninterrupted run is the same loop in-process).
-The pause points are made by ``tests/services/trainer/push_hook.py``
+The pause points are made by ``tests/services/trainer/client/push_hook.py``
 (``VINEPPO_TEST_PAUSE_{BEFORE,AFTER}_ANNOUNCE=<version>:<marker>``, read only by that test
 wrapper): it writes the marker at that point of the push of ``policy-v<version>`` and sleeps.
 """
@@ -36,12 +36,12 @@ from services.trainer.config import load_config
 from services.trainer.rl.loop import RLTrainer
 from shared.queue import make_queue
 from tests.services.rollout.tiny import make_tiny_model_dir
-from tests.services.trainer.test_loop import _rows
+from tests.services.trainer.rl.test_loop import _rows
 from tests.support import redis_process, serve_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.redis]
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 DIST_VARS = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
 KEYS = ("reward/mean", "loss/policy", "loss/value", "kl/ref", "entropy",
         "response/tokens_mean", "adv/std")  # fmt: skip
@@ -76,7 +76,7 @@ async def _replica(redis_url: str, reward_url: str, model: Path, root: Path,
 
 def _trainer(model: Path, out: Path, redis_url: str, reward_url: str, *extra: str,
              pause: str | None = None, when: str = "BEFORE") -> subprocess.Popen[str]:  # fmt: skip
-    args = [sys.executable, "-m", "tests.services.trainer.push_hook", "train", "--preset",
+    args = [sys.executable, "-m", "tests.services.trainer.client.push_hook", "train", "--preset",
             "tiny-cpu", "--output-dir", str(out), "--threads", "1", "--redis-url", redis_url,
             "--reward-url", reward_url, "--local-replicas", "0", *extra,
             "--set", f"model.policy={model}"]  # fmt: skip

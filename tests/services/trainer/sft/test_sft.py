@@ -15,7 +15,7 @@ from services.trainer.sft.config import SFTConfig
 from services.trainer.sft.train import collate, encode_example, score
 from shared.example import Example
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 
 
 def test_score_uses_final_answer() -> None:

@@ -108,7 +108,7 @@ def test_short_run_through_real_services(sft_model: Path, tmp_path: Path, algo: 
 
 
 # -- kill -9, then --resume ------------------------------------------------------------------
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 RESUME = {
     "restem": ["iterations=2", "restem.stop_on_drop=false", "restem.train_prompts=8",
                "restem.samples_per_prompt=4", "restem.epochs=2", "restem.batch_size=8",

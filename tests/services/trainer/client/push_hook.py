@@ -1,7 +1,7 @@
 """Test-only entry point: ``vineppo`` with a pause between writing a policy and announcing it.
 
-    VINEPPO_TEST_PAUSE_BEFORE_ANNOUNCE=2:/tmp/marker python -m tests.services.trainer.push_hook \
-        train ...
+    VINEPPO_TEST_PAUSE_BEFORE_ANNOUNCE=2:/tmp/marker \
+        python -m tests.services.trainer.client.push_hook train ...
 
 runs ``services.cli`` unchanged except that ``services.trainer.client.weights.announce`` of
 version 2 first writes the marker file and then sleeps forever, so a test can ``kill -9`` the
