@@ -50,7 +50,7 @@ SAMPLES = 4
 def build_model(out: Path, preset: str) -> Path:
     """The demo's from-scratch model (random init) and tokenizer, saved to ``out``."""
     sys.path.insert(0, str(ROOT))
-    from services.trainer.model import build_tiny_model
+    from services.trainer.runtime.model import build_tiny_model
     from shared.datasets import load_examples
     from shared.prompts import format_prompt
 

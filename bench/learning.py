@@ -6,7 +6,7 @@ Seeds may run as parallel processes (``--seeds 0`` & ``--seeds 1`` & ...): each 
 results in ``<out>/seed<s>/bench.json``, and ``--seeds 0,1,2`` then only reports.
     .venv/bin/python -m bench.learning --sweep --algos ppo --iterations 16  # learning_sweep_ppo.md
 
-Each run is the demo's (`services.trainer.demo`): same SFT model, budget per iteration and
+Each run is the demo's (`services.demo.run`): same SFT model, budget per iteration and
 per-method LR/KL (`DEMO_RL`). Per method it reports test Pass@1 (mean over seeds, each seed's
 standard error over problems), validation Pass@1 and train reward per iteration (mean curve
 with the min–max band over seeds), the iteration and wall-clock at which VinePPO first reaches
@@ -64,8 +64,8 @@ def run_one(
     algo: str, seed: int, out: Path, budget: Any, model: Path, sft_acc: dict[str, float],
     rl: dict[str, Any] | None = None, test: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
-    from services.trainer.demo import run_config, train_and_test
-    from services.trainer.report import load_run
+    from services.demo.run import run_config, train_and_test
+    from services.trainer.evaluation.report import load_run
 
     cfg = run_config(algo, model, out, budget, seed, rl)
     res = asyncio.run(train_and_test(cfg, budget, None, sft_acc, test=test))
@@ -99,7 +99,7 @@ def sweep(args: argparse.Namespace, budget: Any, model: Path) -> None:
         for lr, kl in points:
             out = args.out / "sweep" / f"lr{lr:g}-kl{kl:g}"
             if _complete(out / algo, budget.iterations):
-                from services.trainer.report import load_run
+                from services.trainer.evaluation.report import load_run
 
                 res = {"curves": curves(load_run(out / algo).rows)}
             else:
@@ -138,7 +138,7 @@ def write_doc(path: Path, lines: list[str]) -> None:
 
 
 def main() -> None:
-    from services.trainer.demo import BUDGETS, sft_model
+    from services.demo.run import BUDGETS, sft_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
@@ -179,7 +179,7 @@ def run_seed(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, float], dict[str, float]]:
     """One seed of every method (+ value MAE), or what an earlier invocation saved in
     ``out/seed<s>/bench.json`` (so seeds can run as parallel processes, then be reported)."""
-    from services.trainer.demo import value_mae
+    from services.demo.run import value_mae
 
     out = args.out / f"seed{seed}"
     saved = out / "bench.json"
@@ -198,7 +198,7 @@ def run_seed(
 
 
 def _cfg(algo: str, model: Path, out: Path, budget: Any, seed: int) -> Any:
-    from services.trainer.demo import run_config
+    from services.demo.run import run_config
 
     return run_config(algo, model, out, budget, seed)
 
@@ -208,7 +208,7 @@ def report(
     sft: list[dict[str, float]], maes: dict[str, list[float]], elapsed: float,
 ) -> None:  # fmt: skip
     from bench.learning_plot import plot
-    from services.trainer.demo import DEMO_RL
+    from services.demo.run import DEMO_RL
 
     val = {a: band([r["curves"]["val"] for r in rs]) for a, rs in results.items()}
     reward = {a: band([r["curves"]["reward"] for r in rs]) for a, rs in results.items()}
@@ -282,7 +282,7 @@ def mae_by_step(args: argparse.Namespace) -> list[str]:
 
 def profile(args: argparse.Namespace, algos: list[str]) -> list[str]:
     """Where an iteration's seconds go, per method (mean over iterations and seeds)."""
-    from services.trainer.report import load_run
+    from services.trainer.evaluation.report import load_run
 
     keys = ("generate", "values", "train", "push", "iteration")
     out = ["Seconds per iteration (mean over iterations and seeds; `values` = MC rollouts for "

@@ -49,7 +49,7 @@ def default_model_dir() -> Path:
     from typer.testing import CliRunner
 
     from services.cli import app
-    from services.trainer.models_cmd import smollm2_gguf
+    from services.trainer.runtime.gguf import smollm2_gguf
 
     out = ROOT / "runs" / "bench" / "smollm2"
     if not (out / "config.json").is_file():
@@ -64,8 +64,8 @@ def default_model_dir() -> Path:
 
 def real_states(model_dir: Path, args: argparse.Namespace) -> list[list[int]]:
     """Token ids of prompt + the first i gold steps, i = 0..S-1, for P problems."""
-    from services.trainer.eval_cmds import prompts_for
-    from services.trainer.model import load_tokenizer
+    from services.trainer.evaluation.runs import prompts_for
+    from services.trainer.runtime.model import load_tokenizer
     from shared.datasets import load_examples
     from shared.steps import split_steps
 

@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.trainer.jobs import JobOptions, run_jobs, wait_for_replicas  # noqa: E402
-from services.trainer.weights import announce, save_policy  # noqa: E402
+from services.trainer.client.jobs import JobOptions, run_jobs, wait_for_replicas  # noqa: E402
+from services.trainer.client.weights import announce, save_policy  # noqa: E402
 from shared.queue import JobQueue, make_queue  # noqa: E402
 from shared.schemas import GenerateRequest, Job, JobResult  # noqa: E402
 from tests.support import redis_process  # noqa: E402

@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def import_model(args: argparse.Namespace) -> Path:
-    from services.trainer.models_cmd import import_gguf, smollm2_gguf
+    from services.trainer.runtime.gguf import import_gguf, smollm2_gguf
 
     out = args.out / "smollm2-135m-instruct"
     if (out / "config.json").is_file():
@@ -61,8 +61,8 @@ def import_model(args: argparse.Namespace) -> Path:
 
 
 def sft(args: argparse.Namespace, model: Path) -> Path:
-    from services.trainer.sft import run_sft
-    from services.trainer.sft_config import SFTConfig
+    from services.trainer.sft.config import SFTConfig
+    from services.trainer.sft.train import run_sft
 
     out = args.out / "sft"
     if (out / "best" / "config.json").is_file():
@@ -88,9 +88,9 @@ def rl_overrides(args: argparse.Namespace, algo: str, policy: Path) -> list[str]
 
 
 async def rl(args: argparse.Namespace, algo: str, policy: Path) -> Path:
+    from services.trainer.client.stack import run_services
     from services.trainer.config import load_config
-    from services.trainer.loop import RLTrainer
-    from services.trainer.stack import run_services
+    from services.trainer.rl.loop import RLTrainer
 
     cfg = load_config(overrides=rl_overrides(args, algo, policy), preset="paper")
     out = Path(cfg.output_dir)

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_model(out: Path, preset: str) -> Path:
-    from services.trainer.model import build_tiny_model
+    from services.trainer.runtime.model import build_tiny_model
     from shared.datasets import load_examples
     from shared.prompts import format_prompt
 

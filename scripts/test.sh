@@ -15,7 +15,7 @@ fi
 
 echo "== ruff check"; "$BIN/ruff" check .
 echo "== ruff format --check"; "$BIN/ruff" format --check .
-echo "== mypy (strict on shared/)"; "$BIN/mypy"
+echo "== mypy (strict on shared/ and services/)"; "$BIN/mypy"
 echo "== pytest"; "$BIN/pytest" -q -ra --durations=15 "$@"
 # The CPU image built and the distributed stack run under compose, a replica killed mid-run
 # (starts a network-less dockerd as root where none answers; VINEPPO_SKIP_CONTAINERS=1 skips).

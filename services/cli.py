@@ -13,6 +13,7 @@ from __future__ import annotations
 import typer
 
 from services.cli_errors import CliGroup
+from services.demo import cli as demo_cli
 from services.reward import cli as reward_cli
 from services.rollout import cli as rollout_cli
 from services.trainer import cli as trainer_cli
@@ -70,7 +71,7 @@ def steps_cmd(
         typer.echo(f"[{i}] {start}:{end} {body[start:end]!r}")
 
 
-for _module in (reward_cli, rollout_cli, trainer_cli):
+for _module in (reward_cli, rollout_cli, trainer_cli, demo_cli):
     _module.register(app, serve_app)
 
 

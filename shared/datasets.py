@@ -19,9 +19,10 @@ import os
 import random
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+
+from shared.example import Example, gsm8k_answer
 
 DATASETS = ("gsm8k", "math", "arithmetic")
 SPLITS = ("train", "validation", "test")
@@ -35,17 +36,6 @@ ARITHMETIC_SIZES = {"train": 5000, "validation": 500, "test": 1000}
 """Default number of generated problems per split for ``arithmetic`` when ``n`` is None."""
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
-
-
-@dataclass(frozen=True)
-class Example:
-    """One problem with its gold solution (the SFT target) and final answer (for grading)."""
-
-    id: str
-    question: str
-    solution: str
-    answer: str
-    dataset: Literal["gsm8k", "math"]
 
 
 def data_root(data_dir: Path | None = None) -> Path:
@@ -131,12 +121,6 @@ def _train_validation(examples: list[Example], n_val: int, seed: int) -> dict[st
         "train": [e for i, e in enumerate(examples) if i not in val],
         "validation": [e for i, e in enumerate(examples) if i in val],
     }
-
-
-def gsm8k_answer(solution: str) -> str:
-    """The text after the last ``####`` with thousands separators removed ('' if none)."""
-    _, sep, tail = solution.rpartition("####")
-    return tail.strip().replace(",", "") if sep else ""
 
 
 def _gsm8k_example(row: dict[str, Any], default_id: str) -> Example:

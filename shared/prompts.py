@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from shared.datasets import Example
+from shared.example import Example
 
 INSTRUCTIONS = {
     "gsm8k": "Solve the problem step by step. Put the final answer after ####.",

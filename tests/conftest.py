@@ -47,7 +47,7 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from typer.testing import CliRunner
 
     from services.cli import app
-    from services.trainer.models_cmd import smollm2_gguf
+    from services.trainer.runtime.gguf import smollm2_gguf
 
     gguf = smollm2_gguf()
     if gguf is None:

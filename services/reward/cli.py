@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -21,7 +22,7 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         from services.reward.settings import RewardSettings
         from shared.serve import run
 
-        overrides = {"host": host, "port": port, "workers": workers}
+        overrides: dict[str, Any] = {"host": host, "port": port, "workers": workers}
         settings = RewardSettings(**{k: v for k, v in overrides.items() if v is not None})
         run(create_app(settings), settings)
 

@@ -257,7 +257,7 @@ def _parse(latex: str) -> tuple[Any, ...]:
     from math_verify import LatexExtractionConfig, parse
 
     config = [LatexExtractionConfig(boxed_match_priority=0)]
-    return tuple(parse(f"${latex}$", extraction_config=config, parsing_timeout=None))  # type: ignore[arg-type]
+    return tuple(parse(f"${latex}$", extraction_config=config, parsing_timeout=None))
 
 
 def _symbolic_equal(pred: str, gold: str) -> bool:

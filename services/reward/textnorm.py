@@ -138,7 +138,9 @@ def normalize_math(s: str) -> str:
 
 def split_answers(s: str) -> list[str]:
     """Top-level parts of a multi-answer ``1,2`` / ``1331 and 1728`` (never inside brackets)."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in s:
         if ch in "([{":
             depth += 1

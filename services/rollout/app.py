@@ -144,11 +144,11 @@ def create_app(
                     server.should_exit = True
                 return
             held["engine"] = eng
-            app.state.service = RolloutService(settings, eng, grader or client)  # type: ignore[arg-type]
+            graded_by = grader or client
+            assert graded_by is not None  # the client is built whenever no grader is given
+            app.state.service = RolloutService(settings, eng, graded_by)
             app.state.service.on_engine_dead = engine_died
-            app.state.worker, held["task"], held["stop"] = _start_worker(
-                settings, eng, grader or client
-            )
+            app.state.worker, held["task"], held["stop"] = _start_worker(settings, eng, graded_by)
             if held["task"] is not None:
                 held["task"].add_done_callback(worker_ended)
             app.state.boot_state = "ready"

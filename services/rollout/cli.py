@@ -7,6 +7,7 @@ vineppo value --url http://127.0.0.1:8002 --prompt "..." --partial "..." --gold 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -78,8 +79,9 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         from services.rollout.settings import RolloutSettings
         from shared.serve import run
 
-        overrides = {"model_dir": model_dir, "engine": engine, "device": device, "dtype": dtype,
-                     "host": host, "port": port, "reward_url": reward_url}  # fmt: skip
+        overrides: dict[str, Any] = {"model_dir": model_dir, "engine": engine, "device": device,
+                                     "dtype": dtype, "host": host, "port": port,
+                                     "reward_url": reward_url}  # fmt: skip
         settings = RolloutSettings(**{k: v for k, v in overrides.items() if v is not None})
         if settings.redis_url:  # a refused password is one line now, not an unready pod later
             from shared.queue.redis_auth import check_credentials

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
@@ -27,6 +28,8 @@ from shared.schemas import (
     WeightsRequest,
     WeightsStatus,
 )
+
+T = TypeVar("T")
 
 
 class _GuardedGrader:
@@ -160,7 +163,7 @@ class RolloutService:
             self.gauges[name].set(v)
         return generate_latest(self.registry)
 
-    async def _engine_call(self, coro):  # type: ignore[no-untyped-def]
+    async def _engine_call(self, coro: Awaitable[T]) -> T:
         self.in_flight += 1
         start = time.perf_counter()
         try:

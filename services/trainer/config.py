@@ -397,4 +397,5 @@ def lr_multiplier(
     if step >= total_steps:
         return end_ratio
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return end_ratio + (1.0 - end_ratio) * (1.0 - progress) ** power
+    decay: float = (1.0 - progress) ** power
+    return end_ratio + (1.0 - end_ratio) * decay

@@ -232,6 +232,16 @@ class JobResult(Message):
     elapsed_s: float = Field(default=0.0, ge=0.0)
     finished_at: float = Field(default_factory=now)
 
+    def completions(self) -> list[list[Completion]]:
+        """The outputs of a ``generate`` job, one list per prompt."""
+        assert self.generate is not None, f"job {self.job_id} carries no generate result"
+        return self.generate.outputs
+
+    def value_estimates(self) -> list[ValueEstimate]:
+        """The estimates of a ``value`` job, one per item."""
+        assert self.value is not None, f"job {self.job_id} carries no value result"
+        return self.value.values
+
 
 ReplicaState = Literal["starting", "ready", "loading", "failed"]
 

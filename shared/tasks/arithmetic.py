@@ -23,7 +23,7 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from shared.datasets import Example, gsm8k_answer
+from shared.example import Example, gsm8k_answer
 
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 """Share of all possible problems that belongs to each split (by content hash)."""

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.datasets import Example, last_boxed, load_examples
+from shared.datasets import last_boxed, load_examples
+from shared.example import Example
 
 
 def test_gsm8k_split_sizes_and_one_fixed_partition(data_dir: Path) -> None:

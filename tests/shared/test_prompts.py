@@ -6,7 +6,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from shared.datasets import Example
+from shared.example import Example
 from shared.prompts import format_prompt, style_for
 
 TEMPLATE = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from shared.schemas import Completion, SamplingParams
@@ -92,6 +93,71 @@ class Engine(Protocol):
     def stats(self) -> EngineStats: ...
 
     async def close(self) -> None: ...
+
+
+class EngineBase:
+    """What both engines (torch, vllm) share: the served version, the model's name, the
+    tokenizer's view of text, the stats, and `generate` as `continue_from` with one prefix per
+    prompt, `continue_from` checks ``k`` and encodes the prefixes. A subclass sets
+    ``model_dir``, ``tokenizer``, ``_version``, ``_stats`` and implements `vocab_size` and
+    `_continue` (the sampling itself)."""
+
+    model_dir: Path
+    tokenizer: Any
+    _version: int
+    _stats: EngineStats
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def model_name(self) -> str:
+        return self.model_dir.name
+
+    @property
+    def eos_text(self) -> str | None:
+        """The EOS token as text (a partial ending with it is terminal)."""
+        tok = getattr(self.tokenizer, "eos_token", None)
+        return tok if isinstance(tok, str) and tok else None
+
+    def tokenize(self, text: str) -> list[int]:
+        """The tokenizer's ids for ``text`` (what ``encode(Prefix(text))`` continues from)."""
+        return [int(t) for t in self.tokenizer(text)["input_ids"]]
+
+    def stats(self) -> EngineStats:
+        return self._stats
+
+    async def generate(
+        self, prompts: list[str], n: int, sampling: SamplingParams, *, stream_offset: int = 0
+    ) -> list[list[Completion]]:
+        """``n`` completions for each prompt: prompt i is continued as a prefix with random
+        stream ``stream_offset + i``."""
+        prefixes = [Prefix(prompt=p, stream=stream_offset + i) for i, p in enumerate(prompts)]
+        return await self.continue_from(prefixes, n, sampling)
+
+    async def continue_from(
+        self, prefixes: list[Prefix], k: int, sampling: SamplingParams
+    ) -> list[list[Completion]]:
+        """``k`` continuations of each prefix; result[i] belongs to prefixes[i]."""
+        if k < 1:
+            raise EngineInputError("k must be >= 1", "bad_k")
+        ids = [self.encode(p) for p in prefixes]
+        return await self._continue(prefixes, ids, k, sampling)
+
+    def encode(self, prefix: Prefix) -> list[int]:
+        """Token ids of a prefix (its own ``token_ids`` when given); checks the ids."""
+        return prefix_ids(prefix, self.tokenize, self.vocab_size())
+
+    def vocab_size(self) -> int:
+        """How many token ids the model embeds (a prefix's ids must be below it)."""
+        raise NotImplementedError
+
+    async def _continue(
+        self, prefixes: list[Prefix], ids: list[list[int]], k: int, sampling: SamplingParams
+    ) -> list[list[Completion]]:
+        """`continue_from` after its checks: ``ids[i]`` are the token ids of ``prefixes[i]``."""
+        raise NotImplementedError
 
 
 class EngineInputError(ValueError):

@@ -31,7 +31,7 @@ class ReservedLayer(DynamicLayer):
     """A DynamicLayer whose keys/values live in a pre-allocated buffer (B, H, capacity, D)."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # transformers: unannotated
         self.device = keys.device
         batch, heads, length, dim = keys.shape
         self._kbuf = keys.new_empty((batch, heads, capacity, dim))
@@ -105,5 +105,6 @@ def fork_reserved(cache: object, rows: torch.Tensor, extra: int) -> None:
         if type(layer) is not DynamicLayer:  # sliding-window etc.: plain index-select fork
             layer.batch_select_indices(rows)
             continue
+        assert layer.keys is not None and layer.values is not None  # a filled layer
         keys, values = layer.keys[rows], layer.values[rows]  # (R, H, L, D)
         layers[i] = ReservedLayer(keys, values, keys.shape[2] + extra)

@@ -28,17 +28,18 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from services.rollout.engine.base import (
-    EngineInputError,
+    EngineBase,
     EngineStats,
     Prefix,
     check_context,
-    prefix_ids,
     row_budget,
 )
 from services.rollout.engine.kv_cache import compact, fork_reserved, swap_remove_order
@@ -63,12 +64,15 @@ class _Row:
     finish: str | None = None
 
 
+T = TypeVar("T")
+
+
 def _rng(seed: int, stream: int, sample: int) -> random.Random:
     """The row's own uniform stream, keyed by (seed, stream, sample) only."""
     return random.Random(f"{seed}/{stream}/{sample}")
 
 
-class TorchEngine:
+class TorchEngine(EngineBase):
     """Engine over a transformers model; see the module docstring for the algorithm."""
 
     def __init__(
@@ -92,7 +96,7 @@ class TorchEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(
             self.model_dir, dtype=_DTYPES[dtype], attn_implementation="sdpa"
-        ).to(self.device)
+        ).to(self.device)  # type: ignore[arg-type]  # transformers' typing of `to` drops `self`
         self.model.eval()
         self.max_batch = max_batch
         self._version = version
@@ -105,41 +109,14 @@ class TorchEngine:
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
-    # -- Engine protocol -------------------------------------------------------------
-    @property
-    def version(self) -> int:
-        return self._version
-
-    @property
-    def model_name(self) -> str:
-        return self.model_dir.name
-
-    @property
-    def eos_text(self) -> str | None:
-        """The EOS token as text (a partial ending with it is terminal)."""
-        tok = self.tokenizer.eos_token
-        return tok if isinstance(tok, str) and tok else None
-
+    # -- Engine protocol (version, model_name, eos_text, tokenize, stats, generate: base) ----
     def max_context(self) -> int:
         """Most tokens (prompt + sampled) one sequence may hold."""
         return int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
 
-    def tokenize(self, text: str) -> list[int]:
-        """The tokenizer's ids for ``text`` (what ``encode(Prefix(text))`` continues from)."""
-        return [int(t) for t in self.tokenizer(text)["input_ids"]]
-
-    async def generate(
-        self, prompts: list[str], n: int, sampling: SamplingParams, *, stream_offset: int = 0
+    async def _continue(
+        self, prefixes: list[Prefix], ids: list[list[int]], k: int, sampling: SamplingParams
     ) -> list[list[Completion]]:
-        prefixes = [Prefix(prompt=p, stream=stream_offset + i) for i, p in enumerate(prompts)]
-        return await self.continue_from(prefixes, n, sampling)
-
-    async def continue_from(
-        self, prefixes: list[Prefix], k: int, sampling: SamplingParams
-    ) -> list[list[Completion]]:
-        if k < 1:
-            raise EngineInputError("k must be >= 1", "bad_k")
-        ids = [self.encode(p) for p in prefixes]
         budgets = [row_budget(p, sampling) for p in prefixes]
         streams = [i if p.stream is None else p.stream for i, p in enumerate(prefixes)]
         return await self._run_locked(self._continue_sync, ids, k, sampling, budgets, streams)
@@ -153,27 +130,22 @@ class TorchEngine:
 
         await self._run_locked(_load)
 
-    def stats(self) -> EngineStats:
-        return self._stats
-
     async def close(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
     # -- helpers -----------------------------------------------------------------------
-    def encode(self, prefix: Prefix) -> list[int]:
-        """Token ids of a prefix (its own ``token_ids`` when given); checks the ids."""
-        vocab = int(self.model.get_input_embeddings().weight.shape[0])
-        return prefix_ids(prefix, self.tokenize, vocab)
+    def vocab_size(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[0])
 
-    async def _run_locked(self, fn, *args):  # type: ignore[no-untyped-def]
+    async def _run_locked(self, fn: Callable[..., T], *args: object) -> T:
         self.waiting += 1
         try:
             return await asyncio.to_thread(self._call_locked, fn, *args)
         finally:
             self.waiting -= 1
 
-    def _call_locked(self, fn, *args):  # type: ignore[no-untyped-def]
+    def _call_locked(self, fn: Callable[..., T], *args: object) -> T:
         with self._lock, torch.inference_mode():
             start = time.perf_counter()
             try:
@@ -231,6 +203,7 @@ class TorchEngine:
 
     def _to_completion(self, r: _Row) -> Completion:
         text = self.tokenizer.decode(r.tokens, skip_special_tokens=True)
+        assert isinstance(text, str)  # one sequence in, one string out
         return Completion(
             text=text,
             token_ids=r.tokens,

@@ -45,15 +45,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from services.rollout.engine.base import (
+    EngineBase,
     EngineDead,
-    EngineInputError,
     EngineStats,
     Prefix,
     check_context,
-    prefix_ids,
     row_budget,
 )
 from services.rollout.engine.weights import (
@@ -119,7 +118,8 @@ def _chosen_logprob(step: Any, token_id: int) -> float:
     entry = step.get(token_id) if isinstance(step, dict) else None
     if entry is None:
         raise RuntimeError(f"vLLM returned no log-prob for sampled token {token_id}")
-    return float(getattr(entry, "logprob", entry))
+    logprob: Any = getattr(entry, "logprob", entry)  # a Logprob, or the float itself
+    return float(logprob)
 
 
 def from_vllm_output(output: Any, decode: Any) -> Completion:
@@ -127,13 +127,13 @@ def from_vllm_output(output: Any, decode: Any) -> Completion:
     token_ids = [int(t) for t in output.token_ids]
     steps = output.logprobs or [None] * len(token_ids)
     logprobs = [_chosen_logprob(s, t) for s, t in zip(steps, token_ids, strict=True)]
-    reason = "length" if output.finish_reason == "length" else "stop"
+    reason: Literal["stop", "length"] = "length" if output.finish_reason == "length" else "stop"
     return Completion(
         text=decode(token_ids), token_ids=token_ids, logprobs=logprobs, finish_reason=reason
     )
 
 
-class VllmEngine:
+class VllmEngine(EngineBase):
     """Engine over ``vllm.LLM``; calls run in a thread under a lock (see module docstring)."""
 
     def __init__(
@@ -180,44 +180,18 @@ class VllmEngine:
         self._stats = EngineStats()
         self.waiting = 0
 
-    @property
-    def version(self) -> int:
-        return self._version
-
-    @property
-    def model_name(self) -> str:
-        return self.model_dir.name
-
-    @property
-    def eos_text(self) -> str | None:
-        tok = getattr(self.tokenizer, "eos_token", None)
-        return tok if isinstance(tok, str) and tok else None
-
     def max_context(self) -> int:
         return self._max_len
 
-    def tokenize(self, text: str) -> list[int]:
-        return [int(t) for t in self.tokenizer(text)["input_ids"]]
-
-    def encode(self, prefix: Prefix) -> list[int]:
-        """Token ids of a prefix (its own ``token_ids`` when given); checks the ids."""
-        return prefix_ids(prefix, self.tokenize, self._vocab)
+    def vocab_size(self) -> int:
+        return self._vocab
 
     def decode(self, token_ids: list[int]) -> str:
         return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
 
-    async def generate(
-        self, prompts: list[str], n: int, sampling: SamplingParams, *, stream_offset: int = 0
+    async def _continue(
+        self, prefixes: list[Prefix], ids: list[list[int]], k: int, sampling: SamplingParams
     ) -> list[list[Completion]]:
-        prefixes = [Prefix(prompt=p, stream=stream_offset + i) for i, p in enumerate(prompts)]
-        return await self.continue_from(prefixes, n, sampling)
-
-    async def continue_from(
-        self, prefixes: list[Prefix], k: int, sampling: SamplingParams
-    ) -> list[list[Completion]]:
-        if k < 1:
-            raise EngineInputError("k must be >= 1", "bad_k")
-        ids = [self.encode(p) for p in prefixes]
         base_seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(7))
         per_prefix = request_kwargs(prefixes, k, sampling, base_seed)
         check_context(ids, [kws[0]["max_tokens"] for kws in per_prefix], self._max_len)
@@ -251,9 +225,6 @@ class VllmEngine:
             )
             await self._locked(self.llm.reset_prefix_cache)
         self._version = version
-
-    def stats(self) -> EngineStats:
-        return self._stats
 
     async def close(self) -> None:
         """Stop vLLM's engine-core process (idempotent)."""

@@ -47,7 +47,7 @@ class AdvantageInputs:
     """Added to the group std in ``grpo``."""
 
     def need(self, name: str, field: str) -> Tensor:
-        value = getattr(self, field)
+        value: Tensor | None = getattr(self, field)
         if value is None:
             raise ValueError(f"advantage estimator {name!r} needs AdvantageInputs.{field}")
         return value

@@ -145,7 +145,7 @@ def whiten(
     if distributed:
         import torch.distributed as dist
 
-        dist.all_reduce(stats, op=dist.ReduceOp.SUM, group=group)  # type: ignore[arg-type]
+        dist.all_reduce(stats, op=dist.ReduceOp.SUM, group=group)
     total, total_sq, count = stats.unbind()
     if count < 2:
         raise ValueError(f"whitening needs at least 2 masked entries, got {int(count)}")

@@ -28,8 +28,8 @@ import pytest
 from services.reward.client import RewardClient
 from services.rollout.engine.torch_engine import TorchEngine
 from services.rollout.worker import RolloutWorker, WorkerConfig
-from services.trainer.jobs import JobOptions, run_jobs, wait_for_replicas
-from services.trainer.weights import announce, save_policy
+from services.trainer.client.jobs import JobOptions, run_jobs, wait_for_replicas
+from services.trainer.client.weights import announce, save_policy
 from shared.queue import make_queue
 from shared.schemas import GenerateRequest, Job, SamplingParams
 from tests.services.rollout.tiny import make_model, make_tiny_model_dir

@@ -18,7 +18,12 @@ import pytest
 from services.reward.client import RewardClient
 from services.rollout.engine.torch_engine import TorchEngine
 from services.rollout.worker import RolloutWorker, WorkerConfig
-from services.trainer.jobs import JobOptions, run_generate_jobs, run_value_jobs, wait_for_replicas
+from services.trainer.client.jobs import (
+    JobOptions,
+    run_generate_jobs,
+    run_value_jobs,
+    wait_for_replicas,
+)
 from shared.queue import InProcessQueue, JobQueue
 from shared.schemas import SamplingParams, ValueItem
 

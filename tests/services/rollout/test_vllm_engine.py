@@ -58,8 +58,8 @@ TOKEN = "vllm-test-token-0123456789"
 
 def _gsm8k_state(model_dir: Path) -> dict[str, str]:
     """A real GSM8K problem as the trainer prompts it, with its gold solution's first step."""
-    from services.trainer.eval_cmds import prompts_for
-    from services.trainer.model import load_tokenizer
+    from services.trainer.evaluation.runs import prompts_for
+    from services.trainer.runtime.model import load_tokenizer
     from shared.datasets import load_examples
     from shared.steps import split_steps
 
@@ -93,8 +93,8 @@ def _push_policy(model_dir: Path, root: Path, version: int, redis_url: str) -> N
     """What the trainer does: write policy-vN under the root (a changed model), announce it."""
     import torch
 
-    from services.trainer.model import load_policy, load_tokenizer
-    from services.trainer.weights import announce, save_policy
+    from services.trainer.client.weights import announce, save_policy
+    from services.trainer.runtime.model import load_policy, load_tokenizer
     from shared.queue import make_queue
 
     model = load_policy(model_dir)

@@ -16,8 +16,8 @@ from services.reward.settings import RewardSettings
 from services.rollout.engine.base import EngineDead
 from services.rollout.engine.torch_engine import TorchEngine
 from services.rollout.worker import RolloutWorker, WorkerConfig
-from services.trainer.jobs import JobOptions, ReplicasNotReady, run_jobs, wait_for_replicas
-from services.trainer.weights import announcement, push_policy
+from services.trainer.client.jobs import JobOptions, ReplicasNotReady, run_jobs, wait_for_replicas
+from services.trainer.client.weights import announcement, push_policy
 from shared.queue import JobQueue, make_queue
 from shared.schemas import GenerateRequest, Job, ReplicaHeartbeat, SamplingParams
 from shared.schemas import WeightsAnnouncement as Ann
@@ -128,12 +128,12 @@ async def test_worker_that_cannot_load_is_excluded_and_named(
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_dir)
         await push_policy(queue, make_model(tokenizer, seed=2), tokenizer, tmp_path / "c", 1)
-        with caplog.at_level(logging.WARNING, logger="services.trainer.jobs"):
+        with caplog.at_level(logging.WARNING, logger="services.trainer.client.jobs"):
             ready = await wait_for_replicas(queue, 1, 1, timeout=20)
             with pytest.raises(ReplicasNotReady, match="broken=failed"):
                 await wait_for_replicas(queue, 1, 2, timeout=1.0)
         assert [r.replica_id for r in ready] == ["good"]
-        trainer_log = [r for r in caplog.records if r.name == "services.trainer.jobs"]
+        trainer_log = [r for r in caplog.records if r.name == "services.trainer.client.jobs"]
         named = [r for r in trainer_log if "broken" in r.getMessage()]
         assert named and named[0].levelno == logging.WARNING
         assert "excluded" in named[0].getMessage()

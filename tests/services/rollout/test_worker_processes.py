@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from services.reward.app import create_app as create_reward_app
 from services.reward.settings import RewardSettings
-from services.trainer.jobs import JobOptions, run_jobs, wait_for_replicas
+from services.trainer.client.jobs import JobOptions, run_jobs, wait_for_replicas
 from shared.queue import make_queue
 from shared.schemas import Job, SamplingParams, ValueItem, ValueRequest
 from tests.services.rollout.tiny import make_tiny_model_dir

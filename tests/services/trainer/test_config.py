@@ -15,7 +15,7 @@ from services.trainer.config import (
     lr_multiplier,
     parse_overrides,
 )
-from services.trainer.sft_config import SFTConfig
+from services.trainer.sft.config import SFTConfig
 
 
 def test_defaults_are_table_1() -> None:

@@ -21,7 +21,7 @@ import torch
 from typer.testing import CliRunner
 
 from services.cli import app
-from services.trainer.memory import memory_stats, reset_peak
+from services.trainer.runtime.memory import memory_stats, reset_peak
 
 SMOLLM2_PARAMS = 134_515_008
 
@@ -66,8 +66,8 @@ def test_memory_stats_cuda_branch_mocked_cuda(monkeypatch: pytest.MonkeyPatch) -
 def gold_nll(model_dir: Path) -> float:
     """Mean NLL per token of a real GSM8K gold solution (+ EOS) under the chat prompt, as SFT
     encodes it. Uniform guessing over 49,152 tokens would give ln(49152) ≈ 10.8."""
-    from services.trainer.model import load_policy, load_tokenizer
-    from services.trainer.sft import IGNORE, encode_example
+    from services.trainer.runtime.model import load_policy, load_tokenizer
+    from services.trainer.sft.train import IGNORE, encode_example
     from shared.datasets import load_examples
 
     tokenizer, model = load_tokenizer(model_dir), load_policy(model_dir)
@@ -87,9 +87,9 @@ def test_smollm2_vineppo_iteration_on_real_gsm8k(
 ) -> None:
     from safetensors import safe_open
 
+    from services.trainer.client.stack import run_services
     from services.trainer.config import load_config
-    from services.trainer.loop import RLTrainer
-    from services.trainer.stack import run_services
+    from services.trainer.rl.loop import RLTrainer
 
     config = json.loads((smollm2_dir / "config.json").read_text())
     assert config["model_type"] == "llama" and "quantization_config" not in config

@@ -11,9 +11,9 @@ import pytest
 import typer
 from pydantic import ValidationError
 
-from services.trainer.commands import _train_wiring
+from services.trainer.cli.train import _train_wiring
+from services.trainer.client.wiring import RolloutUnavailable, check_rollout, resolve_wiring
 from services.trainer.settings import TrainerSettings
-from services.trainer.wiring import RolloutUnavailable, check_rollout, resolve_wiring
 from shared.serve import free_port
 
 

@@ -9,8 +9,8 @@ import pytest
 
 
 def tiny_sft_model(factory: pytest.TempPathFactory) -> Path:
-    from services.trainer.sft import run_sft
-    from services.trainer.sft_config import SFTConfig
+    from services.trainer.sft.config import SFTConfig
+    from services.trainer.sft.train import run_sft
 
     out = factory.getbasetemp() / "shared-tiny-sft"
     if (out / "best" / "config.json").is_file():

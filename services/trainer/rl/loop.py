@@ -1,0 +1,339 @@
+"""The RL loop: sample → (MC values | critic) → advantages → PPO epochs → push weights → eval.
+
+One iteration (DESIGN.md §1, §2):
+1) take P prompts in a seeded order and sample n responses each from policy v_N through the
+   queue; 2) grade them (the reward service); 3) cut responses into reasoning steps;
+4) advantages: ``vine`` asks the queue for the MC value of every distinct step-boundary
+   state (still v_N), ``ppo`` runs the critic, ``grpo``/``rloo`` use the group of responses;
+5) E epochs of minibatch PPO updates (and critic updates for ``ppo``); 6) save policy v_{N+1}
+atomically, announce it and wait until replicas serve it; 7) validate every few iterations;
+8) write one JSONL line of metrics and a resumable checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from services.trainer.algos.advantages import AdvantageInputs, compute_advantages
+from services.trainer.algos.states import num_steps_tensor, plan_states, scatter_state_values
+from services.trainer.client.jobs import (
+    JobOptions,
+    run_generate_jobs,
+    run_value_jobs,
+    wait_for_replicas,
+)
+from services.trainer.client.stack import Services
+from services.trainer.client.weights import push_policy
+from services.trainer.config import RunConfig, merge_dicts
+from services.trainer.data.episodes import Batch, Episode, build_episodes, collate, error_rate
+from services.trainer.data.order import DataOrder
+from services.trainer.evaluation.evaluate import validation_metrics
+from services.trainer.rl.ppo import UpdateInputs, critic_values, policy_logprobs, ppo_epochs
+from services.trainer.runtime.checkpoint import (
+    keep_if_best,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from services.trainer.runtime.distributed import broadcast_from_main
+from services.trainer.runtime.memory import memory_stats, reset_peak
+from shared.datasets import load_examples
+from shared.example import Example
+from shared.prompts import format_prompt, style_for
+from shared.schemas import GradeItem, SamplingParams, ValueItem
+
+log = logging.getLogger(__name__)
+
+
+class RLTrainer:
+    """Runs ``cfg.iterations`` RL iterations of ``cfg.algo`` against ``services``."""
+
+    def __init__(
+        self, cfg: RunConfig, services: Services, *, progress: bool = True, keep_best: bool = True
+    ) -> None:
+        from services.trainer.runtime.distributed import init_distributed, wrap
+        from services.trainer.runtime.model import Critic, load_policy, load_tokenizer
+
+        if not cfg.model.policy:
+            raise ValueError("model.policy is empty: point it at the SFT model directory")
+        self.cfg, self.services, self.progress = cfg, services, progress
+        self.keep_best = keep_best  # keep the best policy by validation Pass@1 in best/
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.info = init_distributed()
+        if cfg.dist.world_size != self.info.world_size:  # the launcher's world size rules
+            cfg = RunConfig.model_validate(
+                merge_dicts(cfg.model_dump(), {"dist": {"world_size": self.info.world_size}})
+            )
+            self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.tokenizer = load_tokenizer(cfg.model.policy)
+        self.style = style_for(self.tokenizer)
+        dtype = (
+            torch.bfloat16
+            if cfg.model.dtype == "bfloat16" and self.info.device.type == "cuda"
+            else torch.float32
+        )
+        common: dict[str, Any] = dict(
+            betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
+            grad_clip=cfg.optim.grad_clip, zero_stage=cfg.dist.zero_stage,
+            total_steps=cfg.total_steps, warmup_steps=cfg.warmup_steps,
+            lr_end_ratio=cfg.optim.lr_end / cfg.optim.lr, decay_power=cfg.optim.decay_power,
+            micro_batch_size=cfg.ppo.micro_batch_size, grad_accum_steps=cfg.grad_accum_steps,
+        )  # fmt: skip
+        policy = load_policy(cfg.model.policy, self.info.device, dtype)
+        self.policy = wrap(policy, lr=cfg.optim.lr, **common)
+        self.ref = load_policy(cfg.model.policy, self.info.device, dtype).eval()
+        self.ref.requires_grad_(False)
+        self.critic = None
+        if cfg.algo == "ppo":  # VinePPO never builds a critic
+            critic = Critic.from_pretrained(cfg.model.policy, dtype)
+            self.critic = wrap(critic, lr=cfg.optim.lr, **common)
+        load: dict[str, Any] = {"seed": cfg.seed, "arithmetic": cfg.arithmetic}
+        self.train = load_examples(cfg.dataset, "train", **load)
+        self.val = load_examples(cfg.dataset, "validation", n=cfg.eval.num_problems, **load)
+        self.data = DataOrder(len(self.train), cfg.seed)
+        self.shots = self.train[: cfg.rollout.few_shot]  # worked examples before each prompt
+        self.iteration, self.version = 0, 0
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.metrics_path = self.out / "metrics.jsonl"
+        self._tb: Any = None  # TensorBoard writer, opened on the first metrics row
+        self.ckpt_root = self.out / "checkpoints"
+        self.policy_root = services.policy_root or self.out / "policies"
+
+    # -- helpers ----------------------------------------------------------------------
+    def prompt(self, ex: Example) -> str:
+        return format_prompt(ex.question, style=self.style, dataset=ex.dataset,
+                             tokenizer=self.tokenizer, few_shot=self.shots)  # fmt: skip
+
+    def engines(self) -> dict[str, Any]:
+        return {"policy": self.policy} | ({"critic": self.critic} if self.critic else {})
+
+    def sampling(self, seed: int) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(temperature=r.temperature, top_p=r.top_p,
+                              max_tokens=r.max_response_tokens, seed=seed)  # fmt: skip
+
+    def job_options(self, desc: str) -> JobOptions:
+        return JobOptions(job_size=self.services.job_size, desc=desc, progress=self.progress)
+
+    async def push(self) -> None:
+        """Save policy v_N, announce it, wait until enough replicas serve it."""
+        await push_policy(self.services.queue, self.policy.module, self.tokenizer,
+                          self.policy_root, self.version)  # fmt: skip
+        await wait_for_replicas(self.services.queue, self.version, self.services.min_replicas,
+                                self.services.replica_timeout_s)  # fmt: skip
+
+    # -- resume -----------------------------------------------------------------------
+    def resume(self) -> bool:
+        """Load the newest complete checkpoint; True when one was found."""
+        path = latest_checkpoint(self.ckpt_root)
+        if path is None:
+            return False
+        state = load_checkpoint(path, self.engines())
+        self.iteration, self.version = state["iteration"], state["version"]
+        self.data.position = state["data_position"]
+        self.gen.set_state(state["generator"])
+        self._truncate_metrics(self.iteration)
+        log.info("resumed from %s (iteration %d)", path, self.iteration)
+        return True
+
+    def _truncate_metrics(self, iteration: int) -> None:
+        """Drop metric lines of iterations after the checkpoint (a killed run wrote them)."""
+        if self.info.rank != 0 or not self.metrics_path.is_file():
+            return
+        rows = [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()]
+        kept = [r for r in rows if r["iteration"] <= iteration]
+        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def checkpoint(self) -> None:
+        state = {
+            "iteration": self.iteration,
+            "version": self.version,
+            "data_position": self.data.position,
+            "generator": self.gen.get_state(),
+        }
+        save_checkpoint(self.ckpt_root, self.iteration, self.engines(), state)
+
+    # -- the loop ---------------------------------------------------------------------
+    async def run(self, resume: bool = False) -> Path:
+        if not (resume and self.resume()):
+            self.metrics_path.unlink(missing_ok=True)
+            shutil.rmtree(self.out / "best", ignore_errors=True)  # a fresh run's own best
+        await self.push()
+        if self.iteration == 0 and self.cfg.eval.every:
+            row0 = {"iteration": 0, "version": self.version, **await self.validate()}
+            self.log_row(row0)
+            self.save_best(row0)
+        while self.iteration < self.cfg.iterations:
+            row = await self.step()
+            if self.iteration % self.cfg.eval.every == 0 or self.iteration == self.cfg.iterations:
+                row.update(await self.validate())
+            self.log_row(row)
+            self.save_best(row)
+            await asyncio.to_thread(self.checkpoint)
+        return self.metrics_path
+
+    async def validate(self) -> dict[str, float]:
+        """Validation Pass@1 of the current policy: rank 0 evaluates, every rank gets the row."""
+        prompts = [self.prompt(x) for x in self.val]
+        return await validation_metrics(self.services, self.val, prompts, version=self.version,
+                                        cfg=self.cfg, progress=self.progress)  # fmt: skip
+
+    # -- best-by-validation policy (read by `vineppo eval --select-on validation`) -------
+    def save_best(self, row: dict[str, Any]) -> None:
+        """Keep the policy of ``row`` in ``best/`` when its ``acc/val`` is the best so far."""
+        if self.keep_best and self.info.rank == 0:
+            info = {"version": self.version, "iteration": self.iteration}
+            keep_if_best(self.out, row, self.policy.module, self.tokenizer, info)
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        """One JSONL line per iteration, and the same scalars as TensorBoard events (``tb/``);
+        rank 0 alone writes."""
+        if self.info.rank != 0:
+            return
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.out / "tb"))
+        for key, value in row.items():
+            if isinstance(value, int | float) and key not in ("iteration", "version"):
+                self._tb.add_scalar(key, value, global_step=int(row["iteration"]))
+        self._tb.flush()
+        if self.progress:
+            keys = ("iteration", "reward/mean", "acc/val", "kl/ref", "time/iteration")
+            log.info("  ".join(f"{k}={row[k]:.4g}" for k in keys if k in row))
+
+    async def step(self) -> dict[str, Any]:
+        """One RL iteration; returns its metrics row."""
+        cfg, t_start = self.cfg, time.monotonic()
+        reset_peak(self.info.device)
+        # even seeds sample responses, odd ones (seed + 1) the MC values: no two streams meet
+        seed = 2 * (cfg.seed * 100_003 + self.iteration)
+        examples = [self.train[i] for i in self.data.take(cfg.rollout.prompts_per_iteration)]
+        prompts = [self.prompt(x) for x in examples]
+        # 1) sample n responses per prompt from v_N, 2) grade: once, on rank 0
+        rank0_sample: Any = None
+        if self.info.rank == 0:
+            t0 = time.monotonic()
+            outs = await run_generate_jobs(
+                self.services.queue, prompts, version=self.version,
+                n=cfg.rollout.responses_per_prompt, sampling=self.sampling(seed),
+                options=self.job_options("sample"),
+            )  # fmt: skip
+            t_gen = time.monotonic() - t0
+            items = [GradeItem(response=c.text, gold=ex.answer, dataset=ex.dataset)
+                     for ex, per in zip(examples, outs, strict=True) for c in per]  # fmt: skip
+            rank0_sample = (outs, await self.services.grader.grade(items), t_gen)
+        outs, verdicts, t_gen = await asyncio.to_thread(broadcast_from_main, rank0_sample)
+        # 3) segment into steps (every rank: deterministic)
+        rules = "math" if cfg.dataset == "math" else "gsm8k"
+        episodes = build_episodes(examples, prompts, outs, verdicts, self.tokenizer, rules)
+        batch = collate(episodes, int(self.tokenizer.pad_token_id))
+        # 4) advantages: on rank 0 (MC values go through the queue), or on every rank when
+        # they need the critic (its forward is a collective under ZeRO-3); rank 0's are used
+        t0 = time.monotonic()
+        result = None
+        if self.info.rank == 0 or cfg.algo == "ppo":
+            result = await self.advantages(episodes, batch, seed)
+        adv, extra, value_stats = await asyncio.to_thread(broadcast_from_main, result)
+        t_values = time.monotonic() - t0
+        # 5) PPO epochs (in a thread so replicas' heartbeats keep beating)
+        t0 = time.monotonic()
+        stats = await asyncio.to_thread(self.update, batch, adv, extra)
+        t_train = time.monotonic() - t0
+        # 6) push v_{N+1}
+        self.iteration += 1
+        self.version += 1
+        t0 = time.monotonic()
+        await self.push()
+        sampled = sum(len(c.token_ids) for per in outs for c in per)
+        mask = batch.response_mask.bool()
+        return {
+            "iteration": self.iteration, "version": self.version, "algo": cfg.algo,
+            "reward/mean": float(batch.rewards.mean()), "grade/errors": error_rate(verdicts),
+            "adv/mean": float(adv[mask].mean()), "adv/std": float(adv[mask].std()),
+            "response/tokens_mean": float(batch.response_mask.sum(1).mean()),
+            "response/truncated": sum(e.finish_reason != "stop" for e in episodes) / len(episodes),
+            **value_stats, **stats,
+            "time/generate": t_gen, "time/values": t_values, "time/train": t_train,
+            "time/push": time.monotonic() - t0, "time/iteration": time.monotonic() - t_start,
+            "rollout/tokens_per_s": sampled / max(t_gen, 1e-9),
+            **memory_stats(self.info.device),  # host RSS; peak CUDA memory on a GPU
+        }  # fmt: skip
+
+    async def advantages(
+        self, episodes: list[Episode], batch: Batch, seed: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+        cfg = self.cfg
+        inputs = AdvantageInputs(rewards=batch.rewards, response_mask=batch.response_mask,
+                                 step_ids=batch.step_ids.clamp(min=0), group_ids=batch.group_ids,
+                                 gamma=cfg.ppo.gamma, lam=cfg.ppo.lam)  # fmt: skip
+        stats: dict[str, float] = {}
+        if cfg.algo == "vine":
+            cap = cfg.vine.mc_step_cap
+            assert cap != "auto", "RunConfig resolves vine.mc_step_cap: auto per dataset"
+            plan = plan_states([e.prompt for e in episodes], [e.response for e in episodes],
+                               [e.spans for e in episodes], cap)  # fmt: skip
+            value_items = [ValueItem(prompt=p, partial_response=r, gold=e.example.answer,
+                                     dataset=e.example.dataset)
+                           for (p, r), e in zip(plan.states, self._state_owner(plan, episodes),
+                                                strict=True)]  # fmt: skip
+            estimates = await run_value_jobs(
+                self.services.queue, value_items, version=self.version, k=cfg.vine.k,
+                sampling=self.sampling(seed + 1), options=self.job_options("mc values"),
+            )  # fmt: skip
+            est = torch.tensor([v.value for v in estimates], dtype=torch.float32)
+            inputs.step_values = scatter_state_values(plan, est, batch.rewards)
+            inputs.num_steps = num_steps_tensor(plan)
+            inputs.mc_step_cap = cap
+            stats = {"value/num_states": float(len(plan.states)),
+                     "value/num_steps_mean": float(inputs.num_steps.float().mean()),
+                     "value/mc_tokens": float(sum(v.num_tokens for v in estimates))}  # fmt: skip
+        elif cfg.algo == "ppo":
+            assert self.critic is not None
+            inputs.values = await asyncio.to_thread(
+                critic_values, self.critic, batch, cfg.ppo.micro_batch_size
+            )
+        adv, extra = compute_advantages("gae" if cfg.algo == "ppo" else cfg.algo, inputs)
+        if inputs.values is not None:
+            extra["old_values"] = inputs.values
+        return adv, extra, stats
+
+    @staticmethod
+    def _state_owner(plan: Any, episodes: list[Episode]) -> list[Episode]:
+        """For each unique state, an episode it came from (for its gold answer)."""
+        owner: dict[int, Episode] = {}
+        for row, ids in enumerate(plan.index):
+            for u in ids:
+                if u >= 0:
+                    owner.setdefault(u, episodes[row])
+        return [owner[u] for u in range(len(plan.states))]
+
+    def update(
+        self, batch: Batch, adv: torch.Tensor, extra: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        cfg, dev = self.cfg, self.info.device
+        batch = batch.to(dev)
+        t = cfg.rollout.temperature
+        micro = cfg.ppo.micro_batch_size
+        self.policy.eval()  # dropout is off anyway; eval keeps it so
+        old = policy_logprobs(self.policy, batch, t, micro)
+        ref = policy_logprobs(self.ref, batch, t, micro)
+        inputs = UpdateInputs(batch=batch, advantages=adv.to(dev), old_logprobs=old,
+                              ref_logprobs=ref, old_values=extra.get("old_values"),
+                              returns=extra.get("returns"))  # fmt: skip
+        return ppo_epochs(self.policy, self.critic, inputs, cfg.ppo, t, self.gen,
+                          rank=self.info.rank, world_size=self.info.world_size)  # fmt: skip
