@@ -207,6 +207,8 @@ def build_images(bases: dict[str, str]) -> None:
             size = int(run(["docker", "image", "inspect", "-f", "{{.Size}}", tag]).strip())
             say(f"image built: {tag} (EXTRAS={extras!r}), {size / 1e9:.2f} GB, "
                 f"{time.monotonic() - start:.0f} s")  # fmt: skip
+    # the images these builds replaced (untagged now): gigabytes per code change otherwise
+    run(["docker", "image", "prune", "-f"])
 
 
 # -- the stack ----------------------------------------------------------------------------
