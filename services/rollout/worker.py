@@ -386,9 +386,9 @@ async def _amain(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from shared.serve import configure_logging
+
+    configure_logging("info")  # the same lines as a `vineppo serve rollout` replica's
     asyncio.run(_amain(_parse_args(argv)))
 
 
