@@ -27,7 +27,6 @@ import math
 import os
 import random
 import time
-import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,7 @@ from services.trainer.algos.losses import (
     masked_sum,
 )
 from services.trainer.baselines.common import SelfTrainRun, rewards_of, rng_state, set_rng_state
+from services.trainer.data.order import stream_seed
 from services.trainer.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from services.trainer.runtime.memory import memory_stats
 
@@ -81,11 +81,6 @@ def make_pairs(
 def sequence_logprobs(token_logprobs: Tensor, response_mask: Tensor) -> Tensor:
     """log π(y|x) = Σ_t log π(y_t|…) over response tokens: (B, T), (B, T) -> (B,)."""
     return masked_sum(token_logprobs, response_mask, dim=1)
-
-
-def chunk_seed(seed: int, chunk: int) -> int:
-    """Sampling seed of chunk ``chunk`` of the round: distinct chunks, independent streams."""
-    return zlib.crc32(f"dpo-round/{seed}/{chunk}".encode())
 
 
 @dataclass
@@ -196,7 +191,7 @@ class DPOPositive(SelfTrainRun):
         for c, start in enumerate(range(0, len(examples), PROMPTS_PER_CHUNK)):
             part = examples[start : start + PROMPTS_PER_CHUNK]
             prompts, outs, verdicts = await self.sample(
-                part, d.samples_per_prompt, chunk_seed(cfg.seed, c)
+                part, d.samples_per_prompt, stream_seed(cfg.seed, "dpo-round", c)
             )
             flat = rewards_of(outs, verdicts)
             rewards += flat

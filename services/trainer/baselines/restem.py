@@ -30,6 +30,7 @@ import torch
 
 from services.trainer.baselines.common import SelfTrainRun, rewards_of, rng_state, set_rng_state
 from services.trainer.client.weights import policy_dir
+from services.trainer.data.order import stream_seed
 from services.trainer.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from services.trainer.sft.train import IGNORE, collate
 from shared.schemas import Completion
@@ -171,7 +172,7 @@ class RestEM(SelfTrainRun):
         from services.trainer.data.episodes import encode_prompt
 
         cfg, rc, t_start = self.cfg, self.cfg.restem, time.monotonic()
-        seed = cfg.seed * 100_003 + self.iteration
+        seed = stream_seed(cfg.seed, "restem-sample", self.iteration)
         count = rc.train_prompts or len(self.train)
         examples = [self.train[i] for i in self.data.take(count)]
         # 1) sample from the selected checkpoint, 2) keep the correct ones

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from services.trainer.client.jobs import JobOptions, run_generate_jobs
 from services.trainer.client.stack import Services
 from services.trainer.config import RunConfig
+from services.trainer.data.order import stream_seed
 from shared.example import Example
 from shared.queue import JobQueue
 from shared.schemas import GradeItem, SamplingParams, Verdict
@@ -86,8 +87,10 @@ async def evaluate(
     return pass_at_1(grouped)
 
 
-VALIDATION_SEED_OFFSET = 7
-"""Validation samples with seed ``cfg.seed + 7``: the same in the RL loop and the baselines."""
+VALIDATION_STREAM = "validation"
+"""Validation samples draw from ``stream_seed(cfg.seed, "validation")`` at every validation
+of a run (common random numbers: two validations of one run differ by the policy, not by
+the draw), the same in the RL loop and the baselines."""
 
 
 async def validation_metrics(
@@ -111,7 +114,7 @@ async def validation_metrics(
         res = await evaluate(
             services.queue, services.grader, examples, prompts, version=version,
             seeds=ev.seeds, temperature=ev.temperature, max_tokens=ev.max_response_tokens,
-            seed=cfg.seed + VALIDATION_SEED_OFFSET, top_p=ev.top_p, progress=progress,
+            seed=stream_seed(cfg.seed, VALIDATION_STREAM), top_p=ev.top_p, progress=progress,
         )  # fmt: skip
         row = {"acc/val": res.mean, "acc/val_spread": res.spread, "acc/val_se": res.stderr,
                "time/eval": time.monotonic() - t0}  # fmt: skip

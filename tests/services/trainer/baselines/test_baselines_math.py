@@ -10,7 +10,7 @@ import torch
 
 from services.trainer.algos import AdvantageInputs, compute_advantages
 from services.trainer.algos.losses import dpo_positive_loss
-from services.trainer.baselines.dpo import PairRound, chunk_seed, make_pairs, sequence_logprobs
+from services.trainer.baselines.dpo import PairRound, make_pairs, sequence_logprobs
 from services.trainer.baselines.restem import keep_correct, select_checkpoint
 from services.trainer.config import PRESETS, load_config
 from services.trainer.sft.train import IGNORE
@@ -124,11 +124,6 @@ def test_pair_round_batch_in_the_action_frame() -> None:
     torch.testing.assert_close(
         sequence_logprobs(b["ref_logprobs"], b["response_mask"]), torch.tensor([-3.0, -3.5])
     )
-
-
-def test_round_chunks_sample_with_distinct_seeds() -> None:
-    seeds = {chunk_seed(0, c) for c in range(100)} | {chunk_seed(1, c) for c in range(100)}
-    assert len(seeds) == 200 and chunk_seed(0, 3) == chunk_seed(0, 3)
 
 
 @pytest.mark.parametrize(
