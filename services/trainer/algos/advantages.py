@@ -33,8 +33,9 @@ class AdvantageInputs:
     num_steps: Tensor | None = None
     """(B,) long: number of steps m of each response (``vine``); default: max step id + 1."""
     mc_step_cap: int | None = None
-    """``vine``: states with index >= cap were not estimated and take the final reward R
-    (so the steps from the cap on get advantage 0). GSM8K uses 25; None = no cap."""
+    """``vine``: only s_0..s_cap were estimated; later states take the final reward R (so the
+    steps after the cap get advantage 0), as in the authors' code. GSM8K uses 25; None = no
+    cap."""
     values: Tensor | None = None
     """(B, T) critic values V(s_t) of the state before each response token (``gae``)."""
     gamma: float = 1.0
@@ -90,14 +91,14 @@ def vine_step_advantages(
     """A_i = V̂(s_{i+1}) − V̂(s_i) for i < m−1, A_{m−1} = R − V̂(s_{m−1}) (DESIGN.md §1).
 
     step_values (B, S), rewards (B,), num_steps (B,) long -> step advantages (B, S), zero
-    past each response's m steps. With a cap, V̂(s_i) := R for i >= cap.
+    past each response's m steps. With a cap, V̂(s_i) := R for i > cap.
     """
     b, s = step_values.shape
     v = step_values.to(torch.float32)  # (B, S)
     r = rewards.to(v)[:, None]  # (B, 1)
     steps = torch.arange(s, device=v.device)[None, :]  # (1, S)
     if mc_step_cap is not None:
-        v = torch.where(steps >= mc_step_cap, r, v)  # states past the cap take R
+        v = torch.where(steps > mc_step_cap, r, v)  # states past the cap take R
     nxt = torch.cat([v[:, 1:], torch.zeros(b, 1, dtype=v.dtype, device=v.device)], dim=1)
     last = steps == (num_steps.to(v.device)[:, None] - 1)  # (B, S) the final step
     nxt = torch.where(last, r, nxt)  # V̂(s_m) replaced by the reward R

@@ -3,8 +3,9 @@
 For a response cut into steps with character spans ``[(0, e_0), (e_0, e_1), ...]`` the
 states are s_i = prompt + response[:start of step i], i = 0..m−1 (s_0 = the prompt). States
 that are identical text — s_0 of every response to one prompt, or equal prefixes — are
-estimated once (DESIGN.md §1). With a cap (25 for GSM8K) states i >= cap are not asked for;
-`scatter_state_values` fills them with the response's final reward.
+estimated once (DESIGN.md §1). With a cap c (25 for GSM8K) only s_0..s_c are asked for, as in
+the authors' code (26 states at c = 25); `scatter_state_values` fills the later ones with the
+response's final reward, so the steps from c + 1 on get advantage 0.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def plan_states(
         starts = [start for start, _ in sp] or [0]  # an empty response is one step
         row = []
         for i, start in enumerate(starts):
-            if mc_step_cap is not None and i >= mc_step_cap:
+            if mc_step_cap is not None and i > mc_step_cap:
                 row.append(-1)
                 continue
             key = (prompt, response[:start])

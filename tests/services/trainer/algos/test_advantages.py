@@ -53,7 +53,7 @@ def _vine_loop(step_values, rewards, step_ids, mask, cap=None):
         m = max(ids) + 1
         v = [float(x) for x in step_values[b][:m]]
         if cap is not None:
-            v = [float(rewards[b]) if i >= cap else x for i, x in enumerate(v)]
+            v = [float(rewards[b]) if i > cap else x for i, x in enumerate(v)]
         a = [v[i + 1] - v[i] for i in range(m - 1)] + [float(rewards[b]) - v[m - 1]]
         out.append([a[int(i)] if mm else 0.0 for i, mm in zip(step_ids[b], mask[b], strict=True)])
     return torch.tensor(out)
@@ -79,11 +79,23 @@ def test_vine_matches_loop(cap: int | None) -> None:
 
 
 def test_vine_cap_zeroes_later_steps() -> None:
-    # 4 steps, cap 2: states s_2, s_3 take R=1 -> A = [v1-v0, R-v1, 0, 0]
+    # 5 steps, cap 2: s_0..s_2 estimated (the authors' rule: s_0..s_cap), s_3 and s_4 take
+    # R = 1 -> A = [v1 - v0, v2 - v1, R - v2, 0, 0]
     adv = vine_step_advantages(
-        torch.tensor([[0.5, 0.25, 0.9, 0.1]]), torch.tensor([1.0]), torch.tensor([4]), 2
+        torch.tensor([[0.5, 0.25, 0.9, 0.1, 0.3]]), torch.tensor([1.0]), torch.tensor([5]), 2
     )
-    torch.testing.assert_close(adv, torch.tensor([[-0.25, 0.75, 0.0, 0.0]]))
+    torch.testing.assert_close(adv, torch.tensor([[-0.25, 0.65, 0.1, 0.0, 0.0]]))
+
+
+def test_vine_cap_25_estimates_26_states() -> None:
+    # the authors' GSM8K config: cap 25 estimates s_0..s_25, so a 27-step response has
+    # non-zero advantages on steps 0..25 and 0 on step 26 only
+    m = 27
+    values = torch.full((1, m), 0.5)
+    adv = vine_step_advantages(values, torch.tensor([0.0]), torch.tensor([m]), 25)
+    assert adv[0, 25] == -0.5 and (adv[0, :25] == 0).all() and adv[0, 26] == 0
+    plan = plan_states(["P"], ["x\n" * m], [[(2 * i, 2 * i + 2) for i in range(m)]], 25)
+    assert len(plan.states) == 26 and plan.index[0][25] == 25 and plan.index[0][26] == -1
 
 
 def test_vine_too_few_value_columns() -> None:
@@ -112,7 +124,7 @@ def test_shared_prefix_states_estimated_once() -> None:
 
 
 def test_state_cap_fills_reward() -> None:
-    plan = plan_states(["P"], ["a\nb\nc\n"], [[(0, 2), (2, 4), (4, 6)]], mc_step_cap=2)
+    plan = plan_states(["P"], ["a\nb\nc\n"], [[(0, 2), (2, 4), (4, 6)]], mc_step_cap=1)
     assert plan.states == [("P", ""), ("P", "a\n")]
     assert plan.index == [[0, 1, -1]]
     vals = scatter_state_values(plan, torch.tensor([0.5, 0.5]), torch.tensor([1.0]))
