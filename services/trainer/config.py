@@ -70,6 +70,21 @@ class PPOConfig(_Section):
     """PPO ratio clip ε."""
     value_clip_eps: float = Field(default=0.2, gt=0)
     """Value-loss clip ε′ (PPO critic only)."""
+    critic_lr: float | None = Field(default=None, gt=0)
+    """Peak learning rate of the critic's AdamW (null = ``optim.lr``, as the paper)."""
+    critic_lr_decay: bool = True
+    """Decay the critic's learning rate like the policy's (true, the paper); false = constant
+    after the warm-up steps, so the critic keeps tracking a policy that keeps changing."""
+    critic_epochs: int | None = Field(default=None, ge=1)
+    """Passes of critic updates over each iteration's episodes (null = ``epochs``)."""
+    critic_warmup_iterations: int = Field(default=0, ge=0)
+    """Value warm-up: before the first policy update, this many iterations of critic-only
+    updates on fresh responses of the SFT policy (0 = none, as the paper). Their time is part
+    of the run's wall-clock (``time/critic_warmup`` on the iteration-0 row)."""
+    critic_init: float | None = None
+    """Value-head initialisation: null = the authors' (random weights of std 1/√(H+1), so
+    initial values spread about the last hidden state's RMS, often far outside [0, 1]); a
+    number v = zero weights and bias v, so every state starts at V = v (e.g. 0.5)."""
     kl_coef: float = Field(default=1e-4, ge=0)
     """β of the k3 KL to π_ref added to the loss (fixed)."""
     kl_reduction: Literal["sequence_sum", "token_mean"] = "sequence_sum"
@@ -113,6 +128,13 @@ class EvalConfig(_Section):
     """Longest evaluation response."""
     num_problems: int | None = Field(default=None, ge=1)
     """Validation problems used (null = the whole split)."""
+    value_probe_prompts: int = Field(default=0, ge=0)
+    """At every validation, probe value estimates on fresh responses (at the rollout
+    temperature) to this many validation prompts: MC ground truth of every step state, and
+    against it the PPO critic (``value/critic_mae``, ``value/critic_ev``) and the group-mean
+    baseline of GRPO/RLOO (``value/group_mae``); 0 = off."""
+    value_probe_k: int = Field(default=32, ge=2)
+    """MC continuations per state of the probe's ground truth."""
 
 
 class DistConfig(_Section):
@@ -285,6 +307,9 @@ class RunConfig(_Section):
             )
         if self.algo in ("grpo", "rloo") and self.rollout.responses_per_prompt < 2:
             raise ValueError(f"{self.algo} needs rollout.responses_per_prompt >= 2")
+        if self.eval.value_probe_prompts and self.dist.zero_stage == 3:
+            raise ValueError("eval.value_probe_prompts needs the whole critic on rank 0: "
+                             "set it to 0 under ZeRO-3")  # fmt: skip
         for name, sec in (("restem", self.restem), ("dpo", self.dpo)):
             if sec.batch_size % (sec.micro_batch_size * self.dist.world_size):
                 raise ValueError(

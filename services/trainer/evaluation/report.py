@@ -34,11 +34,14 @@ class Run:
         return [p[0] for p in pts], [p[1] for p in pts]
 
     def wall_clock(self) -> dict[int, float]:
-        """Cumulative seconds at the end of each iteration (iteration 0 = 0)."""
-        total, out = 0.0, {0: 0.0}
+        """Cumulative seconds of training at the end of each iteration: every iteration's
+        ``time/iteration`` plus, for PPO, the critic's warm-up before iteration 1 (the
+        iteration-0 value); validation and probes are not the method's cost and not counted."""
+        total = sum(float(r.get("time/critic_warmup", 0.0)) for r in self.rows)
+        out = {0: total}
         for r in self.rows:
             if r["iteration"] > 0:
-                total += float(r.get("time/iteration", 0.0)) + float(r.get("time/eval", 0.0))
+                total += float(r.get("time/iteration", 0.0))
                 out[r["iteration"]] = total
         return out
 

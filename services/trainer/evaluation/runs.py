@@ -74,7 +74,8 @@ def _services(checkpoint: Path, svc: dict[str, Any]) -> Any:
 
 async def eval_checkpoint(
     checkpoint: Path, examples: list[Any], *, seeds: int, temperature: float, max_tokens: int,
-    seed: int = 1234, progress: bool = True, shots: Sequence[Any] = (), **svc: Any,
+    seed: int = 1234, top_p: float = 1.0, progress: bool = True, shots: Sequence[Any] = (),
+    **svc: Any,
 ) -> Any:  # fmt: skip
     """Pass@1 (``evaluate.PassAt1``) of ``checkpoint`` through freshly started services;
     ``svc`` goes to ``run_services`` (redis_url, reward_url, local_replicas, device)."""
@@ -87,7 +88,7 @@ async def eval_checkpoint(
         await wait_for_replicas(s.queue, 0, s.min_replicas, s.replica_timeout_s)
         return await evaluate(s.queue, s.grader, examples, prompts, version=0, seeds=seeds,
                               temperature=temperature, max_tokens=max_tokens, seed=seed,
-                              progress=progress)  # fmt: skip
+                              top_p=top_p, progress=progress)  # fmt: skip
 
 
 def run_policy(run_dir: Path) -> tuple[Path, Path | None]:

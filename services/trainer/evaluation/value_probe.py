@@ -40,9 +40,11 @@ class ProbeConfig:
     truth_k: int = 256
     """MC continuations of the ground-truth value (paper: 256)."""
     vine_k: int = 9
-    """VinePPO's K (the run's ``vine.k``)."""
+    """VinePPO's K (the run's ``vine.k``); 0 = no VinePPO estimate."""
     temperature: float = 0.6
     """Sampling temperature of trajectories, continuations and candidate steps."""
+    top_p: float = 1.0
+    """Nucleus threshold of the same samples (the run's ``rollout.top_p``)."""
     max_tokens: int = 1024
     """Longest response / continuation."""
     top_action_states: int = 8
@@ -97,7 +99,8 @@ class _Probe:
         self.s, self.tok, self.version, self.cfg = services, tokenizer, version, cfg
 
     def sampling(self, offset: int) -> SamplingParams:
-        return SamplingParams(temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens,
+        return SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                              max_tokens=self.cfg.max_tokens,
                               seed=self.cfg.seed * 1009 + offset)  # fmt: skip
 
     def options(self, desc: str) -> JobOptions:
@@ -112,10 +115,11 @@ class _Probe:
         """Ground truth, VinePPO and (optionally) the critic for each item."""
         cfg = self.cfg
         truth = await self.values(items, cfg.truth_k, 2)
-        vine = await self.values(items, cfg.vine_k, 3)
         out: dict[str, Any] = {"truth": [v.value for v in truth],
-                               "terminal": [v.terminal for v in truth],
-                               f"VinePPO K={cfg.vine_k}": [v.value for v in vine]}  # fmt: skip
+                               "terminal": [v.terminal for v in truth]}  # fmt: skip
+        if cfg.vine_k:
+            vine = await self.values(items, cfg.vine_k, 3)
+            out[f"VinePPO K={cfg.vine_k}"] = [v.value for v in vine]
         if critic is not None:
             states = [(it.prompt, it.partial_response) for it in items]
             out["PPO critic"] = await asyncio.to_thread(

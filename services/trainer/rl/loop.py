@@ -35,8 +35,14 @@ from services.trainer.client.stack import Services
 from services.trainer.client.weights import push_policy
 from services.trainer.config import RunConfig, merge_dicts
 from services.trainer.data.episodes import Batch, Episode, build_episodes, collate, error_rate
-from services.trainer.data.order import DataOrder
+from services.trainer.data.order import DataOrder, stream_seed
 from services.trainer.evaluation.evaluate import validation_metrics
+from services.trainer.rl.critic import (
+    critic_schedule,
+    probe_values_now,
+    returns_fit,
+    warmup_critic,
+)
 from services.trainer.rl.ppo import UpdateInputs, critic_values, policy_logprobs, ppo_epochs
 from services.trainer.runtime.checkpoint import (
     keep_if_best,
@@ -49,7 +55,7 @@ from services.trainer.runtime.memory import memory_stats, reset_peak
 from shared.datasets import load_examples
 from shared.example import Example
 from shared.prompts import format_prompt, style_for
-from shared.schemas import GradeItem, SamplingParams, ValueItem
+from shared.schemas import GradeItem, SamplingParams, ValueItem, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +103,8 @@ class RLTrainer:
         self.ref.requires_grad_(False)
         self.critic = None
         if cfg.algo == "ppo":  # VinePPO never builds a critic
-            critic = Critic.from_pretrained(cfg.model.policy, dtype)
-            self.critic = wrap(critic, lr=cfg.optim.lr, **common)
+            critic = Critic.from_pretrained(cfg.model.policy, dtype, init=cfg.ppo.critic_init)
+            self.critic = wrap(critic, **critic_schedule(cfg, common))
         load: dict[str, Any] = {"seed": cfg.seed, "arithmetic": cfg.arithmetic}
         self.train = load_examples(cfg.dataset, "train", **load)
         self.val = load_examples(cfg.dataset, "validation", n=cfg.eval.num_problems, **load)
@@ -171,10 +177,15 @@ class RLTrainer:
             self.metrics_path.unlink(missing_ok=True)
             shutil.rmtree(self.out / "best", ignore_errors=True)  # a fresh run's own best
         await self.push()
-        if self.iteration == 0 and self.cfg.eval.every:
-            row0 = {"iteration": 0, "version": self.version, **await self.validate()}
-            self.log_row(row0)
-            self.save_best(row0)
+        if self.iteration == 0:
+            row0: dict[str, Any] = {"iteration": 0, "version": self.version}
+            if self.critic is not None and self.cfg.ppo.critic_warmup_iterations:
+                row0.update(await warmup_critic(self))  # value warm-up on π_ref's responses
+            if self.cfg.eval.every:
+                row0.update(await self.validate())
+            if len(row0) > 2:
+                self.log_row(row0)
+                self.save_best(row0)
         while self.iteration < self.cfg.iterations:
             row = await self.step()
             if self.iteration % self.cfg.eval.every == 0 or self.iteration == self.cfg.iterations:
@@ -187,8 +198,11 @@ class RLTrainer:
     async def validate(self) -> dict[str, float]:
         """Validation Pass@1 of the current policy: rank 0 evaluates, every rank gets the row."""
         prompts = [self.prompt(x) for x in self.val]
-        return await validation_metrics(self.services, self.val, prompts, version=self.version,
-                                        cfg=self.cfg, progress=self.progress)  # fmt: skip
+        row = await validation_metrics(self.services, self.val, prompts, version=self.version,
+                                       cfg=self.cfg, progress=self.progress)  # fmt: skip
+        if self.cfg.eval.value_probe_prompts:
+            row.update(await probe_values_now(self))
+        return row
 
     # -- best-by-validation policy (read by `vineppo eval --select-on validation`) -------
     def save_best(self, row: dict[str, Any]) -> None:
@@ -216,38 +230,47 @@ class RLTrainer:
             keys = ("iteration", "reward/mean", "acc/val", "kl/ref", "time/iteration")
             log.info("  ".join(f"{k}={row[k]:.4g}" for k in keys if k in row))
 
-    async def step(self) -> dict[str, Any]:
-        """One RL iteration; returns its metrics row."""
-        cfg, t_start = self.cfg, time.monotonic()
-        reset_peak(self.info.device)
-        # even seeds sample responses, odd ones (seed + 1) the MC values: no two streams meet
-        seed = 2 * (cfg.seed * 100_003 + self.iteration)
-        examples = [self.train[i] for i in self.data.take(cfg.rollout.prompts_per_iteration)]
+    async def sample(
+        self, examples: list[Example], seed: int, desc: str = "sample"
+    ) -> tuple[list[Episode], Batch, list[Verdict], float, int]:
+        """n responses per example from the served version, graded once on rank 0 and shared
+        with every rank, cut into steps: (episodes, batch, verdicts, seconds, tokens)."""
+        cfg = self.cfg
         prompts = [self.prompt(x) for x in examples]
-        # 1) sample n responses per prompt from v_N, 2) grade: once, on rank 0
         rank0_sample: Any = None
         if self.info.rank == 0:
             t0 = time.monotonic()
             outs = await run_generate_jobs(
                 self.services.queue, prompts, version=self.version,
                 n=cfg.rollout.responses_per_prompt, sampling=self.sampling(seed),
-                options=self.job_options("sample"),
+                options=self.job_options(desc),
             )  # fmt: skip
             t_gen = time.monotonic() - t0
             items = [GradeItem(response=c.text, gold=ex.answer, dataset=ex.dataset)
                      for ex, per in zip(examples, outs, strict=True) for c in per]  # fmt: skip
             rank0_sample = (outs, await self.services.grader.grade(items), t_gen)
         outs, verdicts, t_gen = await asyncio.to_thread(broadcast_from_main, rank0_sample)
-        # 3) segment into steps (every rank: deterministic)
-        rules = "math" if cfg.dataset == "math" else "gsm8k"
+        rules = "math" if cfg.dataset == "math" else "gsm8k"  # deterministic on every rank
         episodes = build_episodes(examples, prompts, outs, verdicts, self.tokenizer, rules)
         batch = collate(episodes, int(self.tokenizer.pad_token_id))
+        tokens = sum(len(c.token_ids) for per in outs for c in per)
+        return episodes, batch, verdicts, t_gen, tokens
+
+    async def step(self) -> dict[str, Any]:
+        """One RL iteration; returns its metrics row."""
+        cfg, t_start = self.cfg, time.monotonic()
+        reset_peak(self.info.device)
+        examples = [self.train[i] for i in self.data.take(cfg.rollout.prompts_per_iteration)]
+        # 1) sample n responses per prompt from v_N, 2) grade, 3) cut into steps
+        seed = stream_seed(cfg.seed, "sample", self.iteration)
+        episodes, batch, verdicts, t_gen, sampled = await self.sample(examples, seed)
         # 4) advantages: on rank 0 (MC values go through the queue), or on every rank when
         # they need the critic (its forward is a collective under ZeRO-3); rank 0's are used
         t0 = time.monotonic()
         result = None
         if self.info.rank == 0 or cfg.algo == "ppo":
-            result = await self.advantages(episodes, batch, seed)
+            mc_seed = stream_seed(cfg.seed, "mc", self.iteration)
+            result = await self.advantages(episodes, batch, mc_seed)
         adv, extra, value_stats = await asyncio.to_thread(broadcast_from_main, result)
         t_values = time.monotonic() - t0
         # 5) PPO epochs (in a thread so replicas' heartbeats keep beating)
@@ -259,7 +282,6 @@ class RLTrainer:
         self.version += 1
         t0 = time.monotonic()
         await self.push()
-        sampled = sum(len(c.token_ids) for per in outs for c in per)
         mask = batch.response_mask.bool()
         return {
             "iteration": self.iteration, "version": self.version, "algo": cfg.algo,
@@ -293,7 +315,7 @@ class RLTrainer:
                                                 strict=True)]  # fmt: skip
             estimates = await run_value_jobs(
                 self.services.queue, value_items, version=self.version, k=cfg.vine.k,
-                sampling=self.sampling(seed + 1), options=self.job_options("mc values"),
+                sampling=self.sampling(seed), options=self.job_options("mc values"),
             )  # fmt: skip
             est = torch.tensor([v.value for v in estimates], dtype=torch.float32)
             inputs.step_values = scatter_state_values(plan, est, batch.rewards)
@@ -310,6 +332,7 @@ class RLTrainer:
         adv, extra = compute_advantages("gae" if cfg.algo == "ppo" else cfg.algo, inputs)
         if inputs.values is not None:
             extra["old_values"] = inputs.values
+            stats = returns_fit(inputs.values, extra["returns"], batch.response_mask)
         return adv, extra, stats
 
     @staticmethod

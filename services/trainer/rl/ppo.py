@@ -101,7 +101,7 @@ def _check_accumulation(engine: Any, cfg: PPOConfig, world_size: int) -> None:
 
 
 def ppo_epochs(
-    policy: Any,
+    policy: Any | None,
     critic: Any | None,
     inputs: UpdateInputs,
     cfg: PPOConfig,
@@ -110,15 +110,16 @@ def ppo_epochs(
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, float]:
-    """E epochs of shuffled minibatch updates; returns the mean of every logged statistic
-    (over all micro-batches of all ranks).
+    """Shuffled minibatch epochs; returns the mean of every logged statistic (over all
+    micro-batches of all ranks). ``policy=None`` updates the critic alone (value warm-up).
 
     Every rank holds the whole batch and draws the same permutations from ``generator``.
     1) shuffle episodes; 2) per mini-batch, take this rank's 1/W share (`rank_rows`) and
     whiten advantages over the whole mini-batch (`minibatch_advantages`, all ranks); 3) per
     micro-batch, clipped policy loss + β·KL, backward, DeepSpeed step (the optimizer steps
     once per mini-batch: gradients are averaged over accumulation and ranks); 4) the same
-    for the critic.
+    for the critic. The policy takes ``cfg.epochs`` passes, the critic ``cfg.critic_epochs``
+    (default the same); with more critic epochs the extra passes update the critic alone.
     """
     if cfg.whiten_advantages == "auto":
         raise ValueError("ppo.whiten_advantages is 'auto': load the config through RunConfig")
@@ -131,8 +132,10 @@ def ppo_epochs(
     for engine in (policy, critic):
         if engine is not None:
             _check_accumulation(engine, cfg, world_size)
+    policy_epochs = cfg.epochs if policy is not None else 0
+    critic_epochs = (cfg.critic_epochs or cfg.epochs) if critic is not None else 0
     logs: dict[str, list[float]] = defaultdict(list)
-    for _ in range(cfg.epochs):
+    for epoch in range(max(policy_epochs, critic_epochs)):
         perm = torch.randperm(b.size, generator=generator)
         for mb in _micro(perm, cfg.mini_batch_size):
             mine = rank_rows(mb, rank, world_size)
@@ -142,8 +145,10 @@ def ppo_epochs(
             )  # fmt: skip
             for part in _micro(torch.arange(len(mine)), cfg.micro_batch_size):
                 rows = mine[part]
-                stats = _policy_step(policy, b, rows, adv[part], inputs, cfg, temperature)
-                if critic is not None:
+                stats: dict[str, float] = {}
+                if epoch < policy_epochs:
+                    stats = _policy_step(policy, b, rows, adv[part], inputs, cfg, temperature)
+                if epoch < critic_epochs:
                     stats.update(_critic_step(critic, b, rows, inputs, cfg))
                 for key, value in stats.items():
                     logs[key].append(value)

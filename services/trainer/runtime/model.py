@@ -153,26 +153,40 @@ def init_value_head(head: nn.Linear) -> nn.Linear:
     return head
 
 
+def constant_value_head(head: nn.Linear, value: float) -> nn.Linear:
+    """Weights 0 and bias ``value``: V(s) = ``value`` for every state until the first update
+    (e.g. 0.5, the middle of a [0, 1] reward range). The weights still get gradients
+    (∂V/∂w = hidden state), and the body's follow once the weights move off zero."""
+    nn.init.zeros_(head.weight)
+    nn.init.constant_(head.bias, value)
+    return head
+
+
 class Critic(nn.Module):
     """PPO value network: the LM's transformer body + a scalar head on each position."""
 
-    def __init__(self, backbone: nn.Module, hidden_size: int) -> None:
+    def __init__(self, backbone: nn.Module, hidden_size: int, init: float | None = None) -> None:
         super().__init__()
         self.backbone: Any = disable_dropout(backbone)  # a transformers base model
         self.value_head = nn.Linear(hidden_size, 1)
-        init_value_head(self.value_head)
+        if init is None:
+            init_value_head(self.value_head)
+        else:
+            constant_value_head(self.value_head, init)
 
     @classmethod
-    def from_pretrained(cls, model_dir: Path | str, dtype: torch.dtype = torch.float32) -> Critic:
+    def from_pretrained(
+        cls, model_dir: Path | str, dtype: torch.dtype = torch.float32, init: float | None = None
+    ) -> Critic:
         """Body from a causal-LM (or critic) dir; the head from ``value_head.safetensors`` if
-        saved there, else freshly initialised."""
+        saved there, else freshly initialised (``init``: see `Critic.__init__`)."""
         from safetensors.torch import load_file
         from transformers import AutoModel
 
         backbone = AutoModel.from_pretrained(
             str(model_dir), dtype=dtype, attn_implementation="sdpa"
         )
-        critic = cls(backbone, backbone.config.hidden_size).to(dtype)
+        critic = cls(backbone, backbone.config.hidden_size, init).to(dtype)
         head = Path(model_dir) / VALUE_HEAD_FILE
         if head.is_file():
             critic.value_head.load_state_dict(load_file(str(head)))

@@ -37,13 +37,14 @@ def sft_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_sft(cfg, progress=False).best_dir
 
 
-def tiny_run(model: Path, out: Path, algo: str, iterations: int) -> RunConfig:
+def tiny_run(model: Path, out: Path, algo: str, iterations: int, *extra: str) -> RunConfig:
     return load_config(preset="tiny-cpu", overrides=[
         f"algo={algo}", f"iterations={iterations}", f"model.policy={model}",
         f"output_dir={out}", "rollout.prompts_per_iteration=4",
         "rollout.responses_per_prompt=2", "rollout.max_response_tokens=40",
         "ppo.mini_batch_size=8", "ppo.micro_batch_size=4", "vine.k=2",
         "eval.every=3", "eval.num_problems=4", "eval.max_response_tokens=40", "optim.lr=1e-4",
+        *extra,
     ])  # fmt: skip
 
 
@@ -69,6 +70,24 @@ def test_three_iterations_through_real_services(sft_model: Path, tmp_path: Path,
     assert "acc/val" in rows[0] and "acc/val" in steps[-1]
     assert (tmp_path / algo / "policies" / "policy-v3").is_dir()
     assert list((tmp_path / algo / "tb").glob("events.out.tfevents.*"))  # TensorBoard events
+
+
+def test_ppo_value_warmup_and_critic_probe(sft_model: Path, tmp_path: Path) -> None:
+    """The careful-PPO options through the real loop: value warm-up before iteration 1 (its
+    time on the iteration-0 row) and the critic's MAE / explained variance against MC truth
+    at each validation."""
+    cfg = tiny_run(sft_model, tmp_path / "ppo", "ppo", 3, "ppo.critic_warmup_iterations=2",
+                   "ppo.critic_init=0.5", "ppo.critic_lr=1e-3", "ppo.critic_epochs=3",
+                   "eval.value_probe_prompts=2", "eval.value_probe_k=4")  # fmt: skip
+    rows = asyncio.run(_train(cfg))
+    first, last = rows[0], rows[-1]
+    assert first["iteration"] == 0 and first["critic/warmup_episodes"] == 2 * 8
+    assert first["time/critic_warmup"] > 0
+    assert math.isfinite(first.get("critic/warmup_ev_last", 0.0))  # absent if returns constant
+    for row in (first, last):  # validations: the probe's numbers
+        assert row["value/probe_states"] >= 2 and 0 <= row["value/critic_mae"] <= 1.5
+        assert 0 <= row["value/group_mae"] <= 1
+    assert all(math.isfinite(float(r["loss/value"])) for r in rows[1:])
 
 
 def _train_cmd(model: Path, out: Path, iterations: int, *extra: str) -> list[str]:

@@ -94,3 +94,12 @@ def test_value_head_initialised_as_the_authors(tiny_dir: Path) -> None:
 def test_unknown_preset(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="known: micro, tiny, small"):
         build_tiny_model(tmp_path, ["a"], preset="huge")
+
+
+def test_constant_value_head_starts_every_state_at_the_value(tiny_dir: Path) -> None:
+    critic = Critic.from_pretrained(tiny_dir, init=0.5)
+    ids = torch.tensor([[1, 5, 7, 9], [1, 8, 8, 2]])
+    values = critic(ids, torch.ones_like(ids))
+    torch.testing.assert_close(values, torch.full((2, 4), 0.5))
+    values.sum().backward()  # the weights learn at once; the body once the weights move
+    assert float(critic.value_head.weight.grad.abs().sum()) > 0
