@@ -1,19 +1,25 @@
 """A task whose reward is learnable by construction, for the "RL learns" tests.
 
-Every problem asks to repeat a three-digit number with distinct digits; a solution writes the
-number on one line (the reasoning step), then ``#### number``::
+Every problem asks to write a three-digit number with distinct digits three times; then the
+answer::
 
-    Question: Repeat 472.
+    Question: Write 472 three times.
     Answer:
+    472
+    472
     472
     #### 472
 
-The SFT data mixes the right solution (share ``p_correct``) with a fixed wrong one that writes
-the digits reversed (``274`` / ``#### 274``), so the SFT policy has learned both modes and
-picks the right one with probability about ``p_correct`` (less at temperature < 1). One wrong
-step makes the answer wrong, and all RL has to do to raise the reward is shift probability
-between two behaviours the model already has: any working policy-gradient method must
-learn it within a few iterations, so a method that does not has a bug.
+That is three reasoning steps (``472\n``, ``472\n``, ``472\n#### 472``). The SFT data always
+gets the first line right and mixes a right second line (share ``p_correct``) with a fixed
+wrong one that writes the digits reversed (``274``), which the third line and the answer then
+copy. So the SFT policy has learned both modes of step 1 and picks the right one with
+probability about ``p_correct`` (less at temperature < 1); steps 0 and 2 are (almost)
+deterministic. The error sits in one known step: VinePPO's advantage must be negative on step
+1 of a wrong response and about 0 on steps 0 and 2, where a trajectory-level baseline blames
+every step alike. To raise the reward, RL only has to shift probability between two
+behaviours the model already has: any working policy-gradient method must learn it within a
+few iterations, so a method that does not has a bug.
 
 Files are written in GSM8K's jsonl format (``gsm8k/train.jsonl`` and ``gsm8k/test.jsonl``)
 under two data dirs: the SFT dir (mixed solutions) and the RL dir (gold solutions, whose
@@ -33,9 +39,17 @@ def numbers() -> list[int]:
     return [int("".join(map(str, p))) for p in itertools.permutations(range(1, 10), 3)]
 
 
+ERROR_STEP = 1
+"""The step whose two modes (right / reversed) decide the reward."""
+
+
+def question(n: int) -> str:
+    return f"Write {n} three times."
+
+
 def solution(n: int, *, correct: bool = True) -> str:
     shown = n if correct else int(str(n)[::-1])
-    return f"{shown}\n#### {shown}"
+    return f"{n}\n{shown}\n{shown}\n#### {shown}"
 
 
 def _write(path: Path, rows: list[dict[str, str]]) -> None:
@@ -51,10 +65,10 @@ def write_data(
     nums = numbers()
     sft = [rng.choice(nums) for _ in range(sft_rows)]
     sft_rows_ = [
-        {"question": f"Repeat {n}.", "answer": solution(n, correct=rng.random() < p_correct)}
+        {"question": question(n), "answer": solution(n, correct=rng.random() < p_correct)}
         for n in sft
     ]
-    gold = [{"question": f"Repeat {n}.", "answer": solution(n)} for n in nums]
+    gold = [{"question": question(n), "answer": solution(n)} for n in nums]
     rng.shuffle(gold)
     sft_dir, rl_dir = root / "sft-data", root / "rl-data"
     _write(sft_dir / "gsm8k" / "train.jsonl", sft_rows_)
