@@ -18,13 +18,25 @@ from pathlib import Path
 from typing import Any
 
 from services.trainer.config import RunConfig, load_config
-from services.trainer.sft.config import SFT_PRESETS, SFTConfig
+from services.trainer.sft.config import LENGTH_BANDS, SFT_PRESETS, SFTConfig
 
 log = logging.getLogger(__name__)
 
 
-DEMO_TASK: dict[str, Any] = {"max_steps": 4}
-"""The demo's task difficulty (`ArithmeticConfig` fields); see docs/demo.md for why."""
+DEMO_BAND = "2-4"
+"""The demo's band of reasoning lengths (`LENGTH_BANDS`: 2–4 step problems); see docs/demo.md
+for why."""
+METHODS = ("ppo", "grpo", "rloo", "vine")
+"""The RL methods the demo compares, in the order of its table."""
+NAMES = {"ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "vine": "VinePPO"}
+
+
+def band_task(band: str) -> dict[str, int]:
+    """The `ArithmeticConfig` fields of a band of `LENGTH_BANDS` (e.g. ``"4-6"``)."""
+    if band not in LENGTH_BANDS:
+        raise ValueError(f"unknown band {band!r}; known: {', '.join(LENGTH_BANDS)}")
+    b = LENGTH_BANDS[band]
+    return {"min_steps": b["min_steps"], "max_steps": b["max_steps"]}
 
 
 def committed_sft() -> Path:
@@ -51,19 +63,24 @@ class DemoBudget:
     test_problems: int
     test_seeds: int
     k: int
-    probe_prompts: int
+    value_prompts: int
     """Test prompts whose step values are probed for the value-MAE column."""
     truth_k: int
     """MC samples of the ground-truth values (the paper uses 256)."""
+    probe_prompts: int = 0
+    """PPO runs: validation prompts whose states probe the critic at every validation
+    (``eval.value_probe_prompts``; 0 = off)."""
+    top_action_states: int = 0
+    """States of the final value analysis at which candidate next steps are ranked."""
 
 
 BUDGETS = {
-    "full": DemoBudget(sft_steps=2400, iterations=16, prompts=16, responses=4, eval_every=2,
+    "full": DemoBudget(sft_steps=4800, iterations=16, prompts=16, responses=4, eval_every=4,
                        val_problems=256, val_seeds=4, test_problems=500, test_seeds=4, k=3,
-                       probe_prompts=8, truth_k=64),
+                       value_prompts=8, truth_k=64, probe_prompts=8, top_action_states=16),
     "quick": DemoBudget(sft_steps=40, iterations=2, prompts=4, responses=2, eval_every=1,
                         val_problems=8, val_seeds=1, test_problems=8, test_seeds=1, k=2,
-                        probe_prompts=2, truth_k=4),
+                        value_prompts=2, truth_k=4, probe_prompts=2, top_action_states=2),
 }  # fmt: skip
 
 
@@ -105,37 +122,50 @@ def sft_model(out: Path, budget: DemoBudget, retrain: bool) -> Path:
 
 DEMO_RL: dict[str, dict[str, Any]] = {
     "ppo": {"optim.lr": 3e-4, "ppo.kl_coef": 1e-4},
+    "grpo": {"optim.lr": 1e-4, "ppo.kl_coef": 1e-4},
+    "rloo": {"optim.lr": 1e-4, "ppo.kl_coef": 1e-4},
     "vine": {"optim.lr": 1e-4, "ppo.kl_coef": 1e-4},
 }
-"""Each method's learning rate and KL coefficient, chosen by the sweep in
-docs/benchmarks/learning.md (``bench/learning.py --sweep``)."""
+"""Each method's learning rate and KL coefficient (and PPO's critic settings), chosen by its
+own sweep on validation (docs/benchmarks/learning_sweep.md, ``bench/learning.py --sweep``)."""
 
 
-def run_overrides(algo: str, model: Path, out: Path, budget: DemoBudget, seed: int,
-                  rl: dict[str, Any] | None = None) -> list[str]:  # fmt: skip
+def run_overrides(
+    algo: str, model: Path, out: Path, budget: DemoBudget, seed: int,
+    rl: dict[str, Any] | None = None, band: str = DEMO_BAND,
+) -> list[str]:  # fmt: skip
     """The ``--set`` overrides of one demo run on top of the ``tiny-cpu`` preset."""
     n = budget.prompts * budget.responses
     tuned = {**DEMO_RL.get(algo, {}), **(rl or {})}
+    probe = budget.probe_prompts if algo == "ppo" else 0
+    tokens = LENGTH_BANDS[band]["max_tokens"]
     return [
         f"algo={algo}", f"seed={seed}", f"model.policy={model}", f"output_dir={out / algo}",
         f"iterations={budget.iterations}", f"rollout.prompts_per_iteration={budget.prompts}",
         f"rollout.responses_per_prompt={budget.responses}", f"vine.k={budget.k}",
         f"eval.every={budget.eval_every}", f"eval.num_problems={budget.val_problems}",
         f"eval.seeds={budget.val_seeds}", f"ppo.mini_batch_size={n // 2 if n >= 16 else n}",
-        f"arithmetic={json.dumps(DEMO_TASK, separators=(',', ':'))}",
-        *(f"{k}={v}" for k, v in tuned.items()),
+        f"eval.value_probe_prompts={probe}", f"rollout.max_response_tokens={tokens}",
+        f"eval.max_response_tokens={tokens}",
+        f"arithmetic={json.dumps(band_task(band), separators=(',', ':'))}",
+        *(f"{k}={json.dumps(v)}" for k, v in tuned.items()),
     ]  # fmt: skip
 
 
-def run_config(algo: str, model: Path, out: Path, budget: DemoBudget, seed: int,
-               rl: dict[str, Any] | None = None) -> RunConfig:  # fmt: skip
-    """The config of one demo run (also written to ``out/algo/command.txt`` as a command)."""
-    overrides = run_overrides(algo, model, out, budget, seed, rl)
+def run_config(
+    algo: str, model: Path, out: Path, budget: DemoBudget, seed: int,
+    rl: dict[str, Any] | None = None, band: str = DEMO_BAND,
+) -> RunConfig:  # fmt: skip
+    """The config of one demo run, written to ``out/algo/config.json`` and as a command to
+    ``out/algo/command.txt``."""
+    overrides = run_overrides(algo, model, out, budget, seed, rl, band)
     (out / algo).mkdir(parents=True, exist_ok=True)
     (out / algo / "command.txt").write_text(
         "vineppo train --preset tiny-cpu " + " ".join(f"--set '{o}'" for o in overrides) + "\n"
     )
-    return load_config(preset="tiny-cpu", overrides=overrides)
+    cfg = load_config(preset="tiny-cpu", overrides=overrides)
+    (out / algo / "config.json").write_text(cfg.model_dump_json(indent=2))  # as `vineppo train`
+    return cfg
 
 
 async def train_and_test(
@@ -146,68 +176,93 @@ async def train_and_test(
     test: bool = True,
     engine: str = "auto",
 ) -> dict[str, Any]:
-    """Train one method through the services, then its test Pass@1 (and the SFT model's);
-    ``test=False`` skips both test evaluations (a sweep chooses on validation only)."""
+    """Train one method through the services, then (``test``) the test Pass@1 of its
+    best-by-validation policy and, once per ``sft_acc``, of the SFT model; ``test=False``
+    skips both (a sweep chooses on validation only)."""
     from services.trainer.client.stack import run_services
-    from services.trainer.evaluation.evaluate import evaluate
     from services.trainer.rl.loop import RLTrainer
-    from shared.datasets import load_examples
 
     out = Path(cfg.output_dir)
-    test_set = load_examples(cfg.dataset, "test", n=budget.test_problems, seed=cfg.seed,
-                             arithmetic=cfg.arithmetic)  # fmt: skip
     # 32 prompts per job and 128 rows per decode: the tiny model decodes ~1.2× more tokens
     # per CPU second at 128 rows than at 64 (docs/benchmarks/engine_speed.md); same samples
     async with run_services(cfg.model.policy, out / "policies", redis_url=redis_url,
                             queue_prefix=f"vineppo-demo-{cfg.algo}:", job_size=32,
                             max_batch=128, engine=engine) as services:  # fmt: skip
-        trainer = RLTrainer(cfg, services)
-        prompts = [trainer.prompt(x) for x in test_set]
-
-        async def test_acc() -> tuple[float, float]:
-            res = await evaluate(services.queue, services.grader, test_set, prompts,
-                                 version=trainer.version, seeds=budget.test_seeds,
-                                 temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
-                                 max_tokens=cfg.eval.max_response_tokens)  # fmt: skip
-            return res.mean, res.stderr
-
-        if test and "test" not in sft_acc:  # the SFT model = every method's version 0
-            await trainer.push()
-            sft_acc["test"], sft_acc["test SE"] = await test_acc()
         start = time.monotonic()
-        await trainer.run()
+        await RLTrainer(cfg, services).run()
         wall = time.monotonic() - start
-        acc, se = await test_acc() if test else (float("nan"), float("nan"))
-    return {"method": cfg.algo, "test Pass@1": acc, "test SE": se, "wall-clock (s)": wall}
+    row: dict[str, Any] = {"method": cfg.algo, "wall-clock (s)": wall}
+    if test:
+        row.update(await test_selected_async(cfg, budget, sft_acc, redis_url, engine))
+    return row
+
+
+async def test_selected_async(
+    cfg: RunConfig, budget: DemoBudget, sft_acc: dict[str, float] | None = None,
+    redis_url: str | None = None, engine: str = "auto",
+) -> dict[str, Any]:  # fmt: skip
+    """Test Pass@1 (``test_problems`` × ``test_seeds`` at the evaluation temperature) of the
+    run's policy selected on validation (the paper's protocol; ``select_checkpoint``) and,
+    when ``sft_acc`` is given without a ``test`` entry, of the SFT model into it."""
+    from services.trainer.evaluation.runs import eval_checkpoint, select_checkpoint
+    from shared.datasets import load_examples
+
+    test_set = load_examples(cfg.dataset, "test", n=budget.test_problems, seed=cfg.seed,
+                             arithmetic=cfg.arithmetic)  # fmt: skip
+    ev = cfg.eval
+
+    async def pass_at_1(model: Path) -> tuple[float, float]:
+        res = await eval_checkpoint(model, test_set, seeds=budget.test_seeds,
+                                    temperature=ev.temperature, top_p=ev.top_p,
+                                    max_tokens=ev.max_response_tokens, redis_url=redis_url,
+                                    engine=engine, max_batch=128, progress=False)  # fmt: skip
+        return res.mean, res.stderr
+
+    if sft_acc is not None and "test" not in sft_acc:
+        sft_acc["test"], sft_acc["test SE"] = await pass_at_1(Path(cfg.model.policy))
+    selected = select_checkpoint(Path(cfg.output_dir))
+    acc, se = await pass_at_1(Path(selected["path"]))
+    return {"test Pass@1": acc, "test SE": se, "selected version": selected["version"],
+            "selected acc/val": selected["acc/val"]}  # fmt: skip
+
+
+def test_selected(cfg: RunConfig, budget: DemoBudget) -> dict[str, Any]:
+    """`test_selected_async` with the SFT model's test Pass@1 too, from synchronous code."""
+    sft: dict[str, float] = {}
+    row = asyncio.run(test_selected_async(cfg, budget, sft))
+    return {**row, "sft Pass@1": sft["test"], "sft SE": sft["test SE"]}
 
 
 def value_mae(out: Path, budget: DemoBudget, cfg: RunConfig) -> dict[str, float]:
     """MAE against ground-truth MC values (``truth_k`` samples) of step states sampled from
-    the final PPO policy: VinePPO's MC estimate (its K) vs PPO's critic. The analysis (JSON +
-    plots) lands in ``out/ppo/value-analysis`` and the report picks it up."""
+    the final PPO policy, per method: VinePPO's MC estimate (its K), PPO's critic and the
+    GRPO/RLOO group mean (leave-one-out, the same number for both). The analysis (JSON +
+    plots, top-action accuracy included) lands in ``out/ppo/value-analysis``; the report picks
+    it up."""
+    from services.trainer.evaluation.analysis import GROUP_BASELINE
     from services.trainer.evaluation.runs import analyze_checkpoint, load_critic, run_policy
     from services.trainer.evaluation.value_probe import ProbeConfig
     from shared.datasets import load_examples
 
     policy, critic_file = run_policy(out / "ppo")
-    examples = load_examples(cfg.dataset, "test", n=budget.probe_prompts, seed=cfg.seed + 1,
+    examples = load_examples(cfg.dataset, "test", n=budget.value_prompts, seed=cfg.seed + 1,
                              arithmetic=cfg.arithmetic)  # fmt: skip
     probe = ProbeConfig(
         responses=4,
         truth_k=budget.truth_k,
         vine_k=budget.k,
         temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p,
         max_tokens=cfg.rollout.max_response_tokens,
-        top_action_states=0,
+        top_action_states=budget.top_action_states,
     )
     critic = load_critic(policy, critic_file) if critic_file is not None else None
     doc = asyncio.run(analyze_checkpoint(policy, examples, probe, out / "ppo" / "value-analysis",
                                          critic=critic))  # fmt: skip
     metrics = doc["metrics"]
-    maes = {"vine": metrics[f"VinePPO K={budget.k}"]["mae"]}
-    if "PPO critic" in metrics:
-        maes["ppo"] = metrics["PPO critic"]["mae"]
-    return maes
+    names = {"vine": f"VinePPO K={budget.k}", "ppo": "PPO critic", "grpo": GROUP_BASELINE,
+             "rloo": GROUP_BASELINE}  # fmt: skip
+    return {algo: metrics[name]["mae"] for algo, name in names.items() if name in metrics}
 
 
 def run_demo(
@@ -222,16 +277,16 @@ def run_demo(
     model = sft_model(out, b, retrain_sft)
     sft_acc: dict[str, float] = {}
     rows = []
-    for algo in ("ppo", "vine"):
+    for algo in METHODS:
         cfg = run_config(algo, model, out, b, seed)
         rows.append(asyncio.run(train_and_test(cfg, b, redis_url, sft_acc, engine=engine)))
     maes = value_mae(out, b, run_config("ppo", model, out, b, seed))
-    names = {"ppo": "PPO", "vine": "VinePPO"}
     summary = [{"method": "SFT", "test Pass@1": sft_acc["test"], "± SE": sft_acc["test SE"],
                 "value MAE": "", "wall-clock (s)": 0.0}]  # fmt: skip
-    summary += [{"method": names[r["method"]], "test Pass@1": r["test Pass@1"],
+    summary += [{"method": NAMES[r["method"]], "test Pass@1": r["test Pass@1"],
                  "± SE": r["test SE"], "value MAE": maes.get(r["method"], ""),
                  "wall-clock (s)": r["wall-clock (s)"]} for r in rows]  # fmt: skip
-    runs = [load_run(out / a, names[a]) for a in ("ppo", "vine")]
-    write_report(runs, out / "report.html", summary, title="vineppo demo: PPO vs VinePPO")
+    runs = [load_run(out / a, NAMES[a]) for a in METHODS]
+    write_report(runs, out / "report.html", summary,
+                 title="vineppo demo: PPO, GRPO, RLOO and VinePPO")  # fmt: skip
     return summary

@@ -68,6 +68,11 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
     return Run(name or Path(run_dir).name, rows, command, analysis=analysis, evals=evals)
 
 
+YLABELS = {"acc/val": "validation Pass@1 (±1 SE)", "reward/mean": "train reward",
+           "value/critic_mae": "PPO critic MAE vs MC truth",
+           "value/critic_ev": "PPO critic explained variance"}  # fmt: skip
+
+
 def _plot(runs: Sequence[Run], x_of: str, out: Path, xlabel: str, key: str = "acc/val") -> Path:
     """``key`` per iteration, wall-clock or KL; validation Pass@1 with a ±1 SE band (the
     standard error over validation problems) when the run logged it."""
@@ -95,7 +100,7 @@ def _plot(runs: Sequence[Run], x_of: str, out: Path, xlabel: str, key: str = "ac
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
-    ax.set_ylabel({"acc/val": "validation Pass@1 (±1 SE)", "reward/mean": "train reward"}[key])
+    ax.set_ylabel(YLABELS.get(key, key))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -123,6 +128,11 @@ def write_report(
             key="reward/mean",
         ),
     ]
+    critics = [r for r in runs if r.series("value/critic_mae")[0]]
+    for key in ("value/critic_mae", "value/critic_ev") if critics else ():
+        name = key.split("/")[1].replace("_", "-")
+        plots.append(_plot(critics, "iteration", out_html.with_name(f"{stem}-{name}.png"),
+                           "RL iteration", key=key))  # fmt: skip
     rows = list(summary) or [_final_numbers(r) for r in runs]
     keys = list(dict.fromkeys(k for row in rows for k in row))
     table = "".join(

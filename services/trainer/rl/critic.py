@@ -102,7 +102,7 @@ def update_critic(t: RLTrainer, batch: Batch, extra: dict[str, Tensor]) -> dict[
 
 async def warmup_critic(t: RLTrainer) -> dict[str, float]:
     """Value warm-up (module docstring); returns the iteration-0 row's warm-up metrics."""
-    cfg, start = t.cfg, time.monotonic()
+    cfg, start, cpu_start = t.cfg, time.monotonic(), time.process_time()
     order = DataOrder(len(t.train), stream_seed(cfg.seed, "critic-warmup-order"))
     fits: list[float] = []
     episodes_seen = 0
@@ -120,6 +120,7 @@ async def warmup_critic(t: RLTrainer) -> dict[str, float]:
         **row,
         "critic/warmup_episodes": float(episodes_seen),
         "time/critic_warmup": time.monotonic() - start,
+        "time/cpu_critic_warmup": time.process_time() - cpu_start,
     }
 
 

@@ -258,7 +258,7 @@ class RLTrainer:
 
     async def step(self) -> dict[str, Any]:
         """One RL iteration; returns its metrics row."""
-        cfg, t_start = self.cfg, time.monotonic()
+        cfg, t_start, cpu_start = self.cfg, time.monotonic(), time.process_time()
         reset_peak(self.info.device)
         examples = [self.train[i] for i in self.data.take(cfg.rollout.prompts_per_iteration)]
         # 1) sample n responses per prompt from v_N, 2) grade, 3) cut into steps
@@ -292,6 +292,7 @@ class RLTrainer:
             **value_stats, **stats,
             "time/generate": t_gen, "time/values": t_values, "time/train": t_train,
             "time/push": time.monotonic() - t0, "time/iteration": time.monotonic() - t_start,
+            "time/cpu_iteration": time.process_time() - cpu_start,
             "rollout/tokens_per_s": sampled / max(t_gen, 1e-9),
             **memory_stats(self.info.device),  # host RSS; peak CUDA memory on a GPU
         }  # fmt: skip

@@ -1,5 +1,5 @@
-"""The demo pipeline end to end with a tiny budget: SFT, PPO and VinePPO through the real
-services, test evaluation, report and summary with numbers for each method."""
+"""The demo pipeline end to end with a tiny budget: SFT, then PPO, GRPO, RLOO and VinePPO
+through the real services, test evaluation, report and summary with numbers for each method."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ def test_quick_demo_writes_report_and_summary(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--threads", "1"])
     assert result.exit_code == 0, result.output
     summary = (out / "summary.txt").read_text()
-    for method in ("SFT", "PPO", "VinePPO"):
+    for method in ("SFT", "PPO", "GRPO", "RLOO", "VinePPO"):
         line = next(x for x in summary.splitlines() if f"method={method} " in x + " ")
         assert re.search(r"test Pass@1=\d", line), line
-        if method != "SFT":  # value MAE: VinePPO's MC estimate, PPO's critic
+        if method != "SFT":  # value MAE: PPO's critic, the group mean, VinePPO's MC estimate
             assert re.search(r"value MAE=\d", line), line
     page = (out / "report.html").read_text()
     images = re.findall(r'src="([^"]+)"', page)
@@ -35,7 +35,7 @@ def test_quick_demo_writes_report_and_summary(tmp_path: Path) -> None:
         import matplotlib.image
 
         assert matplotlib.image.imread(png).ndim == 3
-    assert "VinePPO" in page and "PPO" in page
+    assert all(name in page for name in ("PPO", "GRPO", "RLOO", "VinePPO"))
     # a second run reuses the SFT model instead of retraining it
     best = out / "sft" / "best"
     stamp = (best / "model.safetensors").stat().st_mtime_ns

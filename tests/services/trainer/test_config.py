@@ -99,3 +99,14 @@ def test_lr_schedule_warmup_then_linear_decay() -> None:
     mid = lr_multiplier(55, total_steps=100, warmup_steps=10, end_ratio=0.1, power=2.0)
     assert mid == pytest.approx(0.1 + 0.9 * 0.25)
     assert lr_multiplier(0, total_steps=10, warmup_steps=0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("algo", "dataset", "iterations"),
+    [("vine", "gsm8k", 650), ("ppo", "gsm8k", 650), ("vine", "math", 1000),
+     ("restem", "gsm8k", 10), ("restem", "math", 10), ("grpo", "arithmetic", 1000)],
+)  # fmt: skip
+def test_unset_iterations_follow_the_authors(algo: str, dataset: str, iterations: int) -> None:
+    # the authors' configs: 650 iterations on GSM8K, 1000 on MATH; the paper's RestEM: 10
+    assert load_config(overrides=[f"algo={algo}", f"dataset={dataset}"]).iterations == iterations
+    assert load_config(overrides=[f"algo={algo}", "iterations=7"]).iterations == 7
