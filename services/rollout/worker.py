@@ -10,15 +10,19 @@ Jobs of an OLDER version than the one loaded are not served (their stream is no 
 read): answering them with newer weights would stamp a wrong policy on the result, and the
 trainer never enqueues stale work. A trainer that did would see those jobs time out.
 
-Announced weights go through the same resolver as ``POST /v1/weights``
+Announced weights go through the same gate as ``POST /v1/weights`` (``policy.PolicyGate``:
+one lock per engine around check, read and swap) and the same resolver
 (``engine.weights.read_weights``): only ``checkpoint_root / <last path component>``, only
-the shards the announcement names, each read once and checked against its SHA-256; an
-announcement without digests, or older than the version served, is refused — unless it
-comes from a later trainer generation (a resumed run rolling replicas back to its
-checkpoint's version; see ``WeightsAnnouncement.generation``).
+the shards the announcement names, each read once and checked against its SHA-256, finite
+values only; an announcement without digests, or older than the version served, is refused
+— unless it comes from a later trainer generation (a resumed run rolling replicas back to its
+checkpoint's version; see ``WeightsAnnouncement.generation``). A later generation
+re-announcing the version served is adopted without a load when its digests are those of the
+weights served, and loaded otherwise.
 
 A failed load leaves the worker in state ``failed`` (heartbeat names the version and the
-error); it serves nothing until a newer version is announced, which it tries to load.
+error); it serves nothing until a newer version is announced, which it tries to load. An
+announcement overtaken by an HTTP push of a newer version is skipped, not a failure.
 
 Delivery is at-least-once (a dead worker's jobs are reclaimed by another one after
 ``claim_idle_ms``); a live worker keeps its in-flight deliveries fresh with every heartbeat.
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -43,7 +48,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from services.rollout.engine.base import Engine, EngineDead
-from services.rollout.engine.weights import VerifiedWeights, WeightsPathError, read_weights
+from services.rollout.engine.weights import (
+    VerifiedWeights,
+    WeightsPathError,
+    WeightsRefused,
+    read_weights,
+)
+from services.rollout.policy import PolicyGate
 from shared.queue import Delivery, JobQueue
 from shared.schemas import (
     GenerateResult,
@@ -87,6 +98,7 @@ class RolloutWorker:
 
     def __init__(self, queue: JobQueue, engine: Engine, grader: Grader, config: WorkerConfig):
         self.queue, self.engine, self.grader, self.config = queue, engine, grader, config
+        self.gate = PolicyGate.of(engine)  # shared with this engine's HTTP pushes
         self.state: str = "starting"
         self.failed_version: int | None = None
         self._failed: tuple[int, int] | None = None  # order of the announcement that failed
@@ -123,8 +135,8 @@ class RolloutWorker:
         ann = self._announced
         if ann is None or ann.order <= (self.generation, self.engine.version):
             return None
-        if ann.version == self.engine.version:  # a resumed trainer re-announces what we hold:
-            self.generation = ann.generation  # the same weights (its runs are deterministic)
+        if ann.version == self.engine.version and ann.sha256 == self.gate.sha256:
+            self.generation = ann.generation  # a resumed trainer re-announces what we hold
             return None
         if ann.version < self.engine.version and ann.generation <= self.generation:
             return None  # never back to an older policy of the same trainer
@@ -132,22 +144,28 @@ class RolloutWorker:
             return None
         return ann
 
+    def _load_failed(self, ann: WeightsAnnouncement, exc: Exception) -> None:
+        self.state, self.failed_version, self._failed = "failed", ann.version, ann.order
+        self.error = f"{type(exc).__name__}: {exc}"
+        log.error("replica %s failed to load v%d from %s: %s",
+                  self.config.replica_id, ann.version, ann.path, self.error)  # fmt: skip
+
     async def _load(self, ann: WeightsAnnouncement) -> None:
-        path = ann.path
         self.state = "loading"
         beat = asyncio.create_task(self._beat())  # announce "loading" while the load runs
         t0 = time.perf_counter()
+        supersede = ann.generation > self.generation
         try:
-            if ann.version < self.engine.version and ann.generation <= self.generation:
-                raise WeightsPathError(f"v{ann.version} is older than the v{self.engine.version}"
-                                       " served", 409, "stale_version")  # fmt: skip
-            weights = await asyncio.to_thread(self._read, ann)
-            await self.engine.load_weights(ann.version, weights)
+            await self.gate.load(ann.version, functools.partial(self._read, ann),
+                                 supersede=supersede)  # fmt: skip
+        except WeightsRefused as exc:
+            if exc.code == "stale_version":  # an HTTP push loaded a newer version meanwhile
+                self.state = "ready"
+                log.info("replica %s skips v%d: %s", self.config.replica_id, ann.version, exc)
+            else:
+                self._load_failed(ann, exc)
         except Exception as exc:
-            self.state, self.failed_version, self._failed = "failed", ann.version, ann.order
-            self.error = f"{type(exc).__name__}: {exc}"
-            log.error("replica %s failed to load v%d from %s: %s",
-                      self.config.replica_id, ann.version, path, self.error)  # fmt: skip
+            self._load_failed(ann, exc)
         else:
             self.state, self.failed_version, self.error = "ready", None, None
             self._failed, self.generation = None, ann.generation
