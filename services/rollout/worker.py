@@ -24,6 +24,10 @@ A failed load leaves the worker in state ``failed`` (heartbeat names the version
 error); it serves nothing until a newer version is announced, which it tries to load. An
 announcement overtaken by an HTTP push of a newer version is skipped, not a failure.
 
+Consumer-group hygiene: every ``consumer_gc_s`` the worker removes the consumers of its
+version's group that are idle past ``consumer_idle_ms``, hold no pending job and have no live
+heartbeat (``JobQueue.prune_consumers``): replicas that died and were replaced.
+
 Delivery is at-least-once (a dead worker's jobs are reclaimed by another one after
 ``claim_idle_ms``); a live worker keeps its in-flight deliveries fresh with every heartbeat.
 The worker never stores a second result for a job (``put_result`` is first-wins).
@@ -91,6 +95,8 @@ class WorkerConfig:
     checkpoint_root: Path | None = None  # where this replica mounts the checkpoint volume
     # (None: every announced load is refused); largest total size of one policy's shards
     max_weights_bytes: int = 64 * 1024**3
+    consumer_gc_s: float = 30.0  # how often dead consumers are removed from the group
+    consumer_idle_ms: int = 60_000  # a consumer idle this long, without heartbeat, is dead
 
 
 class RolloutWorker:
@@ -109,6 +115,7 @@ class RolloutWorker:
         self._wake = asyncio.Event()
         self._inflight: set[str] = set()
         self._last_claim = 0.0
+        self._last_gc = time.monotonic()
 
     # 1) weights -------------------------------------------------------------------------
     def _read(self, ann: WeightsAnnouncement) -> VerifiedWeights:
@@ -196,9 +203,21 @@ class RolloutWorker:
                 if self._inflight:
                     await self.queue.touch(self.config.replica_id, list(self._inflight))
                 await self._beat()
+                await self._prune_consumers()
             except Exception:  # a beat must never kill the worker
                 log.exception("heartbeat failed")
             await asyncio.sleep(self.config.heartbeat_s)
+
+    async def _prune_consumers(self) -> None:
+        """Every ``consumer_gc_s``: drop dead replicas' consumers from this version's group."""
+        cfg = self.config
+        if time.monotonic() - self._last_gc < cfg.consumer_gc_s:
+            return
+        self._last_gc = time.monotonic()
+        gone = await self.queue.prune_consumers(self.engine.version, cfg.consumer_idle_ms)
+        if gone:
+            log.info("replica %s removed %d dead consumer(s) of v%d: %s",
+                     cfg.replica_id, len(gone), self.engine.version, gone)  # fmt: skip
 
     # 3) jobs ----------------------------------------------------------------------------
     async def _next_deliveries(self, version: int) -> list[Delivery]:

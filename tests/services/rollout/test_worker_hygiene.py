@@ -1,6 +1,6 @@
 """The rollout worker over long runs, in-process with real TorchEngines and a real
-redis-server: a re-announced version is loaded unless its bytes are the ones served, NaN
-weights are refused over the queue too."""
+redis-server: dead replicas' consumers leave the stream's group, a re-announced version is
+loaded unless its bytes are the ones served, NaN weights are refused over the queue too."""
 
 from __future__ import annotations
 
@@ -11,16 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from redis.asyncio import Redis
 from safetensors.torch import load_file, save_file
 
 from services.reward.app import create_app as create_reward_app
 from services.reward.client import RewardClient
 from services.reward.settings import RewardSettings
 from services.rollout.engine.torch_engine import TorchEngine
-from services.rollout.worker import RolloutWorker
+from services.rollout.worker import RolloutWorker, WorkerConfig
+from services.trainer.client.jobs import JobOptions, run_jobs
 from services.trainer.client.weights import announcement
 from shared.queue import JobQueue, make_queue
-from tests.services.rollout.test_worker import GREEDY, TEXTS, fast_config
+from shared.queue.redis_streams import GROUP
+from tests.services.rollout.test_worker import GREEDY, TEXTS, fast_config, gen_job
 from tests.services.rollout.tiny import make_tiny_model_dir, save_weights
 from tests.support import serve_app
 
@@ -43,6 +46,51 @@ async def queue(redis_url: str, key_prefix: str) -> AsyncIterator[JobQueue]:
     q = make_queue(redis_url, prefix=key_prefix)
     yield q
     await q.close()
+
+
+def gc_config(replica_id: str) -> WorkerConfig:
+    """Fast beats and a consumer sweep every 0.5 s of consumers idle for 1 s."""
+    return WorkerConfig(replica_id=replica_id, block_ms=200, heartbeat_s=0.2,
+                        heartbeat_ttl_s=1.0, claim_idle_ms=1500, consumer_gc_s=0.5,
+                        consumer_idle_ms=1000)  # fmt: skip
+
+
+async def consumers(queue: JobQueue, redis_url: str, version: int = 0) -> set[str]:
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        rows = await redis.xinfo_consumers(f"{queue.prefix}jobs:v{version}", GROUP)
+    finally:
+        await redis.aclose()
+    return {str(r["name"]) for r in rows}
+
+
+async def test_dead_replicas_leave_the_consumer_group(
+    queue: JobQueue, redis_url: str, tiny_dir: Path, reward_url: str
+) -> None:
+    """Four replicas serve a job each and die (a restart is a new replica id): once idle past
+    ``consumer_idle_ms`` with no heartbeat, the live replica removes them; the group holds
+    only live consumers (it used to keep one per restart, forever)."""
+    engine = TorchEngine(tiny_dir)
+    for i in range(4):
+        stop = asyncio.Event()
+        worker = RolloutWorker(queue, engine, RewardClient(reward_url), gc_config(f"gone-{i}"))
+        task = asyncio.create_task(worker.run(stop))
+        await run_jobs(queue, [gen_job(0, f"Question: {i}+1=?\n")], JobOptions(progress=False))
+        stop.set()
+        await task
+    assert await consumers(queue, redis_url) == {f"gone-{i}" for i in range(4)}
+    stop = asyncio.Event()
+    live = RolloutWorker(queue, TorchEngine(tiny_dir), RewardClient(reward_url), gc_config("live"))
+    task = asyncio.create_task(live.run(stop))
+    try:
+        await run_jobs(queue, [gen_job(0, "Question: 9+1=?\n")], JobOptions(progress=False))
+        deadline = asyncio.get_running_loop().time() + 20
+        while (names := await consumers(queue, redis_url)) != {"live"}:
+            assert asyncio.get_running_loop().time() < deadline, names
+            await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await task
 
 
 async def _wait_loaded(worker: RolloutWorker, version: int, generation: int) -> None:
