@@ -1,5 +1,6 @@
 """Soak benchmark: the distributed stack under a steady MC-value load for ``--minutes`` while
-rollout replicas are ``kill -9``'d and restarted and Redis is ``kill -9``'d once.
+rollout replicas are ``kill -9``'d and restarted, Redis is ``kill -9``'d once and a new policy
+version is pushed every ``--push-every-s``.
 
 The stack, every part a real process on 127.0.0.1 (nothing else is touched):
 
@@ -18,6 +19,14 @@ behind a retry: each ends **answered** (ok result), **failed** (a result with ``
 its error is kept), **late** (no result within ``--request-timeout-s``, found in the final
 drain) or **lost** (no result at all after the drain).
 
+Pushes (``bench/soak_pushes.py``): every ``--push-every-s`` (first at ``--push-at-s``) the
+load pauses and drains, ``policy-v<N>/`` is written and announced on the queue like the
+trainer's ``push_policy``, and once every live replica beats ready at N the load resumes with
+jobs pinned to N (the stream of N - 2 is dropped). A result served by another version than
+its job's is **stale** (counted, and a bad result). Results are released once read (the
+trainer's ``run_jobs`` does the same), and Redis memory and the consumer count of every job
+stream are sampled, so their growth over the run is measured.
+
 Chaos: every ``--kill-every-s`` one replica (alternating) gets SIGKILL — as soon as it holds
 a job, waiting at most ``--kill-wait-busy-s``, so that kills exercise the reclaim path — and
 is restarted at once (a new process, a new replica id; its in-flight job is reclaimed by a
@@ -28,9 +37,11 @@ and is restarted on the same port and directory after ``--redis-down-s``.
 Measured: requests answered/failed/late/lost, latency (submit → result seen) p50/p90/p99/max
 overall and per minute, each kill's in-flight jobs and when they were answered, the time to
 ready of each restart, RSS of every process (sampled every ``--sample-s``; first vs last
-minute of its life), Redis ``used_memory`` and key counts, counts of what the workers logged.
+minute of its life), Redis ``used_memory``, key and consumer counts, the pushes (drain,
+time until every replica serves the new version), counts of what the workers logged.
 
     .venv/bin/python -m bench.soak                                   # 10 minutes (≈ 11 wall)
+    .venv/bin/python -m bench.soak --minutes 30                      # the long one
     .venv/bin/python -m bench.soak --minutes 2 --kill-every-s 30     # the short version
 
 Prints a summary and writes ``--out`` (JSON). Needs ``redis-server`` on PATH. Exit status 1
@@ -60,6 +71,7 @@ import psutil  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
 from bench.soak_load import Load, build_model  # noqa: E402
+from bench.soak_pushes import Pusher  # noqa: E402
 from bench.soak_report import (  # noqa: E402
     build_report,
     summary,
@@ -70,11 +82,12 @@ from bench.soak_stack import (  # noqa: E402
     MB,
     PREFIX,
     ROOT,
-    STREAM,
     Clock,
     Proc,
     Stack,
+    consumer_counts,
     replica_id,
+    stream,
     vineppo,
     wait_http_ready,
     wait_redis,
@@ -102,6 +115,12 @@ class Soak:
         self.client_proc = psutil.Process()
         self.client_rss: list[tuple[float, float]] = []
         self.restarts: list[asyncio.Task[None]] = []
+        self.consumers: list[tuple[float, dict[int, int]]] = []  # (t, version -> consumers)
+        self.load: Load | None = None
+
+    def version(self) -> int:
+        """The policy version the load's jobs are pinned to now."""
+        return 0 if self.load is None else self.load.version
 
     # processes
     def start_redis(self) -> Proc:
@@ -180,10 +199,11 @@ class Soak:
         """Job ids the consumer ``rid`` holds (delivered, not acked)."""
         r = Redis(port=self.redis_port, decode_responses=True, socket_timeout=2)
         try:
-            pending = await r.xpending_range(STREAM, GROUP, "-", "+", 16, consumername=rid)
+            key = stream(self.version())
+            pending = await r.xpending_range(key, GROUP, "-", "+", 16, consumername=rid)
             out = []
             for p in pending:
-                for _, fields in await r.xrange(STREAM, p["message_id"], p["message_id"]):
+                for _, fields in await r.xrange(key, p["message_id"], p["message_id"]):
                     out.append(Job.model_validate_json(fields["job"]).job_id)
             return out
         except Exception as exc:
@@ -217,7 +237,7 @@ class Soak:
 
         async def ready() -> None:
             try:
-                await wait_replica(queue, new)
+                await wait_replica(queue, new, self.version)
                 new.ready_after_s = self.clock.now() - new.started
                 event["restart_ready_s"] = round(new.ready_after_s, 2)
             except Exception as exc:
@@ -300,16 +320,21 @@ class Soak:
                 finally:
                     await r.aclose()
                 self.redis_mem.append((round(t, 1), round(info["used_memory"] / MB, 3), keys))
+            with contextlib.suppress(Exception):
+                self.consumers.append((round(t, 1), await consumer_counts(self.redis_port)))
             await asyncio.sleep(self.args.sample_s)
 
     async def final_redis_state(self) -> dict[str, Any]:
         r = Redis(port=self.redis_port, decode_responses=True, socket_timeout=5)
+        key = stream(self.version())
         try:
-            consumers = await r.xinfo_consumers(STREAM, GROUP)
-            pending = await r.xpending(STREAM, GROUP)
+            consumers = await r.xinfo_consumers(key, GROUP)
+            pending = await r.xpending(key, GROUP)
             aof = sum(f.stat().st_size for f in self.redis_dir.rglob("*") if f.is_file())
             return {
-                "stream_len": await r.xlen(STREAM),
+                "version": self.version(),
+                "consumers_per_stream": await consumer_counts(self.redis_port),
+                "stream_len": await r.xlen(key),
                 "pending": pending["pending"],
                 "consumers": len(consumers),
                 "consumers_with_pending": sum(1 for c in consumers if c["pending"]),
@@ -317,7 +342,7 @@ class Soak:
                 "result_keys": len([k async for k in r.scan_iter(f"{PREFIX}result:*")]),
                 "aof_dir_mb": round(aof / MB, 2),
                 "jobs_in_stream": [
-                    Job.model_validate_json(f["job"]).job_id for _, f in await r.xrange(STREAM)
+                    Job.model_validate_json(f["job"]).job_id for _, f in await r.xrange(key)
                 ],
             }
         finally:
@@ -341,23 +366,29 @@ class Soak:
         for p in self.stack.procs:
             p.started -= offset
         end = a.minutes * 60
-        load = Load(queue, a, self.clock, end)
+        load = self.load = Load(queue, a, self.clock, end)
+        pusher = Pusher(self, load, queue)
         sampler = asyncio.create_task(self.sample())
         progress = asyncio.create_task(self.progress(load, end))
         chaos = asyncio.create_task(self.chaos(queue, end))
+        pushes = asyncio.create_task(pusher.run(end))
         clients = [asyncio.create_task(load.client(i)) for i in range(a.concurrency)]
         try:
             await asyncio.gather(*clients)
             t_load_end = self.clock.now()
             await chaos  # its last event was before the end: a restart is never cut short
+            await pushes
             await asyncio.gather(*self.restarts)
             await load.drain(a.drain_s)
+            await asyncio.sleep(a.sample_s)  # one more sample after the drain
             final = await self.final_redis_state()
         finally:
-            for task in (sampler, progress, chaos, *clients):
+            for task in (sampler, progress, chaos, pushes, *clients):
                 task.cancel()
-            await asyncio.gather(sampler, progress, chaos, *clients, return_exceptions=True)
+            await asyncio.gather(sampler, progress, chaos, pushes, *clients,
+                                 return_exceptions=True)  # fmt: skip
             await queue.close()
+        self.events = sorted(self.events + pusher.events, key=lambda e: float(e["t"]))
         return build_report(self, load, final, setup_s, t_load_end)
 
     async def progress(self, load: Load, end: float) -> None:
@@ -399,6 +430,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "kills); negative = never.",
     )
     p.add_argument("--redis-down-s", type=float, default=1.0, help="Redis stays down this long.")
+    p.add_argument("--push-every-s", type=float, default=60.0,
+                   help="Push a new policy version this often; 0 = never.")  # fmt: skip
+    p.add_argument("--push-at-s", type=float, default=45.0,
+                   help="When the first push happens (between two replica kills).")  # fmt: skip
+    p.add_argument("--push-drain-timeout-s", type=float, default=60.0,
+                   help="Longest wait for the load's in-flight jobs before a push.")  # fmt: skip
     p.add_argument("--concurrency", type=int, default=4, help="Concurrent clients.")
     p.add_argument("--rate", type=float, default=4.0, help="Requests per second (all clients).")
     p.add_argument("--items", type=int, default=2, help="States per request (job).")
@@ -417,6 +454,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="After the load, how long unanswered jobs may still get a result.",
     )
     p.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling period.")
+    p.add_argument("--warm-up-s", type=float, default=300.0,
+                   help="Redis memory and consumers are judged flat after this.")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--log-dir",
@@ -463,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(f"wrote {args.out}")
     q = result["requests"]
-    return 1 if q["lost"] or q["bad_results"] or result["errors"] else 0
+    return 1 if q["lost"] or q["bad_results"] or q["stale"] or result["errors"] else 0
 
 
 if __name__ == "__main__":
