@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -40,6 +42,10 @@ class Limits:
     max_brace_depth: int = 5
     max_digits: int = 40
     max_bars: int = 6  # '|': absolute values nest too, and no depth can be counted
+    # CPU seconds one item's symbolic check (parse + verify) may use, then it is answered as
+    # over a cap; None: unbounded. Needs signals: applied in a process's main thread only
+    # (the sandbox's workers). Bounds what an input no cap foresaw can cost.
+    symbolic_cpu_s: float | None = None
     enabled: bool = True  # False only to exercise the sandbox's hard time limit in tests
 
 
@@ -231,7 +237,35 @@ def _single_equal(pred: str, gold: str, limits: Limits) -> tuple[bool, str | Non
         reason = over_limits(s, limits)
         if reason is not None:
             return False, f"symbolic check skipped: {reason}"
-    return _symbolic_equal(pred, gold), None
+    return _symbolic_within(pred, gold, limits.symbolic_cpu_s)
+
+
+class _OverBudget(Exception):
+    pass
+
+
+def _over_budget(signum: int, frame: Any) -> None:
+    raise _OverBudget
+
+
+def _symbolic_within(pred: str, gold: str, budget: float | None) -> tuple[bool, str | None]:
+    """``_symbolic_equal`` stopped after ``budget`` CPU seconds (``ITIMER_PROF``: CPU time, so
+    a busy machine does not shorten it). Python-level work only: C-level big-integer
+    arithmetic cannot be interrupted (the sandbox's wall-clock kill stays the hard stop)."""
+    if budget is None or threading.current_thread() is not threading.main_thread():
+        return _symbolic_equal(pred, gold), None
+    previous = signal.signal(signal.SIGPROF, _over_budget)
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_PROF, budget)
+            equal = _symbolic_equal(pred, gold)
+        finally:  # disarmed before anything else: a late signal still lands in the except
+            signal.setitimer(signal.ITIMER_PROF, 0)
+    except _OverBudget:
+        return False, f"symbolic check skipped: over its {budget:g} s CPU budget"
+    finally:
+        signal.signal(signal.SIGPROF, previous)
+    return equal, None
 
 
 _POW_NUM = re.compile(r"(?:\^|\*\*)\s*\{?\s*(\d+)")

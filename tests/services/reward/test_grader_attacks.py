@@ -100,3 +100,17 @@ async def test_twenty_concurrent_attacks_are_each_answered_within_the_limit() ->
     assert slow == []
     wrong = [(name, status, want) for _, name, status, want in got if want and status != want]
     assert wrong == []
+
+
+def test_a_symbolic_check_stops_at_its_cpu_budget() -> None:
+    """An input no cap foresaw costs at most ``symbolic_cpu_s`` of CPU (the sandbox sets
+    0.5 s): here a tiny budget stops a first parse of a new shape, and the item is answered
+    as over a cap (incorrect, with the reason) instead of running on."""
+    from services.reward.grading import Limits
+
+    shape = "\\boxed{" + "([{" + "(1+x)" * 7 + "}])" + "}"  # a shape no test parsed before
+    tight = Limits(symbolic_cpu_s=0.001)
+    verdict = grade(shape, "y+2", "math", limits=tight)
+    assert verdict.status == "incorrect" and "CPU budget" in (verdict.detail or "")
+    ok = grade("\\boxed{\\frac{x^2-1}{x-1}}", "x+1", "math", limits=Limits(symbolic_cpu_s=5.0))
+    assert ok.status == "correct" and ok.detail is None
