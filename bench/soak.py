@@ -1,5 +1,6 @@
 """Soak benchmark: the distributed stack under a steady MC-value load for ``--minutes`` while
-rollout replicas are ``kill -9``'d and restarted and Redis is ``kill -9``'d once.
+rollout replicas are ``kill -9``'d and restarted, Redis is ``kill -9``'d once and a new policy
+version is pushed every ``--push-every-s``.
 
 The stack, every part a real process on 127.0.0.1 (nothing else is touched):
 
@@ -18,6 +19,14 @@ behind a retry: each ends **answered** (ok result), **failed** (a result with ``
 its error is kept), **late** (no result within ``--request-timeout-s``, found in the final
 drain) or **lost** (no result at all after the drain).
 
+Pushes (``bench/soak_pushes.py``): every ``--push-every-s`` (first at ``--push-at-s``) the
+load pauses and drains, ``policy-v<N>/`` is written and announced on the queue like the
+trainer's ``push_policy``, and once every live replica beats ready at N the load resumes with
+jobs pinned to N (the stream of N - 2 is dropped). A result served by another version than
+its job's is **stale** (counted, and a bad result). Results are released once read (the
+trainer's ``run_jobs`` does the same), and Redis memory and the consumer count of every job
+stream are sampled, so their growth over the run is measured.
+
 Chaos: every ``--kill-every-s`` one replica (alternating) gets SIGKILL — as soon as it holds
 a job, waiting at most ``--kill-wait-busy-s``, so that kills exercise the reclaim path — and
 is restarted at once (a new process, a new replica id; its in-flight job is reclaimed by a
@@ -28,9 +37,11 @@ and is restarted on the same port and directory after ``--redis-down-s``.
 Measured: requests answered/failed/late/lost, latency (submit → result seen) p50/p90/p99/max
 overall and per minute, each kill's in-flight jobs and when they were answered, the time to
 ready of each restart, RSS of every process (sampled every ``--sample-s``; first vs last
-minute of its life), Redis ``used_memory`` and key counts, counts of what the workers logged.
+minute of its life), Redis ``used_memory``, key and consumer counts, the pushes (drain,
+time until every replica serves the new version), counts of what the workers logged.
 
     .venv/bin/python -m bench.soak                                   # 10 minutes (≈ 11 wall)
+    .venv/bin/python -m bench.soak --minutes 30                      # the long one
     .venv/bin/python -m bench.soak --minutes 2 --kill-every-s 30     # the short version
 
 Prints a summary and writes ``--out`` (JSON). Needs ``redis-server`` on PATH. Exit status 1
@@ -59,7 +70,9 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
+from bench.soak_chaos import Chaos  # noqa: E402
 from bench.soak_load import Load, build_model  # noqa: E402
+from bench.soak_pushes import Pusher  # noqa: E402
 from bench.soak_report import (  # noqa: E402
     build_report,
     summary,
@@ -70,11 +83,12 @@ from bench.soak_stack import (  # noqa: E402
     MB,
     PREFIX,
     ROOT,
-    STREAM,
     Clock,
     Proc,
     Stack,
+    consumer_counts,
     replica_id,
+    stream,
     vineppo,
     wait_http_ready,
     wait_redis,
@@ -87,7 +101,7 @@ from tests.support import free_port  # noqa: E402
 # -- the soak --------------------------------------------------------------------------
 
 
-class Soak:
+class Soak(Chaos):
     def __init__(self, args: argparse.Namespace, stack: Stack, model: Path):
         self.args, self.stack, self.model = args, stack, model
         self.clock = stack.clock
@@ -102,6 +116,12 @@ class Soak:
         self.client_proc = psutil.Process()
         self.client_rss: list[tuple[float, float]] = []
         self.restarts: list[asyncio.Task[None]] = []
+        self.consumers: list[tuple[float, dict[int, int]]] = []  # (t, version -> consumers)
+        self.load: Load | None = None
+
+    def version(self) -> int:
+        """The policy version the load's jobs are pinned to now."""
+        return 0 if self.load is None else self.load.version
 
     # processes
     def start_redis(self) -> Proc:
@@ -175,108 +195,6 @@ class Soak:
             await wait_replica(queue, p)
             p.ready_after_s = self.clock.now() - p.started
 
-    # chaos
-    async def inflight(self, rid: str) -> list[str]:
-        """Job ids the consumer ``rid`` holds (delivered, not acked)."""
-        r = Redis(port=self.redis_port, decode_responses=True, socket_timeout=2)
-        try:
-            pending = await r.xpending_range(STREAM, GROUP, "-", "+", 16, consumername=rid)
-            out = []
-            for p in pending:
-                for _, fields in await r.xrange(STREAM, p["message_id"], p["message_id"]):
-                    out.append(Job.model_validate_json(fields["job"]).job_id)
-            return out
-        except Exception as exc:
-            return [f"? ({type(exc).__name__})"]
-        finally:
-            await r.aclose()
-
-    async def kill_replica(self, role: str, queue: JobQueue) -> None:
-        victim = self.stack.live(role)
-        rid = replica_id(victim)
-        t_due = self.clock.now()
-        deadline = time.monotonic() + self.args.kill_wait_busy_s
-        while not (held := await self.inflight(rid)) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)  # wait (a little) for a job to be in flight on it
-        t = self.clock.now()
-        await self.stack.kill9(victim)
-        new = self.start_replica(role)
-        event = {
-            "t": round(t, 2),
-            "what": f"SIGKILL {victim.key}",
-            "waited_for_a_job_s": round(t - t_due, 2),
-            "replica_id": rid,
-            "inflight_jobs": held,
-            "restarted": new.key,
-        }
-        self.events.append(event)
-        print(
-            f"[{t:6.1f}s] SIGKILL {victim.key} (in flight: {held or 'none'}); starting {new.key}",
-            flush=True,
-        )
-
-        async def ready() -> None:
-            try:
-                await wait_replica(queue, new)
-                new.ready_after_s = self.clock.now() - new.started
-                event["restart_ready_s"] = round(new.ready_after_s, 2)
-            except Exception as exc:
-                self.errors.append(f"{new.key}: {exc}")
-                event["restart_error"] = str(exc)
-
-        self.restarts.append(asyncio.create_task(ready()))
-
-    async def kill_redis(self, queue: JobQueue) -> None:
-        victim = self.stack.live("redis")
-        t = self.clock.now()
-        await self.stack.kill9(victim)
-        print(f"[{t:6.1f}s] SIGKILL {victim.key}", flush=True)
-        await asyncio.sleep(self.args.redis_down_s)
-        new = self.start_redis()
-        await wait_redis(self.redis_port)
-        up = self.clock.now()
-        new.ready_after_s = up - new.started
-        event: dict[str, Any] = {
-            "t": round(t, 2),
-            "what": f"SIGKILL {victim.key}",
-            "down_s": round(up - t, 2),
-            "restarted": new.key,
-        }
-        self.events.append(event)
-        # both replicas beating again: a heartbeat written after the restart (the keys of
-        # the beats before the kill came back with the append-only file)
-        wall_up, deadline = time.time(), time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ids = {replica_id(self.stack.live(role)) for role in ("replica-a", "replica-b")}
-            with contextlib.suppress(Exception):
-                beats = [b for b in await queue.list_replicas() if b.replica_id in ids]
-                if len(beats) == 2 and all(b.ts > wall_up for b in beats):
-                    event["replicas_beat_after_s"] = round(self.clock.now() - t, 2)
-                    break
-            await asyncio.sleep(0.1)
-        print(f"[{up:6.1f}s] {new.key} up after {up - t:.2f}s", flush=True)
-
-    async def chaos(self, queue: JobQueue, end: float) -> None:
-        a = self.args
-        plan: list[tuple[float, str]] = []
-        t, i = a.kill_every_s, 0
-        while a.kill_every_s > 0 and t < end:
-            plan.append((t, ("replica-a", "replica-b")[i % 2]))
-            t, i = t + a.kill_every_s, i + 1
-        redis_at = a.redis_kill_at_s
-        if redis_at is None:
-            step = a.kill_every_s or end
-            redis_at = (end / 2 // step) * step + step / 2
-        if 0 <= redis_at < end:
-            plan.append((redis_at, "redis"))
-        for at, what in sorted(plan):
-            await asyncio.sleep(max(0.0, at - self.clock.now()))
-            if what == "redis":
-                await self.kill_redis(queue)
-            else:
-                await self.kill_replica(what, queue)
-
-    # memory
     async def sample(self) -> None:
         while True:
             t = self.clock.now()
@@ -300,16 +218,21 @@ class Soak:
                 finally:
                     await r.aclose()
                 self.redis_mem.append((round(t, 1), round(info["used_memory"] / MB, 3), keys))
+            with contextlib.suppress(Exception):
+                self.consumers.append((round(t, 1), await consumer_counts(self.redis_port)))
             await asyncio.sleep(self.args.sample_s)
 
     async def final_redis_state(self) -> dict[str, Any]:
         r = Redis(port=self.redis_port, decode_responses=True, socket_timeout=5)
+        key = stream(self.version())
         try:
-            consumers = await r.xinfo_consumers(STREAM, GROUP)
-            pending = await r.xpending(STREAM, GROUP)
+            consumers = await r.xinfo_consumers(key, GROUP)
+            pending = await r.xpending(key, GROUP)
             aof = sum(f.stat().st_size for f in self.redis_dir.rglob("*") if f.is_file())
             return {
-                "stream_len": await r.xlen(STREAM),
+                "version": self.version(),
+                "consumers_per_stream": await consumer_counts(self.redis_port),
+                "stream_len": await r.xlen(key),
                 "pending": pending["pending"],
                 "consumers": len(consumers),
                 "consumers_with_pending": sum(1 for c in consumers if c["pending"]),
@@ -317,7 +240,7 @@ class Soak:
                 "result_keys": len([k async for k in r.scan_iter(f"{PREFIX}result:*")]),
                 "aof_dir_mb": round(aof / MB, 2),
                 "jobs_in_stream": [
-                    Job.model_validate_json(f["job"]).job_id for _, f in await r.xrange(STREAM)
+                    Job.model_validate_json(f["job"]).job_id for _, f in await r.xrange(key)
                 ],
             }
         finally:
@@ -341,23 +264,29 @@ class Soak:
         for p in self.stack.procs:
             p.started -= offset
         end = a.minutes * 60
-        load = Load(queue, a, self.clock, end)
+        load = self.load = Load(queue, a, self.clock, end)
+        pusher = Pusher(self, load, queue)
         sampler = asyncio.create_task(self.sample())
         progress = asyncio.create_task(self.progress(load, end))
         chaos = asyncio.create_task(self.chaos(queue, end))
+        pushes = asyncio.create_task(pusher.run(end))
         clients = [asyncio.create_task(load.client(i)) for i in range(a.concurrency)]
         try:
             await asyncio.gather(*clients)
             t_load_end = self.clock.now()
             await chaos  # its last event was before the end: a restart is never cut short
+            await pushes
             await asyncio.gather(*self.restarts)
             await load.drain(a.drain_s)
+            await asyncio.sleep(a.sample_s)  # one more sample after the drain
             final = await self.final_redis_state()
         finally:
-            for task in (sampler, progress, chaos, *clients):
+            for task in (sampler, progress, chaos, pushes, *clients):
                 task.cancel()
-            await asyncio.gather(sampler, progress, chaos, *clients, return_exceptions=True)
+            await asyncio.gather(sampler, progress, chaos, pushes, *clients,
+                                 return_exceptions=True)  # fmt: skip
             await queue.close()
+        self.events = sorted(self.events + pusher.events, key=lambda e: float(e["t"]))
         return build_report(self, load, final, setup_s, t_load_end)
 
     async def progress(self, load: Load, end: float) -> None:
@@ -399,6 +328,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "kills); negative = never.",
     )
     p.add_argument("--redis-down-s", type=float, default=1.0, help="Redis stays down this long.")
+    p.add_argument("--push-every-s", type=float, default=60.0,
+                   help="Push a new policy version this often; 0 = never.")  # fmt: skip
+    p.add_argument("--push-at-s", type=float, default=45.0,
+                   help="When the first push happens (between two replica kills).")  # fmt: skip
+    p.add_argument("--push-drain-timeout-s", type=float, default=60.0,
+                   help="Longest wait for the load's in-flight jobs before a push.")  # fmt: skip
     p.add_argument("--concurrency", type=int, default=4, help="Concurrent clients.")
     p.add_argument("--rate", type=float, default=4.0, help="Requests per second (all clients).")
     p.add_argument("--items", type=int, default=2, help="States per request (job).")
@@ -417,6 +352,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="After the load, how long unanswered jobs may still get a result.",
     )
     p.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling period.")
+    p.add_argument("--warm-up-s", type=float, default=300.0,
+                   help="Redis memory and consumers are judged flat after this.")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--log-dir",
@@ -463,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(f"wrote {args.out}")
     q = result["requests"]
-    return 1 if q["lost"] or q["bad_results"] or result["errors"] else 0
+    return 1 if q["lost"] or q["bad_results"] or q["stale"] or result["errors"] else 0
 
 
 if __name__ == "__main__":

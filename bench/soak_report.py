@@ -86,6 +86,40 @@ def redis_memory(samples: list[tuple[float, float, int]]) -> dict[str, Any]:
     }
 
 
+def consumer_stats(samples: list[tuple[float, dict[int, int]]], warm_s: float) -> dict[str, Any]:
+    """Consumers of the group over the run (all job streams together): at the start, the most
+    after ``warm_s`` of warm-up, in the last minute."""
+    if not samples:
+        return {}
+    total = [(t, sum(c.values())) for t, c in samples]
+    warm = [n for t, n in total if t >= warm_s] or [total[-1][1]]
+    last = [n for t, n in total if t > total[-1][0] - 60]
+    return {
+        "first": total[0][1],
+        "max_after_warm_up": max(warm),
+        "median_after_warm_up": statistics.median(warm),
+        "last_min_max": max(last),
+        "per_stream_at_end": samples[-1][1],
+    }
+
+
+def redis_after_warm_up(samples: list[tuple[float, float, int]], warm_s: float) -> dict[str, Any]:
+    """Redis ``used_memory`` after ``warm_s``: per 5-minute window, the median (MB) and the
+    key count, so a slope is visible; and the overall max."""
+    warm = [s for s in samples if s[0] >= warm_s]
+    if not warm:
+        return {}
+    windows = []
+    for start in range(int(warm_s), int(warm[-1][0]) + 1, 300):
+        w = [s for s in warm if start <= s[0] < start + 300]
+        if w:
+            used = round(statistics.median(s[1] for s in w), 3)
+            keys = int(statistics.median(s[2] for s in w))
+            windows.append({"from_s": start, "used_mb": used, "keys": keys})
+    return {"max_used_mb": round(max(s[1] for s in warm), 3),
+            "max_keys": max(s[2] for s in warm), "windows": windows}  # fmt: skip
+
+
 def count_by(xs: Any) -> dict[str, int]:
     out: dict[str, int] = {}
     for x in xs:
@@ -113,7 +147,7 @@ def summary(r: dict[str, Any]) -> str:
         f"soak: {r['load_s']:.0f}s of load, {q['sent']} requests sent "
         f"({r['config']['rate']}/s, {r['config']['concurrency']} clients)",
         f"answered {q['answered']}  failed {q['failed']}  late {q['late']}  "
-        f"LOST {q['lost']}  bad results {q['bad_results']}  "
+        f"LOST {q['lost']}  STALE {q['stale']}  bad results {q['bad_results']}  "
         f"({q['throughput_per_s']}/s answered)",
         f"latency ms: p50 {lat['p50_ms']}  p90 {lat['p90_ms']}  p99 {lat['p99_ms']}  "
         f"max {lat['max_ms']}",
@@ -143,6 +177,10 @@ def summary(r: dict[str, Any]) -> str:
             f"redis used_memory: {rm['first_min_used_mb']} → {rm['last_min_used_mb']} MB,"
             f" keys {rm['first_keys']} → {rm['last_keys']}"
         )
+    if r.get("redis_after_warm_up"):
+        lines.append(f"redis after warm-up: {r['redis_after_warm_up']}")
+    if r.get("consumers"):
+        lines.append(f"consumers: {r['consumers']}")
     lines.append(f"redis at the end: {r['redis_final']}")
     lines.append(f"replica logs: {r['replica_logs']}")
     if r["errors"]:
@@ -234,6 +272,8 @@ def build_report(
             "late": len(answered_late),
             "lost": len(by["lost"]),
             "bad_results": sum(r.bad is not None for r in reqs),
+            "stale": sum(r.stale for r in reqs),
+            "by_version": count_by(r.version for r in reqs),
             "throughput_per_s": round(len(by["answered"]) / max(t_load_end, 1e-9), 3),
             "behind_schedule": len(load.behind),
             "behind_max_s": round(max(load.behind, default=0.0), 2),
@@ -267,6 +307,9 @@ def build_report(
         },
         "memory": memory,
         "redis_memory": redis_memory(soak.redis_mem),
+        "redis_after_warm_up": redis_after_warm_up(soak.redis_mem, a.warm_up_s),
+        "consumers": consumer_stats(soak.consumers, a.warm_up_s),
+        "pushes": [e for e in soak.events if str(e["what"]).startswith("push")],
         "redis_final": final,
         "replica_logs": logs,
         "reward_log_tracebacks": reward_log.count("Traceback"),
@@ -274,5 +317,6 @@ def build_report(
         "series": {
             "rss_mb": {p.key: p.rss for p in soak.stack.procs} | {"client": soak.client_rss},
             "redis_used_mb_keys": soak.redis_mem,
+            "consumers": soak.consumers,
         },
     }

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +27,14 @@ from redis.asyncio import Redis  # noqa: E402
 from shared.queue import JobQueue  # noqa: E402
 
 PREFIX = "vineppo:"  # the default prefix: `vineppo serve rollout --worker-only` has no flag
-STREAM = f"{PREFIX}jobs:v0"
 GROUP = "workers"
+
+
+def stream(version: int) -> str:
+    """The job stream of one policy version."""
+    return f"{PREFIX}jobs:v{version}"
+
+
 COMPOSE_FLAGS = ("--appendonly", "yes", "--appendfsync", "everysec")  # docker-compose.yml
 MB = 1024 * 1024
 # what the replicas log (format "<time> LEVEL logger: message"), counted over every generation
@@ -178,14 +185,31 @@ def replica_id(proc: Proc) -> str:
     return f"{socket.gethostname()}-{proc.pid}"  # the worker's default id (hostname-pid)
 
 
-async def wait_replica(queue: JobQueue, proc: Proc, timeout: float = 180) -> None:
+async def wait_replica(
+    queue: JobQueue, proc: Proc, version: Callable[[], int] = lambda: 0, timeout: float = 180
+) -> None:
+    """Until ``proc`` beats "ready" at ``version()`` (asked again at every look: a push may
+    move the version while the replica starts)."""
     rid, deadline = replica_id(proc), time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not proc.alive:
             raise RuntimeError(f"{proc.key} exited: see {proc.log}")
         with contextlib.suppress(Exception):
             for beat in await queue.list_replicas():
-                if beat.replica_id == rid and beat.state == "ready" and beat.loaded_version == 0:
+                if (beat.replica_id, beat.state, beat.loaded_version) == (rid, "ready", version()):
                     return
         await asyncio.sleep(0.1)
     raise RuntimeError(f"{proc.key} not ready after {timeout}s: see {proc.log}")
+
+
+async def consumer_counts(port: int) -> dict[int, int]:
+    """Consumers of the group ``workers`` in every job stream: version -> count."""
+    r = Redis(port=port, decode_responses=True, socket_timeout=2)
+    try:
+        out: dict[int, int] = {}
+        async for key in r.scan_iter(match=f"{PREFIX}jobs:v*", _type="stream"):
+            with contextlib.suppress(Exception):  # a stream without the group yet
+                out[int(str(key).rsplit("v", 1)[1])] = len(await r.xinfo_consumers(key, GROUP))
+        return dict(sorted(out.items()))
+    finally:
+        await r.aclose()

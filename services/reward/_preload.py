@@ -7,7 +7,7 @@ before any fork, keeps a freshly restarted worker from timing out on an ordinary
 
 from __future__ import annotations
 
-from services.reward.grading import grade
+from services.reward.grading import DEFAULT_LIMITS, grade
 
 _WARM_UP = [
     ("\\boxed{\\frac{1}{2}}", "0.5"),
@@ -25,6 +25,17 @@ _WARM_UP = [
     ("\\boxed{y = 2x + 3}", "y = 2x + 4"),
     ("\\boxed{\\frac{1}{2004!}}", "\\frac{1}{2006!}"),
 ]
+# Nesting within the caps (depth <= Limits.max_brace_depth): the LaTeX parser's first parse
+# of a new nesting shape costs 0.1-1 s (it extends its prediction tables), later ones
+# ~30 ms; learned here, before any fork, no request pays for it (20 concurrent structural
+# attacks were answered in up to 4.1 s without this, 2.x s with it: bench/fuzz.py).
+_CLOSE = {"(": ")", "[": "]", "{": "}", "\\{": "\\}", "[(": ")]", "{(": ")}", "(1+": ")",
+          "{1+": "}", "\\frac{1}{1+": "}", "f(": ")", "\\sqrt{": "}",
+          "\\binom{": "}{2}"}  # fmt: skip
 for _response, _gold in _WARM_UP:
     grade(_response, _gold, "math")
+for _open in _CLOSE:
+    for _depth in range(1, DEFAULT_LIMITS.max_brace_depth + 1):
+        _body = _open * _depth + "x" + _CLOSE[_open] * _depth
+        grade("\\boxed{" + _body + "}", "x+1", "math")
 grade("#### 1", "1", "gsm8k")

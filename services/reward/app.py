@@ -65,7 +65,7 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
     pool = GraderPool(
         workers=cfg.workers, timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb,
         chunk_size=cfg.chunk_size, fallbacks=cfg.fallbacks,
-        limits=Limits(enabled=cfg.symbolic_caps),
+        limits=Limits(enabled=cfg.symbolic_caps, symbolic_cpu_s=min(0.5, cfg.timeout_s / 2)),
     )  # fmt: skip
     metrics = _Metrics(pool)
 

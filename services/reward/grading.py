@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -26,13 +28,24 @@ logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 @dataclass(frozen=True)
 class Limits:
-    """Size caps checked before any symbolic work (an answer over a cap is compared as text)."""
+    """Size caps checked before any symbolic work (an answer over a cap is compared as text).
 
-    max_answer_chars: int = 400
-    max_exponent: int = 10_000
+    The LaTeX parser's time grows with nesting depth, sympy's with exponents, digits and
+    length; these caps keep every structural attack (bench/fuzz.py) far below the sandbox's
+    time limit. MATH-500's gold answers stay well inside them: brace depth ≤ 2 (after
+    ``textnorm.unwrap_groups``), exponents ≤ 8, numbers ≤ 11 digits, ≤ 47 characters, no
+    factorial, no '|'."""
+
+    max_answer_chars: int = 200
+    max_exponent: int = 100
     max_factorial: int = 5_000
-    max_brace_depth: int = 30
-    max_digits: int = 200
+    max_brace_depth: int = 5
+    max_digits: int = 40
+    max_bars: int = 6  # '|': absolute values nest too, and no depth can be counted
+    # CPU seconds one item's symbolic check (parse + verify) may use, then it is answered as
+    # over a cap; None: unbounded. Needs signals: applied in a process's main thread only
+    # (the sandbox's workers). Bounds what an input no cap foresaw can cost.
+    symbolic_cpu_s: float | None = None
     enabled: bool = True  # False only to exercise the sandbox's hard time limit in tests
 
 
@@ -224,13 +237,41 @@ def _single_equal(pred: str, gold: str, limits: Limits) -> tuple[bool, str | Non
         reason = over_limits(s, limits)
         if reason is not None:
             return False, f"symbolic check skipped: {reason}"
-    return _symbolic_equal(pred, gold), None
+    return _symbolic_within(pred, gold, limits.symbolic_cpu_s)
 
 
-_POW_BRACED = re.compile(r"\^\s*\{")
+class _OverBudget(Exception):
+    pass
+
+
+def _over_budget(signum: int, frame: Any) -> None:
+    raise _OverBudget
+
+
+def _symbolic_within(pred: str, gold: str, budget: float | None) -> tuple[bool, str | None]:
+    """``_symbolic_equal`` stopped after ``budget`` CPU seconds (``ITIMER_PROF``: CPU time, so
+    a busy machine does not shorten it). Python-level work only: C-level big-integer
+    arithmetic cannot be interrupted (the sandbox's wall-clock kill stays the hard stop)."""
+    if budget is None or threading.current_thread() is not threading.main_thread():
+        return _symbolic_equal(pred, gold), None
+    previous = signal.signal(signal.SIGPROF, _over_budget)
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_PROF, budget)
+            equal = _symbolic_equal(pred, gold)
+        finally:  # disarmed before anything else: a late signal still lands in the except
+            signal.setitimer(signal.ITIMER_PROF, 0)
+    except _OverBudget:
+        return False, f"symbolic check skipped: over its {budget:g} s CPU budget"
+    finally:
+        signal.signal(signal.SIGPROF, previous)
+    return equal, None
+
+
 _POW_NUM = re.compile(r"(?:\^|\*\*)\s*\{?\s*(\d+)")
-_FACT = re.compile(r"(\d+)\s*\}?\s*!")
 _DIGITS = re.compile(r"\d+")
+_SIMPLE_ARGUMENT = re.compile(r"[A-Za-z0-9+\-]*")
+_CALCULUS = ("\\int", "\\sum", "\\prod", "\\lim", "\\partial", "\\oint")
 
 
 def over_limits(s: str, limits: Limits = DEFAULT_LIMITS) -> str | None:
@@ -241,14 +282,62 @@ def over_limits(s: str, limits: Limits = DEFAULT_LIMITS) -> str | None:
         return f"answer longer than {limits.max_answer_chars} characters"
     if textnorm.brace_depth(s) > limits.max_brace_depth:
         return f"braces nested deeper than {limits.max_brace_depth}"
+    if s.count("|") > limits.max_bars:
+        return f"more than {limits.max_bars} absolute-value bars"
     if textnorm.nested_power(s) or "**" in s:
         return "nested exponents (power tower)"
+    if any(op in s for op in _CALCULUS):
+        return "a calculus operator (integral, sum, product, limit)"
     if any(len(m) > limits.max_digits for m in _DIGITS.findall(s)):
         return f"a number with more than {limits.max_digits} digits"
     if any(int(m) > limits.max_exponent for m in _POW_NUM.findall(s)):
         return f"an exponent above {limits.max_exponent}"
-    if any(int(m) > limits.max_factorial for m in _FACT.findall(s)):
-        return f"a factorial above {limits.max_factorial}!"
+    return _factorial_over_limits(s, limits)
+
+
+def _factorial_over_limits(s: str, limits: Limits) -> str | None:
+    """Why a factorial in ``s`` could be huge, or None. Allowed: ``n!`` of a number up to
+    ``max_factorial``, of a symbol, or of a bracket of symbols, numbers, ``+`` and ``-`` whose
+    numbers add up to at most that (``(n+1)!``). Refused: a factorial of anything computed
+    (``(10^{10})!``, ``{10^{10}}!``, ``(3!)!``, ``5!!``) and a factorial next to a power
+    (``10^{10}!`` is 10 to the 10!)."""
+    if "!" not in s:
+        return None
+    too_big = f"a factorial above {limits.max_factorial}! (or of a computed number)"
+    if "^" in s or "**" in s:
+        return "a factorial together with a power"
+    for i, ch in enumerate(s):
+        if ch != "!" or s.startswith("!=", i):
+            continue
+        j = i
+        while j > 0 and s[j - 1] == " ":
+            j -= 1
+        before = s[j - 1] if j > 0 else ""
+        if before.isdigit():
+            start = j - 1
+            while start > 0 and s[start - 1].isdigit():
+                start -= 1
+            arg: str | None = s[start:j]
+        elif before and before in ")}]":
+            arg = _group_before(s, j - 1)
+            if arg is None or not _SIMPLE_ARGUMENT.fullmatch(arg):
+                return too_big
+        elif before.isalpha():
+            continue  # a symbol: n!
+        else:
+            return too_big  # '!!', '!' after an operator, at the start
+        if sum(int(d) for d in _DIGITS.findall(arg or "")) > limits.max_factorial:
+            return too_big
+    return None
+
+
+def _group_before(s: str, close: int) -> str | None:
+    """Content of the bracket group that closes at ``close`` (None if unbalanced)."""
+    depth = 0
+    for k in range(close, -1, -1):
+        depth += (s[k] in ")}]") - (s[k] in "({[")
+        if depth == 0:
+            return s[k + 1 : close]
     return None
 
 

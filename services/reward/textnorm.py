@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-GSM_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+GSM_NUMBER = re.compile(r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+)?(?:/\d+)?")
+"""A GSM8K number: ``1,234.5``, ``.5``, ``3/4``, and scientific notation (``7e3`` is 7000,
+never 7 with a suffix)."""
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
 _BOX_CMDS = ("\\boxed", "\\fbox")
 
@@ -53,16 +55,24 @@ def _box_body(text: str, start: int) -> str | None:
 
 
 # ----------------------------------------------------------------------------- GSM8K numbers
+_EXPONENT = re.compile(r"[eE]([+-]?\d+)")
+
+
 def parse_gsm_number(s: str, max_digits: int = 100) -> Fraction | str | None:
-    """First number in ``s`` ("$1,234.50", "-3", "3/4"), exact; a str if over ``max_digits``."""
+    """First number in ``s`` ("$1,234.50", "-3", "3/4", "7e3"), exact; a str if over
+    ``max_digits`` digits or with an exponent beyond ±``max_digits`` (never expanded)."""
     m = GSM_NUMBER.search(s)
     if m is None:
         return None
     raw = m.group(0).replace(",", "").rstrip(".")
+    exponent = _EXPONENT.search(raw)
+    if exponent is not None and abs(int(exponent.group(1))) > max_digits:
+        return raw.lower()
     if sum(ch.isdigit() for ch in raw) > max_digits:
         return raw
+    num, _, den = raw.partition("/")
     try:
-        return Fraction(raw)
+        return Fraction(num) / Fraction(den) if den else Fraction(num)
     except (ValueError, ZeroDivisionError):
         return None
 
@@ -133,7 +143,80 @@ def normalize_math(s: str) -> str:
         s = "0" + s
     if s.startswith("\\{") and s.endswith("\\}"):  # a set written with braces
         s = s[2:-2]
-    return s
+    return unwrap_groups(s) if len(s) <= MAX_UNWRAP_CHARS else s
+
+
+MAX_UNWRAP_CHARS = 4096
+"""Longer answers are never parsed symbolically (``Limits.max_answer_chars``): left as they are."""
+_OPENERS = {"{": "}", "(": ")"}
+_NOT_AN_ARGUMENT = set("({[,=+-*/<>|;:")  # a '{' after one of these is a bare group
+
+
+def _group_pairs(s: str) -> dict[int, int] | None:
+    """Opening index -> closing index of every ``{}``/``()`` pair (``\\{`` is a literal);
+    None when they do not balance."""
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    for i, ch in enumerate(s):
+        if i and s[i - 1] == "\\":
+            continue
+        if ch in _OPENERS:
+            stack.append(i)
+        elif ch in "})":
+            if not stack or _OPENERS[s[stack[-1]]] != ch:
+                return None
+            pairs[stack.pop()] = i
+    return pairs if not stack else None
+
+
+def unwrap_groups(s: str) -> str:
+    """Drop redundant grouping: ``{{X}}`` -> ``{X}``, ``((X))`` -> ``(X)``, ``({X})`` ->
+    ``(X)``, a bare ``{(X)}`` -> ``(X)`` (never a command's argument: ``\\frac{(a)}{b}`` keeps
+    its braces), then a whole answer ``{X}`` -> ``X`` and ``(X)`` -> ``X`` (not a tuple).
+
+    A correct answer wrapped 30 deep is the answer again, and no parser sees the nesting
+    (the LaTeX parser's time grows with it). Linear: one pass over the groups, innermost
+    first, then at most a few passes for the whole answer."""
+    found = _group_pairs(s)
+    if not found:
+        return s
+    pairs: dict[int, int] = found
+    removed: set[int] = set()
+    inner: dict[int, int | None] = {}  # group -> the one group its content is (after removals)
+    for i in sorted(pairs, key=lambda k: pairs[k] - k):  # a child is shorter than its parent
+        j = i + 1
+        child = None if pairs.get(j) != pairs[i] - 1 else (inner[j] if j in removed else j)
+        while child is not None and (s[i], s[child]) in _REDUNDANT:
+            removed.add(child)
+            child = inner[child]
+        inner[i] = child
+        if s[i] == "{" and child is not None and s[child] == "(" and _bare(s, i):
+            removed.add(i)
+    drop = removed | {pairs[i] for i in removed}
+    out = "".join(ch for k, ch in enumerate(s) if k not in drop)
+    for _ in range(3):  # the whole answer in one group: {X} -> X, (X) -> X unless a tuple
+        pairs = _group_pairs(out) or {}
+        if pairs.get(0) != len(out) - 1 or (out[0] == "(" and _top_level_comma(out[1:-1])):
+            break
+        out = out[1:-1]
+    return out
+
+
+_REDUNDANT = {("(", "("), ("{", "{"), ("(", "{")}
+
+
+def _bare(s: str, i: int) -> bool:
+    """The ``{`` at ``i`` opens a bare group, not an argument (``\\frac{``, ``^{``, ``}{``)."""
+    return i == 0 or s[i - 1] in _NOT_AN_ARGUMENT
+
+
+def _top_level_comma(s: str) -> bool:
+    depth = 0
+    for ch in s:
+        depth += (ch in "({[") - (ch in ")}]")
+        if ch == "," and depth == 0:
+            return True
+    return False
 
 
 def split_answers(s: str) -> list[str]:

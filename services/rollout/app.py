@@ -46,7 +46,7 @@ from shared.schemas import (
 log = logging.getLogger(__name__)
 
 _ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)
 }
 
 
@@ -81,11 +81,16 @@ def _start_worker(
 
 
 def health_of(app: FastAPI) -> RolloutHealth:
-    """The service's state: the engine build, then the last HTTP or queue weight load."""
+    """The service's state: the engine build, a weight load running or failed mid-swap (HTTP
+    or queue: the engine's ``PolicyGate``), then the queue worker's last announcement."""
     svc: RolloutService | None = getattr(app.state, "service", None)
     if svc is None or app.state.boot_state == "failed":  # not built, or the engine died
         return RolloutHealth(state=app.state.boot_state, error=app.state.boot_error)
     state, error = svc.state, svc.error
+    if state == "ready" and svc.gate.loading is not None:
+        state, error = "loading", None
+    elif state == "ready" and svc.gate.error is not None:
+        state, error = "failed", svc.gate.error
     worker = getattr(app.state, "worker", None)
     if worker is not None and worker.state in ("loading", "failed") and state == "ready":
         state, error = worker.state, worker.error

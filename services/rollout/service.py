@@ -6,7 +6,7 @@ Engine/weights/grader failures become ``ApiError`` (typed 4xx/503 bodies), never
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -14,7 +14,8 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from services.rollout.engine.base import Engine, EngineDead, EngineInputError, WeightsError
-from services.rollout.engine.weights import WeightsPathError, read_weights
+from services.rollout.engine.weights import WeightsRefused, read_weights
+from services.rollout.policy import PolicyGate
 from services.rollout.settings import RolloutSettings
 from services.rollout.values import Grader, estimate_values
 from shared.http import ApiError, check_bearer
@@ -54,8 +55,9 @@ class RolloutService:
         self.settings = settings
         self.engine = engine
         self.grader = _GuardedGrader(grader)
+        self.gate = PolicyGate.of(engine)  # shared with this engine's queue worker
         self.in_flight = 0
-        self.state: str = "ready"  # "loading" during a weight push; "failed" after one failed
+        self.state: str = "ready"  # "failed" once the engine died
         self.error: str | None = None
         # called once the engine died (the app marks itself not live and stops)
         self.on_engine_dead: Callable[[str], None] | None = None
@@ -121,29 +123,25 @@ class RolloutService:
         return ValueResult(values=values, policy_version=version)
 
     async def load_weights(self, req: WeightsRequest, authorization: str | None) -> WeightsStatus:
+        """Load ``req.version`` through the engine's ``PolicyGate``. A refused push (any 4xx)
+        leaves the replica's state as it was; only an engine failing mid-swap (503
+        ``load_failed``) makes it ``failed`` (the gate's ``error``) until a load succeeds."""
         self.check_token(authorization)
         self.requests.labels("weights").inc()
-        if req.version < self.engine.version:
-            served = self.engine.version
-            msg = f"version {req.version} is older than the version {served} this replica serves"
-            raise ApiError(409, msg, "stale_version")
-        self.state, self.error = "loading", None
+        s = self.settings
+        read = functools.partial(read_weights, s.checkpoint_root, req.path,
+                                 max_bytes=s.max_weights_bytes, sha256=req.sha256)  # fmt: skip
         try:
-            weights = await asyncio.to_thread(
-                read_weights, self.settings.checkpoint_root, req.path,
-                max_bytes=self.settings.max_weights_bytes, sha256=req.sha256,
-            )  # fmt: skip
-            await self.engine.load_weights(req.version, weights)
-        except BaseException as exc:
-            # the old weights stay loaded, but this replica is now behind: not ready until
-            # a load succeeds
-            self.state, self.error = "failed", f"loading v{req.version}: {exc}"
-            if isinstance(exc, WeightsPathError):
-                raise ApiError(exc.status, str(exc), exc.code) from exc
-            if isinstance(exc, WeightsError):
-                raise ApiError(400, str(exc), "bad_weights") from exc
-            raise
-        self.state = "ready"
+            await self.gate.load(req.version, read)
+        except WeightsRefused as exc:
+            raise ApiError(exc.status, str(exc), exc.code) from exc
+        except WeightsError as exc:
+            raise ApiError(400, str(exc), "bad_weights") from exc
+        except EngineDead as exc:
+            raise self._engine_died(exc) from exc
+        except Exception as exc:  # the engine failed mid-swap: not ready until a load works
+            raise ApiError(503, f"loading v{req.version} failed: {type(exc).__name__}: {exc}",
+                           "load_failed") from exc  # fmt: skip
         return self.health()
 
     def health(self) -> WeightsStatus:
@@ -171,10 +169,13 @@ class RolloutService:
         except EngineInputError as exc:
             raise ApiError(400, str(exc), exc.code) from exc
         except EngineDead as exc:
-            self.state, self.error = "failed", str(exc)
-            if self.on_engine_dead is not None:
-                self.on_engine_dead(str(exc))
-            raise ApiError(503, f"{exc}; this replica is restarting", "engine_dead") from exc
+            raise self._engine_died(exc) from exc
         finally:
             self.in_flight -= 1
             self.engine.stats().extra["last_request_s"] = time.perf_counter() - start
+
+    def _engine_died(self, exc: EngineDead) -> ApiError:
+        self.state, self.error = "failed", str(exc)
+        if self.on_engine_dead is not None:
+            self.on_engine_dead(str(exc))
+        return ApiError(503, f"{exc}; this replica is restarting", "engine_dead")

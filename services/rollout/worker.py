@@ -10,15 +10,23 @@ Jobs of an OLDER version than the one loaded are not served (their stream is no 
 read): answering them with newer weights would stamp a wrong policy on the result, and the
 trainer never enqueues stale work. A trainer that did would see those jobs time out.
 
-Announced weights go through the same resolver as ``POST /v1/weights``
+Announced weights go through the same gate as ``POST /v1/weights`` (``policy.PolicyGate``:
+one lock per engine around check, read and swap) and the same resolver
 (``engine.weights.read_weights``): only ``checkpoint_root / <last path component>``, only
-the shards the announcement names, each read once and checked against its SHA-256; an
-announcement without digests, or older than the version served, is refused — unless it
-comes from a later trainer generation (a resumed run rolling replicas back to its
-checkpoint's version; see ``WeightsAnnouncement.generation``).
+the shards the announcement names, each read once and checked against its SHA-256, finite
+values only; an announcement without digests, or older than the version served, is refused
+— unless it comes from a later trainer generation (a resumed run rolling replicas back to its
+checkpoint's version; see ``WeightsAnnouncement.generation``). A later generation
+re-announcing the version served is adopted without a load when its digests are those of the
+weights served, and loaded otherwise.
 
 A failed load leaves the worker in state ``failed`` (heartbeat names the version and the
-error); it serves nothing until a newer version is announced, which it tries to load.
+error); it serves nothing until a newer version is announced, which it tries to load. An
+announcement overtaken by an HTTP push of a newer version is skipped, not a failure.
+
+Consumer-group hygiene: every ``consumer_gc_s`` the worker removes the consumers of its
+version's group that are idle past ``consumer_idle_ms``, hold no pending job and have no live
+heartbeat (``JobQueue.prune_consumers``): replicas that died and were replaced.
 
 Delivery is at-least-once (a dead worker's jobs are reclaimed by another one after
 ``claim_idle_ms``); a live worker keeps its in-flight deliveries fresh with every heartbeat.
@@ -32,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -43,7 +52,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from services.rollout.engine.base import Engine, EngineDead
-from services.rollout.engine.weights import VerifiedWeights, WeightsPathError, read_weights
+from services.rollout.engine.weights import (
+    VerifiedWeights,
+    WeightsPathError,
+    WeightsRefused,
+    read_weights,
+)
+from services.rollout.policy import PolicyGate
 from shared.queue import Delivery, JobQueue
 from shared.schemas import (
     GenerateResult,
@@ -80,6 +95,8 @@ class WorkerConfig:
     checkpoint_root: Path | None = None  # where this replica mounts the checkpoint volume
     # (None: every announced load is refused); largest total size of one policy's shards
     max_weights_bytes: int = 64 * 1024**3
+    consumer_gc_s: float = 30.0  # how often dead consumers are removed from the group
+    consumer_idle_ms: int = 60_000  # a consumer idle this long, without heartbeat, is dead
 
 
 class RolloutWorker:
@@ -87,6 +104,7 @@ class RolloutWorker:
 
     def __init__(self, queue: JobQueue, engine: Engine, grader: Grader, config: WorkerConfig):
         self.queue, self.engine, self.grader, self.config = queue, engine, grader, config
+        self.gate = PolicyGate.of(engine)  # shared with this engine's HTTP pushes
         self.state: str = "starting"
         self.failed_version: int | None = None
         self._failed: tuple[int, int] | None = None  # order of the announcement that failed
@@ -97,6 +115,7 @@ class RolloutWorker:
         self._wake = asyncio.Event()
         self._inflight: set[str] = set()
         self._last_claim = 0.0
+        self._last_gc = time.monotonic()
 
     # 1) weights -------------------------------------------------------------------------
     def _read(self, ann: WeightsAnnouncement) -> VerifiedWeights:
@@ -123,8 +142,8 @@ class RolloutWorker:
         ann = self._announced
         if ann is None or ann.order <= (self.generation, self.engine.version):
             return None
-        if ann.version == self.engine.version:  # a resumed trainer re-announces what we hold:
-            self.generation = ann.generation  # the same weights (its runs are deterministic)
+        if ann.version == self.engine.version and ann.sha256 == self.gate.sha256:
+            self.generation = ann.generation  # a resumed trainer re-announces what we hold
             return None
         if ann.version < self.engine.version and ann.generation <= self.generation:
             return None  # never back to an older policy of the same trainer
@@ -132,22 +151,28 @@ class RolloutWorker:
             return None
         return ann
 
+    def _load_failed(self, ann: WeightsAnnouncement, exc: Exception) -> None:
+        self.state, self.failed_version, self._failed = "failed", ann.version, ann.order
+        self.error = f"{type(exc).__name__}: {exc}"
+        log.error("replica %s failed to load v%d from %s: %s",
+                  self.config.replica_id, ann.version, ann.path, self.error)  # fmt: skip
+
     async def _load(self, ann: WeightsAnnouncement) -> None:
-        path = ann.path
         self.state = "loading"
         beat = asyncio.create_task(self._beat())  # announce "loading" while the load runs
         t0 = time.perf_counter()
+        supersede = ann.generation > self.generation
         try:
-            if ann.version < self.engine.version and ann.generation <= self.generation:
-                raise WeightsPathError(f"v{ann.version} is older than the v{self.engine.version}"
-                                       " served", 409, "stale_version")  # fmt: skip
-            weights = await asyncio.to_thread(self._read, ann)
-            await self.engine.load_weights(ann.version, weights)
+            await self.gate.load(ann.version, functools.partial(self._read, ann),
+                                 supersede=supersede)  # fmt: skip
+        except WeightsRefused as exc:
+            if exc.code == "stale_version":  # an HTTP push loaded a newer version meanwhile
+                self.state = "ready"
+                log.info("replica %s skips v%d: %s", self.config.replica_id, ann.version, exc)
+            else:
+                self._load_failed(ann, exc)
         except Exception as exc:
-            self.state, self.failed_version, self._failed = "failed", ann.version, ann.order
-            self.error = f"{type(exc).__name__}: {exc}"
-            log.error("replica %s failed to load v%d from %s: %s",
-                      self.config.replica_id, ann.version, path, self.error)  # fmt: skip
+            self._load_failed(ann, exc)
         else:
             self.state, self.failed_version, self.error = "ready", None, None
             self._failed, self.generation = None, ann.generation
@@ -178,9 +203,21 @@ class RolloutWorker:
                 if self._inflight:
                     await self.queue.touch(self.config.replica_id, list(self._inflight))
                 await self._beat()
+                await self._prune_consumers()
             except Exception:  # a beat must never kill the worker
                 log.exception("heartbeat failed")
             await asyncio.sleep(self.config.heartbeat_s)
+
+    async def _prune_consumers(self) -> None:
+        """Every ``consumer_gc_s``: drop dead replicas' consumers from this version's group."""
+        cfg = self.config
+        if time.monotonic() - self._last_gc < cfg.consumer_gc_s:
+            return
+        self._last_gc = time.monotonic()
+        gone = await self.queue.prune_consumers(self.engine.version, cfg.consumer_idle_ms)
+        if gone:
+            log.info("replica %s removed %d dead consumer(s) of v%d: %s",
+                     cfg.replica_id, len(gone), self.engine.version, gone)  # fmt: skip
 
     # 3) jobs ----------------------------------------------------------------------------
     async def _next_deliveries(self, version: int) -> list[Delivery]:

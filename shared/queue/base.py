@@ -11,6 +11,11 @@ Semantics (identical in both backends, tested by the same suite):
 - Delivery is at-least-once; results are exactly-once: ``put_result`` stores the first
   result per ``job_id`` (with a TTL) and ignores later ones, so a retried or reclaimed job
   never produces a second result.
+- Result hygiene: once the caller has what it needs, ``release_results`` keeps each result
+  only ``read_ttl_s`` more, and marks an id without a result for as long, so a late answer
+  to an abandoned attempt is dropped, not stored for ``result_ttl_s``.
+- Consumer hygiene: ``prune_consumers`` removes a version's consumers that are idle past a
+  bound, hold no pending delivery and have no live heartbeat (replicas that died).
 - ``depth(version)`` = jobs not yet acked (unread + pending).
 - Weights: ``publish_weights`` sets ``weights:latest`` and notifies subscribers.
 - Replicas: ``heartbeat`` stores a record with a TTL; ``list_replicas`` returns live ones.
@@ -27,6 +32,9 @@ Delivery = tuple[str, Job]
 """(delivery_id, job): the id to ``ack``/``touch``; it names the version stream too."""
 
 DEFAULT_RESULT_TTL_S = 24 * 3600.0
+"""How long a result nobody has released is kept (its caller may have died)."""
+DEFAULT_READ_TTL_S = 60.0
+"""How long a released result (or the marker of an abandoned job id) is kept."""
 
 
 def format_delivery_id(version: int, entry_id: str) -> str:
@@ -80,6 +88,12 @@ class JobQueue(Protocol):
         """The stored results among ``job_ids`` (missing ids are absent)."""
         ...
 
+    async def release_results(self, job_ids: Sequence[str]) -> None:
+        """The caller is done with ``job_ids``: each result is kept ``read_ttl_s`` more (a late
+        duplicate is still recognised and dropped), then deleted; an id without a result gets
+        a marker of that lifetime, so ``put_result`` drops an answer that comes after."""
+        ...
+
     async def wait_results(self, job_ids: Sequence[str], timeout_s: float) -> dict[str, JobResult]:
         """Wait until every id has a result or ``timeout_s`` passed; return what is there."""
         ...
@@ -111,6 +125,12 @@ class JobQueue(Protocol):
 
     async def list_replicas(self) -> list[ReplicaHeartbeat]:
         """Live replicas (heartbeat not expired), sorted by id."""
+        ...
+
+    async def prune_consumers(self, version: int, min_idle_ms: int) -> list[str]:
+        """Remove the consumers of ``version``'s stream that are idle for ``min_idle_ms`` or
+        more, hold no pending delivery and have no live heartbeat (a consumer is named by its
+        replica id); return their names. Atomic per consumer: a delivery is never dropped."""
         ...
 
     async def close(self) -> None: ...

@@ -1,8 +1,9 @@
 """In-process :class:`~shared.queue.base.JobQueue` on asyncio: the embedded default.
 
 Same semantics as the Redis Streams backend (per-version streams, pending deliveries,
-reclaim by idle time, first-result-wins with a TTL, heartbeats with a TTL), for one event
-loop in one process.
+reclaim by idle time, first-result-wins with a TTL, released results and markers, consumer
+pruning, heartbeats with a TTL), for one event loop in one process. Expired results are
+swept every ``_SWEEP_EVERY`` stores, so an unread result does not outlive its TTL in memory.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from shared.queue.base import (
+    DEFAULT_READ_TTL_S,
     DEFAULT_RESULT_TTL_S,
     Delivery,
     format_delivery_id,
@@ -29,22 +31,34 @@ class _Pending:
     delivered_at: float  # time.monotonic()
 
 
+_SWEEP_EVERY = 256
+
+
 @dataclass
 class _Stream:
     jobs: OrderedDict[str, Job] = field(default_factory=OrderedDict)  # every un-acked entry
     unread: list[str] = field(default_factory=list)
     pending: dict[str, _Pending] = field(default_factory=dict)
+    consumers: dict[str, float] = field(default_factory=dict)  # name -> last seen (monotonic)
 
 
 class InProcessQueue:
     """A :class:`JobQueue` held in memory; use from one event loop."""
 
-    def __init__(self, prefix: str = "vineppo:", result_ttl_s: float = DEFAULT_RESULT_TTL_S):
+    def __init__(
+        self,
+        prefix: str = "vineppo:",
+        result_ttl_s: float = DEFAULT_RESULT_TTL_S,
+        read_ttl_s: float = DEFAULT_READ_TTL_S,
+    ):
         self.prefix = prefix
         self.result_ttl_s = result_ttl_s
+        self.read_ttl_s = read_ttl_s
         self._streams: dict[int, _Stream] = {}
         self._seq = itertools.count(1)
-        self._results: dict[str, tuple[JobResult, float]] = {}
+        # job id -> (result, or None for the marker of a released id, expiry)
+        self._results: dict[str, tuple[JobResult | None, float]] = {}
+        self._stores = 0
         self._replicas: dict[str, tuple[ReplicaHeartbeat, float]] = {}
         self._latest: WeightsAnnouncement | None = None
         self._subscribers: list[asyncio.Queue[WeightsAnnouncement]] = []
@@ -70,6 +84,7 @@ class InProcessQueue:
     ) -> list[Delivery]:
         deadline = time.monotonic() + max(block_ms, 0) / 1000
         stream = self._stream(version)
+        stream.consumers[consumer] = time.monotonic()
         async with self._changed:
             while not stream.unread:
                 left = deadline - time.monotonic()
@@ -80,7 +95,7 @@ class InProcessQueue:
                 except TimeoutError:
                     return []
             taken, stream.unread = stream.unread[:count], stream.unread[count:]
-            now = time.monotonic()
+            now = stream.consumers[consumer] = time.monotonic()
             for entry in taken:
                 stream.pending[entry] = _Pending(consumer, now)
             return [(format_delivery_id(version, e), stream.jobs[e].model_copy()) for e in taken]
@@ -95,7 +110,7 @@ class InProcessQueue:
         self, version: int, consumer: str, min_idle_ms: int, count: int = 16
     ) -> list[Delivery]:
         stream = self._stream(version)
-        now = time.monotonic()
+        now = stream.consumers[consumer] = time.monotonic()
         out: list[Delivery] = []
         for entry, p in stream.pending.items():
             if len(out) >= count:
@@ -109,26 +124,44 @@ class InProcessQueue:
         now = time.monotonic()
         for delivery_id in delivery_ids:
             version, entry = parse_delivery_id(delivery_id)
-            p = self._stream(version).pending.get(entry)
+            stream = self._stream(version)
+            stream.consumers[consumer] = now
+            p = stream.pending.get(entry)
             if p is not None and p.consumer == consumer:
                 p.delivered_at = now
 
-    def _live_result(self, job_id: str) -> JobResult | None:
+    def _entry(self, job_id: str) -> tuple[JobResult | None, float] | None:
         item = self._results.get(job_id)
-        if item is None:
-            return None
-        if item[1] < time.monotonic():
+        if item is not None and item[1] < time.monotonic():
             del self._results[job_id]
             return None
-        return item[0]
+        return item
+
+    def _live_result(self, job_id: str) -> JobResult | None:
+        item = self._entry(job_id)
+        return None if item is None else item[0]
+
+    def _sweep(self) -> None:
+        self._stores += 1
+        if self._stores % _SWEEP_EVERY == 0:
+            now = time.monotonic()
+            self._results = {j: r for j, r in self._results.items() if r[1] >= now}
 
     async def put_result(self, result: JobResult) -> bool:
-        if self._live_result(result.job_id) is not None:
+        if self._entry(result.job_id) is not None:  # a result, or the marker of a released id
             return False
+        self._sweep()
         expires = time.monotonic() + self.result_ttl_s
         self._results[result.job_id] = (result.model_copy(deep=True), expires)
         await self._notify()
         return True
+
+    async def release_results(self, job_ids: Sequence[str]) -> None:
+        expires = time.monotonic() + self.read_ttl_s
+        for job_id in dict.fromkeys(job_ids):
+            item = self._entry(job_id)
+            self._results[job_id] = (None if item is None else item[0], expires)
+            self._sweep()
 
     async def get_results(self, job_ids: Sequence[str]) -> dict[str, JobResult]:
         found = {j: self._live_result(j) for j in job_ids}
@@ -188,6 +221,22 @@ class InProcessQueue:
         live = {k: v for k, v in self._replicas.items() if v[1] >= now}
         self._replicas = live
         return [live[k][0].model_copy() for k in sorted(live)]
+
+    async def prune_consumers(self, version: int, min_idle_ms: int) -> list[str]:
+        stream = self._streams.get(version)
+        if stream is None:
+            return []
+        now = time.monotonic()
+        live = {b.replica_id for b in await self.list_replicas()}
+        owners = {p.consumer for p in stream.pending.values()}
+        gone = sorted(
+            name
+            for name, seen in stream.consumers.items()
+            if (now - seen) * 1000 >= min_idle_ms and name not in owners and name not in live
+        )
+        for name in gone:
+            del stream.consumers[name]
+        return gone
 
     async def close(self) -> None:
         return None

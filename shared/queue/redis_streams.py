@@ -1,9 +1,13 @@
 """Redis Streams :class:`~shared.queue.base.JobQueue` (redis-py asyncio).
 
 Keys (all under ``prefix``): ``jobs:v<N>`` (a stream per policy version, consumer group
-``workers``), ``result:<job_id>`` (``SET NX EX``: the first result wins), ``weights:latest``
-and the pub/sub channel ``weights``, ``replica:<id>`` (heartbeat, ``SET PX``) indexed by
-the sorted set ``replicas``.
+``workers``), ``result:<job_id>`` (``SET NX EX``: the first result wins; ``release_results``
+shortens it to ``read_ttl_s`` or sets an empty marker), ``weights:latest`` and the pub/sub
+channel ``weights``, ``replica:<id>`` (heartbeat, ``SET PX``) indexed by the sorted set
+``replicas``. ``prune_consumers`` is one Lua script per stream (``XINFO CONSUMERS``, then
+``XGROUP DELCONSUMER`` of each idle consumer without pending entries or heartbeat): atomic,
+so a consumer that reads a job in the meantime is never deleted with it (the script reads
+``replica:<id>`` keys it is not given: single-instance Redis, not Cluster).
 
 Every command is retried on connection errors until ``reconnect_timeout_s`` passes, so a
 Redis restart (append-only file on) costs time, not work. Retrying ``XADD`` after a lost
@@ -25,6 +29,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ResponseError
 
 from shared.queue.base import (
+    DEFAULT_READ_TTL_S,
     DEFAULT_RESULT_TTL_S,
     Delivery,
     format_delivery_id,
@@ -42,6 +47,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 GROUP = "workers"
 _TRANSIENT, _REFUSED = TRANSIENT, REFUSED
+# KEYS[1] stream; ARGV: group, min idle ms, replica key prefix. Returns the deleted names.
+_PRUNE_CONSUMERS = """
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+local gone = {}
+if not ok then return gone end
+for _, c in ipairs(consumers) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if tonumber(f['pending']) == 0 and tonumber(f['idle']) >= tonumber(ARGV[2])
+      and redis.call('EXISTS', ARGV[3] .. f['name']) == 0 then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    table.insert(gone, f['name'])
+  end
+end
+return gone
+"""
 
 
 class RedisQueue:
@@ -52,6 +73,7 @@ class RedisQueue:
         url: str,
         prefix: str = "vineppo:",
         result_ttl_s: float = DEFAULT_RESULT_TTL_S,
+        read_ttl_s: float = DEFAULT_READ_TTL_S,
         reconnect_timeout_s: float = 60.0,
         poll_min_s: float = 0.0005,
         poll_max_s: float = 0.02,
@@ -59,6 +81,7 @@ class RedisQueue:
         self.poll_min_s, self.poll_max_s = poll_min_s, poll_max_s
         self.prefix = prefix
         self.result_ttl_s = result_ttl_s
+        self.read_ttl_s = read_ttl_s
         self.reconnect_timeout_s = reconnect_timeout_s
         self._url = url
         self._redis: Redis = Redis.from_url(
@@ -231,6 +254,21 @@ class RedisQueue:
         raw = await self._call(lambda: self._redis.mget(keys))
         return {j: JobResult.model_validate_json(r) for j, r in zip(ids, raw, strict=True) if r}
 
+    async def release_results(self, job_ids: Sequence[str]) -> None:
+        keys = [self._result_key(j) for j in dict.fromkeys(job_ids)]
+        if not keys:
+            return
+        ttl = max(1, int(self.read_ttl_s))
+
+        async def release() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.expire(key, ttl)  # a stored result: read_ttl_s more
+                    pipe.set(key, "", nx=True, ex=ttl)  # none yet: a marker (get skips it)
+                await pipe.execute()
+
+        await self._call(release)
+
     async def wait_results(self, job_ids: Sequence[str], timeout_s: float) -> dict[str, JobResult]:
         deadline = time.monotonic() + timeout_s
         found: dict[str, JobResult] = {}
@@ -342,6 +380,16 @@ class RedisQueue:
         raw = await self._call(read)
         beats = [ReplicaHeartbeat.model_validate_json(r) for r in raw if r]
         return sorted(beats, key=lambda b: b.replica_id)
+
+    async def prune_consumers(self, version: int, min_idle_ms: int) -> list[str]:
+        stream, prefix = self._stream(version), self._replica_key("")
+
+        async def prune() -> Any:
+            return await self._redis.eval(
+                _PRUNE_CONSUMERS, 1, stream, GROUP, max(0, int(min_idle_ms)), prefix
+            )
+
+        return sorted(str(name) for name in await self._call(prune) or [])
 
     async def close(self) -> None:
         await self._redis.aclose()

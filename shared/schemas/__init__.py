@@ -3,6 +3,8 @@
 from shared.schemas.base import SCHEMA_VERSION, Dataset, ErrorBody, Message, new_id
 from shared.schemas.grade import GradeItem, GradeRequest, GradeResponse, Verdict, VerdictStatus
 from shared.schemas.rollout import (
+    MAX_POLICY_VERSION,
+    MAX_TEMPERATURE,
     Completion,
     FinishReason,
     GenerateRequest,
@@ -25,6 +27,8 @@ from shared.schemas.rollout import (
 )
 
 __all__ = [
+    "MAX_POLICY_VERSION",
+    "MAX_TEMPERATURE",
     "SCHEMA_VERSION",
     "Completion",
     "Dataset",

@@ -22,6 +22,11 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
 MAX_STREAM = 2**40
+MAX_TEMPERATURE = 2.0
+"""Highest sampling temperature: what every engine accepts (vLLM refuses above 2)."""
+MAX_POLICY_VERSION = 2**53 - 1
+"""Highest policy version: exact as a JSON number anywhere (a float64 holds every integer up
+to 2**53), so a version cannot be pushed so high that no later one fits."""
 
 ReturnStatus = Literal[VerdictStatus, "truncated"]
 """A continuation's outcome: the grader's verdict, or ``truncated`` (cut at its token limit,
@@ -35,9 +40,9 @@ _STREAM_OFFSET_DOC = (
 
 
 class SamplingParams(Message):
-    """How to sample. ``temperature == 0`` means greedy."""
+    """How to sample. ``temperature == 0`` means greedy; at most ``MAX_TEMPERATURE``."""
 
-    temperature: float = Field(default=0.6, ge=0.0, le=5.0)
+    temperature: float = Field(default=0.6, ge=0.0, le=MAX_TEMPERATURE)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(default=1024, ge=1, le=32768)
     stop: list[StopString] = Field(
@@ -133,10 +138,12 @@ def check_shard_digests(digests: dict[str, str]) -> dict[str, str]:
 class WeightsRequest(Message):
     """Load policy ``version`` from a safetensors directory under the checkpoint root.
 
-    A version older than the one served is refused (409); ``sha256`` is optional here (the
-    push is bearer-authenticated) and checked when given."""
+    A version older than the one served is refused (409 ``stale_version``), and so is the
+    version served unless the shards are byte-identical to the ones loaded (409
+    ``version_conflict``); ``sha256`` is optional here (the push is bearer-authenticated) and
+    checked when given."""
 
-    version: int = Field(ge=0)
+    version: int = Field(ge=0, le=MAX_POLICY_VERSION)
     path: str = Field(min_length=1, max_length=4096)
     sha256: dict[str, str] | None = Field(default=None, max_length=MAX_SHARDS,
                                           description=_SHA256_DOC)  # fmt: skip
@@ -155,7 +162,7 @@ class WeightsAnnouncement(Message):
     named in ``sha256``, and only when every digest matches; an announcement without
     digests is refused."""
 
-    version: int = Field(ge=0)
+    version: int = Field(ge=0, le=MAX_POLICY_VERSION)
     path: str = Field(min_length=1, max_length=4096)
     sha256: dict[str, str] = Field(default_factory=dict, max_length=MAX_SHARDS,
                                    description=_SHA256_DOC)  # fmt: skip
@@ -204,7 +211,7 @@ class Job(Message):
 
     job_id: str = Field(default_factory=new_id)
     kind: JobKind
-    policy_version: int = Field(ge=0)
+    policy_version: int = Field(ge=0, le=MAX_POLICY_VERSION)
     generate: GenerateRequest | None = None
     value: ValueRequest | None = None
     attempt: int = Field(default=0, ge=0)

@@ -102,3 +102,18 @@ def test_weights_digests_are_plain_safetensors_names_and_sha256(digests: dict[st
         S.WeightsAnnouncement(version=1, path="policy-v1", sha256=digests)
     with pytest.raises(ValidationError):
         S.WeightsRequest(version=1, path="policy-v1", sha256=digests)
+
+
+def test_versions_and_temperatures_stop_where_every_part_can_follow() -> None:
+    """A policy version is at most 2**53 - 1 (exact as any JSON number; a larger one used to
+    be accepted and made every later push stale); a temperature at most 2 (vLLM's limit)."""
+    top = 2**53 - 1
+    for model, extra in ((S.WeightsRequest, {}), (S.WeightsAnnouncement, {"sha256": {}})):
+        assert model.model_validate({"version": top, "path": "p", **extra}).version == top
+        with pytest.raises(ValidationError):
+            model.model_validate({"version": top + 1, "path": "p", **extra})
+    with pytest.raises(ValidationError):
+        S.Job(kind="generate", policy_version=top + 1, generate=S.GenerateRequest(prompts=["q"]))
+    assert S.SamplingParams(temperature=2.0).temperature == 2.0
+    with pytest.raises(ValidationError):
+        S.SamplingParams(temperature=2.01)

@@ -50,6 +50,7 @@ from typing import Any, Literal
 from services.rollout.engine.base import (
     EngineBase,
     EngineDead,
+    EngineInputError,
     EngineStats,
     Prefix,
     check_context,
@@ -77,6 +78,15 @@ def import_vllm() -> Any:
             "host, 'vineppo[vllm]' on a CUDA host; or use --engine torch"
         ) from exc
     return vllm
+
+
+def _validation_error() -> type[Exception]:
+    """vLLM's own refusal of a parameter (``VLLMValidationError``, not a ``ValueError``)."""
+    try:
+        from vllm.exceptions import VLLMValidationError
+    except ImportError:  # older vLLM: refusals are ValueErrors
+        return ValueError
+    return VLLMValidationError
 
 
 def sample_seed(seed: int, stream: int, sample: int) -> int:
@@ -199,7 +209,7 @@ class VllmEngine(EngineBase):
         for x, kws in zip(ids, per_prefix, strict=True):
             for kw in kws:
                 inputs.append({"prompt_token_ids": x})
-                params.append(self._vllm.SamplingParams(**kw))
+                params.append(self._sampling_params(kw))
         outputs = await self._locked(self.llm.generate, inputs, params, use_tqdm=False)
         flat = [from_vllm_output(o.outputs[0], self.decode) for o in outputs]
         result = [flat[i * k : (i + 1) * k] for i in range(len(prefixes))]
@@ -207,6 +217,15 @@ class VllmEngine(EngineBase):
         self._stats.prompt_tokens += sum(len(x) for x in {tuple(x) for x in ids})  # distinct
         self._stats.sampled_tokens += sum(len(c.token_ids) for c in flat)
         return result
+
+    def _sampling_params(self, kw: dict[str, Any]) -> Any:
+        """One ``vllm.SamplingParams``; vLLM's refusal of a value (its ``ValueError``) is the
+        caller's error, a typed 400 ``bad_sampling``, never a 500."""
+        try:
+            return self._vllm.SamplingParams(**kw)
+        except (ValueError, _validation_error()) as exc:
+            raise EngineInputError(f"vLLM refuses these sampling parameters: {exc}",
+                                   "bad_sampling") from exc  # fmt: skip
 
     async def load_weights(self, version: int, path: str | VerifiedWeights) -> None:
         """Check, then reload in place; ``path``: a safetensors dir/file or verified bytes."""

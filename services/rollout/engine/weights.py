@@ -2,11 +2,14 @@
 
 ``read_weights`` is the one resolver both weight-push paths use (``POST /v1/weights`` and
 the queue's weights announcement): it resolves the path (symlinks followed) and confines it
-to the checkpoint root, refuses pickle formats, then opens each shard ONCE (``O_NOFOLLOW``),
-checks that the opened file itself is a regular ``*.safetensors`` file under the root,
-caps the total size, reads the bytes from that descriptor and checks each shard's SHA-256
-against the digest the trainer announced. Engines load from those bytes, never from the
-path again, so nothing can be swapped between the checks and the load.
+to the checkpoint root, refuses pickle formats and anything that is neither a regular file
+nor a directory, then opens each shard ONCE (``O_NOFOLLOW | O_NONBLOCK``: a FIFO or device
+named ``*.safetensors`` cannot block the open), checks that the opened file itself is a
+regular ``*.safetensors`` file under the root before reading a byte, caps the total size,
+reads the bytes from that descriptor and checks each shard's SHA-256 against the digest the
+trainer announced. Engines load from those bytes, never from the path again, so nothing can
+be swapped between the checks and the load. ``check_finite`` refuses a NaN or an infinity in
+any floating-point tensor of those bytes (zero-copy views, chunk by chunk).
 
 ``load_safetensors_into`` copies the tensors of a safetensors dir/file into a live model in
 place (no pickle is ever unpickled: ``.bin``/``.pt``/``.pkl`` are refused).
@@ -15,8 +18,10 @@ place (no pickle is ever unpickled: ``.bin``/``.pt``/``.pkl`` are refused).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +33,18 @@ from services.rollout.engine.base import WeightsError
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
-class WeightsPathError(WeightsError):
-    """A refused weights path; ``status`` is the HTTP status to answer with."""
+class WeightsRefused(WeightsError):
+    """A refused push: nothing was loaded; ``status`` is the HTTP status to answer with and
+    ``code`` the ``ErrorBody.error``."""
 
     def __init__(self, message: str, status: int, code: str) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class WeightsPathError(WeightsRefused):
+    """A refused weights path (outside the root, not safetensors, missing, ...)."""
 
 
 def resolve_weights_path(root: Path, path: str) -> Path:
@@ -60,6 +70,9 @@ def resolve_weights_path(root: Path, path: str) -> Path:
         )
     if not real.exists():
         raise WeightsPathError(f"path {path!r} does not exist", 404, "not_found")
+    if not (real.is_file() or real.is_dir()):  # a FIFO, socket or device: never opened
+        raise WeightsPathError(f"{real.name}: not a regular file or a directory", 415,
+                               "unsupported_weights_format")  # fmt: skip
     if real.is_file() and real.suffix != ".safetensors":
         raise WeightsPathError(
             f"{real.name}: only .safetensors files are loaded", 415, "unsupported_weights_format"
@@ -102,8 +115,12 @@ def _opened_path(fd: int, fallback: Path) -> Path:
 
 
 def _read_shard(file: Path, root_real: Path, budget: int) -> tuple[bytes, str]:
-    """Open ``file`` once, check what was opened, read it; (content, sha256 hex)."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    """Open ``file`` once, check what was opened, read it; (content, sha256 hex).
+
+    ``O_NONBLOCK``: opening a FIFO for reading would otherwise wait for a writer forever
+    (holding the replica's weights lock); it is refused by the ``S_ISREG`` check instead."""
+    flags = os.O_RDONLY | os.O_NONBLOCK
+    flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(file, flags)
     except FileNotFoundError as exc:
@@ -172,6 +189,71 @@ def read_weights(
                                    409, "digest_mismatch")  # fmt: skip
         shards[name], digests[name] = data, digest
     return VerifiedWeights(path=real, shards=shards, sha256=digests)
+
+
+_FLOAT_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}  # fmt: skip
+_FINITE_CHUNK = 1 << 22  # elements checked at once (bounds the temporary mask)
+
+
+def _header(name: str, data: bytes) -> tuple[int, dict[str, object]]:
+    """(offset of the data, header) of one safetensors shard; ``WeightsError`` if unreadable."""
+    try:
+        size = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or size > len(data) - 8:
+            raise ValueError("header length past the end of the file")
+        header = json.loads(data[8 : 8 + size])
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise WeightsError(f"{name}: not a readable safetensors file ({exc})") from exc
+    return 8 + size, header
+
+
+def _float_view(
+    name: str, tensor: str, meta: object, data: bytes, base: int
+) -> torch.Tensor | None:
+    """The floating-point tensor ``tensor`` of a shard as a flat zero-copy view (None: not a
+    float tensor, or empty); ``WeightsError`` for metadata that does not fit the bytes."""
+    if not isinstance(meta, dict) or _FLOAT_DTYPES.get(str(meta.get("dtype"))) is None:
+        return None
+    dtype = _FLOAT_DTYPES[str(meta["dtype"])]
+    try:
+        start, end = (base + int(x) for x in meta["data_offsets"])
+        if not base <= start <= end <= len(data) or (end - start) % dtype.itemsize:
+            raise ValueError("data offsets do not fit the file")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(f"{name}: tensor {tensor!r}: bad safetensors header ({exc})") from exc
+    if end == start:
+        return None
+    with warnings.catch_warnings():  # read-only bytes: the view is never written
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(memoryview(data)[start:end], dtype=dtype)
+
+
+def check_finite(weights: VerifiedWeights) -> None:
+    """Refuse (``WeightsRefused`` 400 ``non_finite_weights``) a NaN or ±inf anywhere in the
+    floating-point tensors of ``weights``: one bad trainer step must not poison a replica.
+
+    Reads each tensor as a zero-copy view of the shard bytes, ``_FINITE_CHUNK`` elements at
+    a time, so the check allocates a small mask, not a copy of the model."""
+    for name, data in weights.shards.items():
+        base, header = _header(name, data)
+        for tensor, meta in header.items():
+            flat = None if tensor == "__metadata__" else _float_view(name, tensor, meta, data, base)
+            if flat is None:
+                continue
+            for i in range(0, flat.numel(), _FINITE_CHUNK):
+                part = flat[i : i + _FINITE_CHUNK]
+                if part.dtype.itemsize == 1:  # float8: isfinite wants a wider type
+                    part = part.float()
+                if not bool(torch.isfinite(part).all()):
+                    raise WeightsRefused(
+                        f"{name}: tensor {tensor!r} holds NaN or infinite values: refused",
+                        400, "non_finite_weights",
+                    )  # fmt: skip
 
 
 def tensors_of(weights: VerifiedWeights) -> dict[str, torch.Tensor]:

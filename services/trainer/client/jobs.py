@@ -12,12 +12,15 @@ one result per job id (first wins), so a reclaimed job never yields two results,
 client takes exactly one result per chunk (the first ``ok`` one among its attempts). A chunk
 whose attempt failed (``ok=False``) or timed out is resubmitted with ``attempt+1`` — the
 timed-out attempt stays valid and wins if it finishes first — up to ``max_attempts``; then
-:class:`JobsFailed` is raised.
+:class:`JobsFailed` is raised. Once a chunk has its result (or the call fails), the ids of
+all its attempts are released (``JobQueue.release_results``): the queue keeps them only
+briefly, and drops the answer of an attempt still running instead of storing it for a day.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -93,9 +96,15 @@ async def run_jobs(queue: JobQueue, jobs: Sequence[Job], options: JobOptions) ->
             got = await queue.wait_results(ids, timeout_s=options.poll_s)
             for c in pending:
                 await _settle(queue, c, got, options, batch)
-            bar.update(sum(1 for c in pending if c.result is not None))
+            done = [c for c in pending if c.result is not None]
+            await queue.release_results([j for c in done for j in c.job_ids])
+            bar.update(len(done))
     finally:
         bar.close()
+        unread = [j for c in chunks if c.result is None for j in c.job_ids]
+        if unread:  # failed or cancelled: nobody reads these (never mask the error)
+            with contextlib.suppress(Exception):
+                await queue.release_results(unread)
     return [c.result for c in chunks if c.result is not None]
 
 

@@ -45,7 +45,12 @@ CASES: list[tuple[str, str, str, str]] = [
     ("#### 18", "no number here", G, "bad_gold"),  # gold without a number
     ("#### 18", "", G, "bad_gold"),  # empty gold
     ("#### 18", "#### ", G, "bad_gold"),  # gold solution with an empty answer
-    ("#### 1e3", "1000", G, "incorrect"),  # scientific notation is not GSM8K format
+    ("#### 1e3", "1000", G, "correct"),  # scientific notation is a number: 1e3 = 1000
+    ("#### 7e3", "7", G, "incorrect"),  # 7e3 is 7000, never 7 with a suffix 'e3'
+    ("#### 1e20", "1e21", G, "incorrect"),  # the exponents differ: not both 1
+    ("#### 1E21", "1e21", G, "correct"),  # either letter
+    ("#### 2.5e-1 dollars", "0.25", G, "correct"),  # negative exponent, a unit after it
+    ("#### 1e999999999", "1", G, "incorrect"),  # a huge exponent is never expanded
     ("#### 18\x00", "18", G, "correct"),  # NUL bytes are dropped
     ("#### 18\ud800", "18", G, "correct"),  # a lone surrogate does not break grading
     ("#### 7.5", "15/2", G, "correct"),  # fraction gold equals decimal answer

@@ -246,7 +246,7 @@ def test_optional_bearer_auth_on_generate_and_value(
         assert httpx.post(f"{url}/v1/generate", json=gen, timeout=60).is_success  # off: open
 
 
-def test_readyz_fails_while_loading_and_after_a_failed_load(
+def test_readyz_fails_while_loading_not_after_refused_weights(
     tiny_model_dir: Path, reward_url: str, tmp_path: Path
 ) -> None:
     import threading
@@ -282,14 +282,12 @@ def test_readyz_fails_while_loading_and_after_a_failed_load(
             assert httpx.get(f"{url}/healthz").status_code == 200  # alive all the same
         push.join()
         assert httpx.get(f"{url}/readyz").json()["version"] == 1
-        # 2) a failed load: still alive and serving v1, but not ready until a load succeeds
+        # 2) refused weights (checked before anything is copied): still v1, still ready (an
+        # engine failing mid-swap is the unready case: test_weight_pushes.py)
         resp = httpx.post(f"{url}/v1/weights", json={"version": 2, "path": "policy-v2"},
                           headers=auth, timeout=60)  # fmt: skip
         assert _error(resp, 400).error == "bad_weights"
-        resp = httpx.get(f"{url}/readyz")
-        assert _error(resp, 503).error == "not_ready" and "failed" in resp.json()["message"]
-        health = httpx.get(f"{url}/healthz")
-        assert health.status_code == 200 and health.json()["state"] == "failed"
+        assert httpx.get(f"{url}/readyz").json()["version"] == 1
         resp = httpx.post(f"{url}/v1/weights", json={"version": 3, "path": "policy-v3"},
                           headers=auth, timeout=60)  # fmt: skip
         assert resp.status_code == 200

@@ -196,6 +196,22 @@ async def test_too_long_prompt_and_empty_prompt_refused(
         await engine.continue_from([Prefix("Tom")], 0, SamplingParams(max_tokens=8))
 
 
+@pytest.mark.parametrize("engine_kind", ["vllm"])
+async def test_vllm_refusing_sampling_parameters_is_a_typed_input_error(
+    shared_engine: GetEngine, tiny_model_dir: Path
+) -> None:
+    """vLLM refuses a temperature above 2 that an embedded caller can still send (the API's
+    schema stops at 2): a 400 ``bad_sampling``, not vLLM's own error (it was a 500)."""
+    engine = shared_engine(tiny_model_dir)
+    hot = SamplingParams.model_construct(
+        **{**SamplingParams(max_tokens=2).model_dump(), "temperature": 3.0}
+    )
+    with pytest.raises(EngineInputError, match="temperature") as info:
+        await engine.generate(["Tom"], 1, hot)
+    assert info.value.code == "bad_sampling"
+    assert len(await engine.generate(["Tom"], 1, SamplingParams(temperature=2.0, max_tokens=2)))
+
+
 def _bad_weights(model_dir: Path, root: Path) -> dict[str, Path]:
     """Directories of weights that must be refused, each for one reason."""
     from safetensors.torch import load_file, save_file

@@ -115,3 +115,63 @@ def test_loads_the_bytes_that_were_checked_not_the_file_later(tmp_path: Path) ->
     model = torch.nn.Linear(3, 2)
     assert load_safetensors_into(model, verified) == 2
     assert torch.equal(model.weight, torch.ones(2, 3))
+
+
+def test_a_fifo_shard_is_refused_before_it_can_block(tmp_path: Path) -> None:
+    """A FIFO named ``model.safetensors`` (in a directory, or as the path itself) is refused
+    with 415 at once: opened non-blocking and checked before a byte is read (a blocking open
+    waited for a writer forever)."""
+    import os
+    import threading
+
+    root = tmp_path / "ckpt"
+    (root / "fifo").mkdir(parents=True)
+    fifos = {
+        "fifo": root / "fifo" / "model.safetensors",
+        "bare.safetensors": root / "bare.safetensors",
+    }
+    for fifo in fifos.values():
+        os.mkfifo(fifo)
+    for path, fifo in fifos.items():
+        got: list[tuple[int, str]] = []
+
+        def read(path: str = path, got: list[tuple[int, str]] = got) -> None:
+            got.append(_read_status(root, path))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout=10)
+        blocked = reader.is_alive()
+        if blocked:  # let a blocked open go (a writer appears), so the test can end
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            reader.join(timeout=10)
+        assert not blocked, f"reading {path!r} blocked"
+        assert got == [(415, "unsupported_weights_format")]
+
+
+def test_check_finite_refuses_nan_and_inf_in_every_float_dtype(tmp_path: Path) -> None:
+    """NaN/±inf anywhere in a float tensor (float64 ... float8) is refused; integer tensors,
+    empty tensors and finite values pass; a header that does not fit the bytes is a
+    ``WeightsError`` (400 ``bad_weights``), never a crash."""
+    from safetensors.torch import save
+
+    from services.rollout.engine.weights import VerifiedWeights, WeightsRefused, check_finite
+
+    def weights(tensors: dict[str, torch.Tensor]) -> VerifiedWeights:
+        return VerifiedWeights(tmp_path, {"model.safetensors": save(tensors)})
+
+    dtypes = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn,
+              torch.float8_e5m2]  # fmt: skip
+    for dtype in dtypes:
+        fine = {"ids": torch.arange(5), "w": torch.randn(3000).to(dtype), "e": torch.ones(0)}
+        check_finite(weights(fine))
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            if bad != bad or dtype != torch.float8_e4m3fn:  # e4m3fn has no infinity
+                poisoned = torch.randn(3000)
+                poisoned[2999] = bad
+                with pytest.raises(WeightsRefused) as info:
+                    check_finite(weights({**fine, "p": poisoned.to(dtype)}))
+                assert (info.value.status, info.value.code) == (400, "non_finite_weights")
+    broken = save({"w": torch.ones(4)})[:-4]  # the tensor runs past the end of the bytes
+    with pytest.raises(WeightsError, match=r"past the end|header"):
+        check_finite(VerifiedWeights(tmp_path, {"model.safetensors": broken}))

@@ -137,6 +137,29 @@ async def test_lost_job_times_out_and_the_first_result_wins() -> None:
     assert isinstance(out, list) and len(out) == 1 and out[0].worker_id == "retry"
 
 
+async def test_results_are_released_once_taken_and_a_late_answer_is_dropped() -> None:
+    """Once a chunk has its result, every attempt's id is released: the result expires after
+    ``read_ttl_s`` (not the day an unread one lives), and the answer of the timed-out attempt
+    that comes after is dropped instead of stored."""
+    queue = InProcessQueue(read_ttl_s=0.3)
+    seen: list[Job] = []
+    task = asyncio.create_task(responder(queue, lambda j: ok(j) if j.attempt else _none(), seen))
+    jobs = [Job(kind="generate", policy_version=0, generate=GenerateRequest(prompts=["a"]))]
+    try:
+        out = await run_jobs(queue, jobs, JobOptions(progress=False, timeout_s=0.2, poll_s=0.05))
+    finally:
+        task.cancel()
+    lost, answered = (j.job_id for j in seen)
+    assert [r.job_id for r in out] == [answered]
+    assert not await queue.put_result(answer(seen[0], worker="late"))  # attempt 0, too late
+    await asyncio.sleep(0.4)
+    assert await queue.get_results([lost, answered]) == {}
+
+
+async def _none() -> None:
+    return None
+
+
 async def test_gives_up_after_max_attempts() -> None:
     async def always_fail(job: Job) -> JobResult:
         return JobResult(job_id=job.job_id, policy_version=0, worker_id="w", ok=False, error="no")
