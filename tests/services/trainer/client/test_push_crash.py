@@ -45,9 +45,11 @@ ROOT = Path(__file__).resolve().parents[4]
 DIST_VARS = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
 KEYS = ("reward/mean", "loss/policy", "loss/value", "kl/ref", "entropy",
         "response/tokens_mean", "adv/std")  # fmt: skip
-# PPO (a critic: advantages R - V are non-zero even when a random policy earns no reward, so
-# every push carries new weights) on a random tiny Llama, with the smallest budgets
-SETS = ["algo=ppo", "iterations=2", "eval.every=100", "eval.num_problems=2",
+# PPO with the authors' random value head (advantages R - V vary from token to token even when
+# a random policy earns no reward, so every push carries new weights; the default constant
+# head would whiten them to 0) on a random tiny Llama, with the smallest budgets
+SETS = ["algo=ppo", "ppo.critic_init=null", "iterations=2", "eval.every=100",
+        "eval.num_problems=2",
         "eval.max_response_tokens=16", "rollout.prompts_per_iteration=4",
         "rollout.responses_per_prompt=2", "rollout.max_response_tokens=24",
         "ppo.mini_batch_size=8", "ppo.micro_batch_size=8", "ppo.epochs=1",
