@@ -73,12 +73,16 @@ def top_action_accuracy(pred: Tensor, truth: Tensor) -> float:
 
     Ties are broken uniformly at random, so a row scores
     |argmax-set(pred) ∩ argmax-set(truth)| / |argmax-set(pred)| (its expected hit rate):
-    a method that gives every candidate the same value scores chance, not 1.
+    a method that gives every candidate the same value scores chance, not 1. Rows whose
+    candidates are all truly equal (e.g. every next step keeps V = 1) have no best action and
+    are left out: any choice would count as a hit. NaN when no row is left.
     """
     if pred.shape != truth.shape or pred.dim() != 2 or pred.shape[1] < 1:
         raise ValueError(
             f"expected equal (G, C) shapes, got {tuple(pred.shape)}, {tuple(truth.shape)}"
         )
+    informative = truth.max(dim=1).values - truth.min(dim=1).values > 1e-9  # (G,)
+    pred, truth = pred[informative], truth[informative]
     if pred.shape[0] == 0:
         return math.nan
     pred_top = pred >= pred.max(dim=1, keepdim=True).values - 1e-9  # (G, C)
@@ -122,6 +126,8 @@ def method_metrics(
     }
     if top is not None:
         row["top_action"] = top_action_accuracy(*top)
+        spread = top[1].max(dim=1).values - top[1].min(dim=1).values  # (G,) truth's range
+        row["top_action_states"] = int((spread > 1e-9).sum())  # states with a best action
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 

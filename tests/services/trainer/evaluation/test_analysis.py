@@ -53,6 +53,14 @@ def test_top_action_breaks_ties_at_random() -> None:
         top_action_accuracy(pred, truth[:, :2])
 
 
+def test_top_action_leaves_out_states_without_a_best_action() -> None:
+    # row 1: every candidate truly keeps V = 1, so any pick would be a "hit": not counted
+    pred = torch.tensor([[0.1, 0.9], [0.3, 0.2], [0.5, 0.4]])
+    truth = torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.0, 0.5]])
+    assert top_action_accuracy(pred, truth) == pytest.approx((1 + 0) / 2)
+    assert math.isnan(top_action_accuracy(pred[1:2], truth[1:2]))
+
+
 def test_group_baseline_leaves_the_own_outcome_out() -> None:
     # a value predictor must not contain the reward it predicts: GRPO's and RLOO's baseline of
     # response b is the mean of the *other* rewards of its group (GRPO's plain group mean
