@@ -186,7 +186,9 @@ class RestEM(SelfTrainRun):
         self.iteration += 1
         # 3) finetune the base model epoch by epoch, 4) validate each epoch, select
         t0 = time.monotonic()
-        fit: dict[str, Any] = await self._fit(rows) if rows else {"acc/val": None, "time/eval": 0.0}
+        fit: dict[str, Any] = await self._fit(rows) if rows else {
+            "acc/val": None, "time/eval": 0.0, "restem/selected_version": self.version,
+            "restem/epochs_run": 0}  # fmt: skip
         t_fit = time.monotonic() - t0
         if fit["acc/val"] is None:  # nothing correct: keep serving the selected checkpoint
             fit.update(await self.validate())
