@@ -9,7 +9,9 @@ its SFT model or a band's) in ``runs/sweep/<band>/<point>/<algo>``, with the poi
 in ``point.json``; finished runs are reused. After its runs, an invocation rewrites
 ``docs/benchmarks/learning_sweep[_<band>].md`` from every finished point of the band, so
 sweeps of different methods can run as parallel processes and the table lists every point
-that was run, the ones that collapsed included.
+that was run, the ones that collapsed included. Each finished point's row (and each command)
+is also kept in ``learning_sweep[_<band>].json`` next to the doc, so the table keeps points
+whose run directories are gone (another machine, a cleaned ``runs/``).
 """
 
 from __future__ import annotations
@@ -59,13 +61,15 @@ def point_name(point: dict[str, Any]) -> str:
     return "_".join([f"lr{point['optim.lr']:g}", f"kl{point['ppo.kl_coef']:g}", *rest])
 
 
-def table(root: Path, iterations: int) -> list[str]:
-    """One row per finished run under ``root`` (every point, every method)."""
+def table(root: Path, iterations: int, recorded: dict[str, Any]) -> list[str]:
+    """One row per finished run under ``root`` (every point, every method), merged into the
+    ``recorded`` rows (updated in place) of earlier invocations."""
     from bench.runs import complete
     from services.trainer.evaluation.report import load_run
 
-    rows = []
-    for point_dir in sorted(p for p in root.iterdir() if (p / "point.json").is_file()):
+    rows: dict[str, Any] = recorded.setdefault("rows", {})
+    for point_dir in sorted(root.glob("*/point.json")):
+        point_dir = point_dir.parent
         point = json.loads((point_dir / "point.json").read_text())
         for algo in NAMES:
             if not complete(point_dir / algo, iterations):
@@ -80,16 +84,16 @@ def table(root: Path, iterations: int) -> list[str]:
                 ev = c["critic_ev"].get(end, float("nan"))
                 critic = f"{c['critic_mae'][end]:.3f} / {ev:.2f} / {c['group_mae'][end]:.3f}"
             auc = statistics.mean(v for i, v in c["val"].items() if i > 0)
-            rows.append((auc, f"| {NAMES[algo]} | {point['optim.lr']:g} | "
+            rows[f"{point_dir.name}/{algo}"] = (auc, f"| {NAMES[algo]} | {point['optim.lr']:g} | "
                          f"{point['ppo.kl_coef']:g} | {_short(extra)} | **{auc:.3f}** | "
                          f"{best:.3f} ± {c['val_se'].get(best_it, 0):.3f} ({best_it}) | "
                          f"{c['val'][max(c['val'])]:.3f} | {c['reward'][min(c['reward'])]:.3f} → "
                          f"{statistics.mean(c['reward'][i] for i in last):.3f} | "
                          f"{c['kl'][max(c['kl'])]:.4f} | {critic} | "
-                         f"{c['clock'][max(c['clock'])]:.0f} |"))  # fmt: skip
+                         f"{c['clock'][max(c['clock'])]:.0f} |")  # fmt: skip
     order = list(NAMES.values())
-    rows.sort(key=lambda r: (order.index(r[1].split(" | ")[0][2:]), -r[0]))
-    return [r[1] for r in rows]
+    ranked = sorted(rows.values(), key=lambda r: (order.index(r[1].split(" | ")[0][2:]), -r[0]))
+    return [r[1] for r in ranked]
 
 
 def _short(extra: dict[str, Any]) -> str:
@@ -129,10 +133,16 @@ def main() -> None:
                 (out / "point.json").write_text(json.dumps(point, sort_keys=True))
                 run_one(algo, 0, out, budget, model, rl=point, band=args.band)
     suffix = "" if args.band == DEMO_BAND else f"_{args.band}"
+    record_file = DOCS / f"learning_sweep{suffix}.json"
+    recorded = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    rows = table(root, budget.iterations, recorded)
+    commands = list(dict.fromkeys([*recorded.get("commands", []), *_commands(root)]))
+    recorded["commands"] = commands
+    record_file.write_text(json.dumps(recorded, indent=1) + "\n")
     lines = [f"# Sweeps on the built-in task, band {args.band} (seed 0, chosen on validation)",
              "", "Commands (each point is reused once finished; every invocation rewrites this "
              "file from every finished point):", "",
-             *(f"    {c}" for c in _commands(root)), "",
+             *(f"    {c}" for c in commands), "",
              f"{machine()}. Each run: {budget.iterations} iterations × {budget.prompts} prompts "
              f"× {budget.responses} responses, the demo's SFT model for band {args.band}; "
              f"validation Pass@1 on {budget.val_problems} problems × {budget.val_seeds} samples "
@@ -148,7 +158,7 @@ def main() -> None:
              "| method | lr | kl_coef | other | mean val Pass@1 | best val Pass@1 (iteration) "
              "| final val | train reward, first → last 3 | KL at the end | critic MAE / EV / "
              "group MAE | train s |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-             *table(root, budget.iterations)]  # fmt: skip
+             *rows]  # fmt: skip
     write_doc(DOCS / f"learning_sweep{suffix}.md", lines)
 
 
