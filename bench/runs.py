@@ -64,9 +64,12 @@ def run_one(
 ) -> dict[str, Any]:  # fmt: skip
     """Train (or reuse) one run in ``out/algo``; with ``test``, also the test Pass@1 of its
     best-by-validation policy and of the SFT model (both cached in ``out/algo/test.json``)."""
+    import torch
+
     from services.demo.run import run_config, test_selected, train_and_test
     from services.trainer.evaluation.report import load_run
 
+    torch.set_num_threads(1)  # runs share the machine as parallel processes (see `machine`)
     cfg = run_config(algo, model, out, budget, seed, rl, band)
     run_dir = out / algo
     if not complete(run_dir, budget.iterations):
