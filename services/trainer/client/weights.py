@@ -118,10 +118,17 @@ def list_policies(root: Path) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
-def prune_policies(root: Path, keep: int = 2) -> list[int]:
-    """Delete all but the newest ``keep`` versions (and stale temp dirs); return the deleted."""
+def prune_policies(root: Path, keep: int = 2, current: int | None = None) -> list[int]:
+    """Delete all but the newest ``keep`` versions (and stale temp dirs); return the deleted.
+    With ``current`` (the version just pushed), "newest" counts from it down and versions
+    above it go too: they are a previous run's, left in a reused output directory, and
+    keeping them would prune the version being served (its replicas then wait forever)."""
     versions = list_policies(root)
-    doomed = versions[:-keep] if keep > 0 else versions
+    if current is not None:
+        kept = [v for v in versions if v <= current][-keep:] if keep > 0 else []
+        doomed = [v for v in versions if v not in kept]
+    else:
+        doomed = versions[:-keep] if keep > 0 else versions
     for v in doomed:
         shutil.rmtree(policy_dir(root, v), ignore_errors=True)
     for p in Path(root).glob(".policy-v*.tmp-*"):
@@ -183,7 +190,7 @@ async def push_policy(
     if _rank() != 0:
         return WeightsAnnouncement(version=version, path=str(Path(path).resolve()))
     ann = await announce(queue, version, path)
-    stale = set(prune_policies(root, keep=keep))
+    stale = set(prune_policies(root, keep=keep, current=version))
     if version - keep >= 0:
         stale.add(version - keep)
     for v in sorted(stale):

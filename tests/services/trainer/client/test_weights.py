@@ -74,3 +74,20 @@ async def test_push_policy_announces_and_drops_old_streams(
     assert Path(latest.path) == (tmp_path / "policy-v2").resolve()
     assert list_policies(tmp_path) == [1, 2]
     assert await q.depth(0) == 0  # v0 pruned: its stream is gone
+
+
+async def test_a_fresh_run_in_a_used_directory_prunes_the_old_runs_versions(
+    tiny: tuple[object, object], tmp_path: Path
+) -> None:
+    """A killed run left policy-v12 and -v13; a fresh run in the same output directory pushes
+    v0. Pruning by "newest two" kept v12/v13 and deleted v0, so no replica could load the
+    version the trainer waited for (a sweep hung on it); now v0 stays and the others go."""
+    model, tok = tiny
+    for v in (12, 13):
+        save_policy(model, tok, tmp_path, version=v)
+    q = InProcessQueue()
+    await push_policy(q, model, tok, tmp_path, version=0)
+    assert list_policies(tmp_path) == [0]
+    await push_policy(q, model, tok, tmp_path, version=1)
+    assert list_policies(tmp_path) == [0, 1]
+    assert prune_policies(tmp_path, keep=1, current=0) == [1]
