@@ -72,6 +72,25 @@ class RolloutSettings(ServiceSettings):
         description="Also require the bearer api_token on /v1/generate and /v1/value "
         "(off: loopback use).",
     )
+    # the queue consumer (with redis_url set): docs/queue.md
+    replica_id: str | None = Field(
+        default=None, description="This replica's name in the queue; unset = <hostname>-<pid>."
+    )
+    queue_prefix: str = Field(
+        default="vineppo:", min_length=1, description="Redis key prefix of the job queue."
+    )
+    fetch_batch: int = Field(default=1, ge=1, le=1024, description="Jobs taken per fetch.")
+    heartbeat_s: float = Field(
+        default=1.0, gt=0, description="Heartbeat period; also refreshes in-flight deliveries."
+    )
+    heartbeat_ttl_s: float = Field(
+        default=5.0, gt=0, description="A replica silent this long counts as gone."
+    )
+    claim_idle_ms: int = Field(
+        default=10_000,
+        ge=1,
+        description="A delivery idle this long belonged to a dead replica and is reclaimed.",
+    )
 
     @field_validator("model_dir", mode="before")
     @classmethod
@@ -91,4 +110,9 @@ class RolloutSettings(ServiceSettings):
             raise ValueError(f"min_k ({self.min_k}) must be <= max_k ({self.max_k})")
         if self.require_token and self.api_token is None:
             raise ValueError("require_token needs api_token")
+        if self.heartbeat_ttl_s <= self.heartbeat_s:
+            raise ValueError(
+                f"heartbeat_ttl_s ({self.heartbeat_ttl_s}) must exceed heartbeat_s "
+                f"({self.heartbeat_s}): a live replica would count as gone between beats"
+            )
         return self
