@@ -10,21 +10,15 @@ shorter than 16 characters = refused at start-up). ``require_token`` puts the sa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
 
-from shared.http import check_token_setting
 from shared.schemas.rollout import MAX_BATCH, MAX_SCHEMA_ITEMS
-from shared.settings import ServiceSettings, service_config
+from shared.settings import EngineKind, ServiceSettings, service_config
 
 
 class RolloutSettings(ServiceSettings):
-    # errors name the field but never echo its value (a token must not reach a log)
-    model_config = SettingsConfigDict(
-        **service_config("VINEPPO_ROLLOUT_"), hide_input_in_errors=True
-    )
+    model_config = service_config("VINEPPO_ROLLOUT_")
 
     port: int = Field(default=8002, ge=0, le=65535, description="TCP port.")
     reward_url: str = Field(
@@ -33,7 +27,7 @@ class RolloutSettings(ServiceSettings):
     model_dir: Path | None = Field(
         default=None, description="Local model directory (transformers format) to serve."
     )
-    engine: Literal["auto", "torch", "vllm"] = Field(
+    engine: EngineKind = Field(
         default="auto",
         description="Inference engine; auto = vllm for models of 20 M parameters or more "
         "when it is installed, else torch (docs/rollout.md: the measurements).",
@@ -98,11 +92,6 @@ class RolloutSettings(ServiceSettings):
         if isinstance(v, str) and not v.strip():  # Path("") would be the current directory
             raise ValueError("model_dir is empty: unset it or name the model directory")
         return v
-
-    @field_validator("api_token")
-    @classmethod
-    def _token_long_enough(cls, v: SecretStr | None) -> SecretStr | None:
-        return check_token_setting(v)
 
     @model_validator(mode="after")
     def _k_bounds(self) -> RolloutSettings:
