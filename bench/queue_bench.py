@@ -110,11 +110,13 @@ async def push_latency(redis_url: str, hidden: int, replicas: int, work: Path) -
     model, tok = _model(hidden, seed=0)
     root = work / f"ckpt-{hidden}-{replicas}"
     v0 = save_policy(model, tok, root, 0)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "VINEPPO_ROLLOUT_QUEUE_PREFIX": prefix, "VINEPPO_ROLLOUT_HEARTBEAT_S": "0.5",
+           "VINEPPO_ROLLOUT_CHECKPOINT_ROOT": str(root)}  # fmt: skip
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "services.rollout.worker", "--model", str(v0), "--redis-url",
-         redis_url, "--prefix", prefix, "--replica-id", f"r{i}", "--heartbeat-s", "0.5",
-         "--threads", "1", "--checkpoint-root", str(root)], cwd=ROOT, env=env,
+        [sys.executable, "-m", "services.cli", "serve", "rollout", "--worker-only", "--model",
+         str(v0), "--redis-url", redis_url], cwd=ROOT,
+        env={**env, "VINEPPO_ROLLOUT_REPLICA_ID": f"r{i}"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(replicas)]  # fmt: skip
     try:
         await wait_for_replicas(queue, 0, replicas, timeout=120)
@@ -173,8 +175,8 @@ async def main(args: argparse.Namespace) -> str:
                 print(lines[-1], flush=True)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines += ["", f"Load average at the end of the run: {load} (other jobs share the machine).",
-              "", "Notes: every replica is a separate `python -m services.rollout.worker` process "
-              "with one torch thread; push time = pub/sub delivery + the engine's "
+              "", "Notes: every replica is a separate `vineppo serve rollout --worker-only` "
+              "process with one torch thread; push time = pub/sub delivery + the engine's "
               "`load_weights` (safetensors read + shape checks + copy into the live "
               "parameters) + one heartbeat + the trainer's 2 ms poll. All replicas load at "
               "once, so on a machine with fewer free cores than replicas they queue for CPU. "

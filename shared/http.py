@@ -44,26 +44,6 @@ class ApiError(Exception):
         self.message = message
 
 
-MIN_TOKEN_CHARS = 16
-"""Shortest API token a service accepts at start-up."""
-
-
-def check_token_setting(token: SecretStr | None) -> SecretStr | None:
-    """Validate an ``api_token`` setting: unset is fine; empty, short or with spaces is not.
-
-    An empty token would accept ``Authorization: Bearer`` with nothing after it.
-    """
-    if token is None:
-        return None
-    value = token.get_secret_value()
-    if len(value) < MIN_TOKEN_CHARS or any(c.isspace() for c in value):
-        raise ValueError(
-            f"api_token must be at least {MIN_TOKEN_CHARS} characters without spaces "
-            "(unset it to disable token-guarded routes)"
-        )
-    return token
-
-
 def check_bearer(authorization: str | None, expected: SecretStr) -> None:
     """Raise a 401 ``ApiError`` unless ``authorization`` is ``Bearer <expected>``."""
     scheme, _, given = (authorization or "").partition(" ")

@@ -7,15 +7,43 @@ class RewardSettings(ServiceSettings):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, get_args
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EngineKind = Literal["auto", "torch", "vllm"]
+"""The inference engines (``auto`` = by model size, ``services.rollout.engine.choose_engine``):
+the one list the settings, the CLI options and ``make_engine`` check against."""
+ENGINE_KINDS: tuple[str, ...] = get_args(EngineKind)
+
+MIN_TOKEN_CHARS = 16
+"""Shortest API token a service accepts at start-up."""
+
+
+def check_token_setting(token: SecretStr | None) -> SecretStr | None:
+    """Validate a token setting: unset is fine; empty, short or with spaces is not.
+
+    An empty token would accept ``Authorization: Bearer`` with nothing after it.
+    """
+    if token is None:
+        return None
+    value = token.get_secret_value()
+    if len(value) < MIN_TOKEN_CHARS or any(c.isspace() for c in value):
+        raise ValueError(
+            f"api_token must be at least {MIN_TOKEN_CHARS} characters without spaces "
+            "(unset it to disable token-guarded routes)"
+        )
+    return token
 
 
 def service_config(prefix: str) -> SettingsConfigDict:
-    """The settings config every service uses, with its own environment prefix."""
-    return SettingsConfigDict(env_prefix=prefix, env_file=None, extra="ignore")
+    """The settings config every service uses, with its own environment prefix; errors name
+    the field but never echo its value (a token must not reach a log)."""
+    return SettingsConfigDict(
+        env_prefix=prefix, env_file=None, extra="ignore", hide_input_in_errors=True
+    )
 
 
 class ServiceSettings(BaseSettings):
@@ -45,6 +73,13 @@ class ServiceSettings(BaseSettings):
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token required by mutating endpoints (weights)."
     )
+
+    @field_validator("api_token", "reward_api_token", check_fields=False)
+    @classmethod
+    def _token_long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        """Every service's tokens (its own ``api_token``, and ``reward_api_token`` where it
+        has one): at least ``MIN_TOKEN_CHARS`` characters, no spaces."""
+        return check_token_setting(v)
 
     @model_validator(mode="after")
     def _merge_redis_password(self) -> ServiceSettings:

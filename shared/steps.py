@@ -1,4 +1,5 @@
-"""Reasoning-step segmentation (DESIGN.md §1) and the map from character steps to token steps.
+"""Reasoning-step segmentation (docs/algorithms.md, Steps) and the map from character steps
+to token steps.
 
 VinePPO estimates a value at every step boundary, so a response is cut into steps whose
 concatenation is the response, byte for byte: `split_steps` returns character spans

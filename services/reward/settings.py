@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import Field, model_validator
 
-from shared.http import check_token_setting
 from shared.schemas.grade import MAX_GRADE_BATCH
 from shared.settings import ServiceSettings, service_config
 
@@ -13,10 +11,7 @@ from shared.settings import ServiceSettings, service_config
 class RewardSettings(ServiceSettings):
     """How the grader service runs: port, worker pool, limits, batch size."""
 
-    # errors name the field but never echo its value (a token must not reach a log)
-    model_config = SettingsConfigDict(
-        **service_config("VINEPPO_REWARD_"), hide_input_in_errors=True
-    )
+    model_config = service_config("VINEPPO_REWARD_")
 
     port: int = Field(default=8001, ge=0, le=65535, description="TCP port.")
     workers: int = Field(default=2, ge=1, le=256, description="Sandboxed grader processes.")
@@ -44,11 +39,6 @@ class RewardSettings(ServiceSettings):
         default=False,
         description="Also require the bearer api_token on POST /v1/grade (off: loopback use).",
     )
-
-    @field_validator("api_token")
-    @classmethod
-    def _token_long_enough(cls, v: SecretStr | None) -> SecretStr | None:
-        return check_token_setting(v)
 
     @model_validator(mode="after")
     def _token_for_required_auth(self) -> RewardSettings:

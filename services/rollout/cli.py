@@ -7,9 +7,12 @@ vineppo value --url http://127.0.0.1:8002 --prompt "..." --partial "..." --gold 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from services.rollout.settings import RolloutSettings
 
 
 def model_path(value: str, option: str = "--model") -> Path:
@@ -24,6 +27,26 @@ def model_path(value: str, option: str = "--model") -> Path:
         what = "does not exist" if not path.exists() else "is not a directory"
         raise UserError(f"{option}: {value!r} {what}")
     return path
+
+
+def _run_worker_only(settings: RolloutSettings) -> None:
+    """``--worker-only``: one queue replica (``replica.run_replica``), no HTTP API."""
+    import asyncio
+
+    from services.cli_errors import UserError
+    from services.rollout.engine.base import EngineDead
+    from services.rollout.replica import BootFailed, run_replica
+    from shared.serve import configure_logging
+
+    if not settings.redis_url:
+        raise UserError("--worker-only needs --redis-url (or VINEPPO_ROLLOUT_REDIS_URL)")
+    configure_logging(settings.log_level)
+    try:
+        asyncio.run(run_replica(settings))
+    except BootFailed as exc:
+        raise UserError(f"--model {settings.model_dir}: could not load it: {exc}") from None
+    except EngineDead as exc:  # not the user's fault: exit 1
+        raise SystemExit(f"vineppo serve rollout: {exc}; restart it") from None
 
 
 def register(app: typer.Typer, serve: typer.Typer) -> None:
@@ -45,44 +68,22 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
                                          help="Run only the queue worker (no HTTP API)."),
         redis_url: str | None = typer.Option(None, help="Queue (VINEPPO_ROLLOUT_REDIS_URL)."),
     ) -> None:  # fmt: skip
-        """Run the rollout service (generate, MC value, weight push) with uvicorn."""
-        model_dir = model_path(model)
-        if worker_only:
-            from services.rollout import worker
-            from services.rollout.settings import RolloutSettings
-
-            cfg = RolloutSettings()
-            redis = redis_url or cfg.redis_url
-            if not redis:
-                raise typer.BadParameter(
-                    "--worker-only needs --redis-url (or VINEPPO_ROLLOUT_REDIS_URL)"
-                )
-            argv = [
-                "--model",
-                str(model_dir),
-                "--redis-url",
-                redis,
-                "--reward-url",
-                reward_url or cfg.reward_url,
-                "--device",
-                device or "cpu",
-                "--engine",
-                engine or cfg.engine,
-                "--kv-cache-gib",
-                str(cfg.kv_cache_gib),
-            ]
-            # where this replica mounts the volume: announced weights load only from under it
-            argv += ["--checkpoint-root", str(cfg.checkpoint_root)]
-            worker.main(argv)  # fmt: skip
-            return
-        from services.rollout.app import create_app
+        """Run the rollout service (generate, MC value, weight push) with uvicorn; with
+        --worker-only, only a queue replica. Both take every other setting from the
+        VINEPPO_ROLLOUT_* variables (docs/rollout.md, docs/queue.md)."""
         from services.rollout.settings import RolloutSettings
-        from shared.serve import run
 
+        model_dir = model_path(model)
         overrides: dict[str, Any] = {"model_dir": model_dir, "engine": engine, "device": device,
                                      "dtype": dtype, "host": host, "port": port,
-                                     "reward_url": reward_url}  # fmt: skip
+                                     "reward_url": reward_url, "redis_url": redis_url}  # fmt: skip
         settings = RolloutSettings(**{k: v for k, v in overrides.items() if v is not None})
+        if worker_only:
+            _run_worker_only(settings)
+            return
+        from services.rollout.app import create_app
+        from shared.serve import run
+
         if settings.redis_url:  # a refused password is one line now, not an unready pod later
             from shared.queue.redis_auth import check_credentials
 

@@ -10,21 +10,15 @@ shorter than 16 characters = refused at start-up). ``require_token`` puts the sa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
 
-from shared.http import check_token_setting
 from shared.schemas.rollout import MAX_BATCH, MAX_SCHEMA_ITEMS
-from shared.settings import ServiceSettings, service_config
+from shared.settings import EngineKind, ServiceSettings, service_config
 
 
 class RolloutSettings(ServiceSettings):
-    # errors name the field but never echo its value (a token must not reach a log)
-    model_config = SettingsConfigDict(
-        **service_config("VINEPPO_ROLLOUT_"), hide_input_in_errors=True
-    )
+    model_config = service_config("VINEPPO_ROLLOUT_")
 
     port: int = Field(default=8002, ge=0, le=65535, description="TCP port.")
     reward_url: str = Field(
@@ -33,7 +27,7 @@ class RolloutSettings(ServiceSettings):
     model_dir: Path | None = Field(
         default=None, description="Local model directory (transformers format) to serve."
     )
-    engine: Literal["auto", "torch", "vllm"] = Field(
+    engine: EngineKind = Field(
         default="auto",
         description="Inference engine; auto = vllm for models of 20 M parameters or more "
         "when it is installed, else torch (docs/rollout.md: the measurements).",
@@ -72,6 +66,25 @@ class RolloutSettings(ServiceSettings):
         description="Also require the bearer api_token on /v1/generate and /v1/value "
         "(off: loopback use).",
     )
+    # the queue consumer (with redis_url set): docs/queue.md
+    replica_id: str | None = Field(
+        default=None, description="This replica's name in the queue; unset = <hostname>-<pid>."
+    )
+    queue_prefix: str = Field(
+        default="vineppo:", min_length=1, description="Redis key prefix of the job queue."
+    )
+    fetch_batch: int = Field(default=1, ge=1, le=1024, description="Jobs taken per fetch.")
+    heartbeat_s: float = Field(
+        default=1.0, gt=0, description="Heartbeat period; also refreshes in-flight deliveries."
+    )
+    heartbeat_ttl_s: float = Field(
+        default=5.0, gt=0, description="A replica silent this long counts as gone."
+    )
+    claim_idle_ms: int = Field(
+        default=10_000,
+        ge=1,
+        description="A delivery idle this long belonged to a dead replica and is reclaimed.",
+    )
 
     @field_validator("model_dir", mode="before")
     @classmethod
@@ -80,15 +93,15 @@ class RolloutSettings(ServiceSettings):
             raise ValueError("model_dir is empty: unset it or name the model directory")
         return v
 
-    @field_validator("api_token")
-    @classmethod
-    def _token_long_enough(cls, v: SecretStr | None) -> SecretStr | None:
-        return check_token_setting(v)
-
     @model_validator(mode="after")
     def _k_bounds(self) -> RolloutSettings:
         if self.min_k > self.max_k:
             raise ValueError(f"min_k ({self.min_k}) must be <= max_k ({self.max_k})")
         if self.require_token and self.api_token is None:
             raise ValueError("require_token needs api_token")
+        if self.heartbeat_ttl_s <= self.heartbeat_s:
+            raise ValueError(
+                f"heartbeat_ttl_s ({self.heartbeat_ttl_s}) must exceed heartbeat_s "
+                f"({self.heartbeat_s}): a live replica would count as gone between beats"
+            )
         return self

@@ -32,24 +32,23 @@ Delivery is at-least-once (a dead worker's jobs are reclaimed by another one aft
 ``claim_idle_ms``); a live worker keeps its in-flight deliveries fresh with every heartbeat.
 The worker never stores a second result for a job (``put_result`` is first-wins).
 
-Run: ``python -m services.rollout.worker --model DIR --redis-url URL --reward-url URL``.
+Started by ``replica.py`` from ``RolloutSettings``: in the app's lifespan (``vineppo serve
+rollout`` with ``redis_url``) or alone (``vineppo serve rollout --worker-only``).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import functools
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Protocol
 
 from services.rollout.engine.base import Engine, EngineDead
 from services.rollout.engine.weights import (
@@ -342,92 +341,3 @@ async def run_worker(
     The rollout app's lifespan starts it with ``asyncio.create_task(run_worker(...))``.
     """
     await RolloutWorker(queue, engine, grader, config or WorkerConfig()).run(stop)
-
-
-async def _maybe_close(obj: Any) -> None:
-    fn = getattr(obj, "aclose", None) or getattr(obj, "close", None)
-    if fn is not None:
-        out = fn()
-        if asyncio.iscoroutine(out):
-            await out
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m services.rollout.worker", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--model", required=True, help="Model directory (safetensors + tokenizer).")
-    p.add_argument("--redis-url", default=None, help="Queue; unset = in-process (useless here).")
-    p.add_argument("--reward-url", default="http://127.0.0.1:8001", help="Reward service.")
-    p.add_argument("--prefix", default="vineppo:", help="Redis key prefix.")
-    p.add_argument("--version", type=int, default=0, help="Policy version of --model.")
-    p.add_argument("--engine", default="auto", choices=["auto", "torch", "vllm"],
-                   help="Inference engine (auto: by model size, docs/rollout.md).")  # fmt: skip
-    p.add_argument("--device", default="cpu", help="torch device of the torch engine.")
-    p.add_argument("--kv-cache-gib", type=float, default=2.0,
-                   help="vLLM on CPU: host memory for the KV cache (GiB).")  # fmt: skip
-    p.add_argument("--replica-id", default=None, help="Default: <hostname>-<pid>.")
-    p.add_argument(
-        "--checkpoint-root",
-        type=Path,
-        default=Path("runs/checkpoints"),
-        help="Where this replica mounts the checkpoint volume (policy-vN/ dirs); announced "
-        "weights load only from under it.",
-    )
-    p.add_argument("--max-weights-bytes", type=int, default=64 * 1024**3,
-                   help="Refuse a policy whose shards total more than this.")  # fmt: skip
-    p.add_argument("--batch", type=int, default=1, help="Jobs taken per fetch.")
-    p.add_argument("--heartbeat-s", type=float, default=1.0, help="Heartbeat period.")
-    p.add_argument("--heartbeat-ttl-s", type=float, default=5.0, help="Heartbeat TTL.")
-    p.add_argument(
-        "--claim-idle-ms",
-        type=int,
-        default=10_000,
-        help="Reclaim deliveries idle this long (their worker died).",
-    )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default).")
-    return p.parse_args(argv)  # fmt: skip
-
-
-async def _amain(args: argparse.Namespace) -> None:
-    from services.reward.client import RewardClient
-    from services.rollout.engine import make_engine
-    from shared.queue import make_queue
-
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    config = WorkerConfig(
-        replica_id=args.replica_id or default_replica_id(),
-        batch=args.batch,
-        heartbeat_s=args.heartbeat_s,
-        heartbeat_ttl_s=args.heartbeat_ttl_s,
-        claim_idle_ms=args.claim_idle_ms,
-        checkpoint_root=args.checkpoint_root,
-        max_weights_bytes=args.max_weights_bytes,
-    )
-    queue = make_queue(args.redis_url, prefix=args.prefix)
-    engine = make_engine(args.engine, args.model, version=args.version, device=args.device,
-                         kv_cache_gib=args.kv_cache_gib)  # fmt: skip
-    grader = RewardClient(args.reward_url)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("replica %s serving v%d of %s", config.replica_id, engine.version, args.model)
-    try:
-        await run_worker(queue, engine, grader, config, stop)
-    finally:
-        for obj in (grader, engine, queue):
-            await _maybe_close(obj)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    from shared.serve import configure_logging
-
-    configure_logging("info")  # the same lines as a `vineppo serve rollout` replica's
-    asyncio.run(_amain(_parse_args(argv)))
-
-
-if __name__ == "__main__":
-    main()

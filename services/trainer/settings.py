@@ -19,20 +19,14 @@ environment):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import Field, SecretStr
 
-from shared.http import check_token_setting
-from shared.settings import ServiceSettings, service_config
+from shared.settings import EngineKind, ServiceSettings, service_config
 
 
 class TrainerSettings(ServiceSettings):
-    # errors name the field but never echo its value (a token must not reach a log)
-    model_config = SettingsConfigDict(
-        **service_config("VINEPPO_TRAINER_"), hide_input_in_errors=True
-    )
+    model_config = service_config("VINEPPO_TRAINER_")
 
     reward_url: str | None = Field(
         default=None, description="Base URL of the reward service; unset = start one on loopback."
@@ -53,14 +47,9 @@ class TrainerSettings(ServiceSettings):
     local_replicas: int = Field(
         default=1, ge=0, description="Rollout workers inside the trainer (needs Redis when 0)."
     )
-    engine: Literal["auto", "torch", "vllm"] = Field(
+    engine: EngineKind = Field(
         default="auto", description="Inference engine of the local replicas (as the rollout's)."
     )
     rollout_timeout_s: float = Field(
         default=600.0, gt=0, description="How long the start-up check waits for rollout_url."
     )
-
-    @field_validator("api_token", "reward_api_token")
-    @classmethod
-    def _token_long_enough(cls, v: SecretStr | None) -> SecretStr | None:
-        return check_token_setting(v)

@@ -20,13 +20,13 @@ from services.rollout.engine.base import (
     Prefix,
     WeightsError,
 )
+from shared.settings import ENGINE_KINDS, EngineKind
 
 if TYPE_CHECKING:
     from services.rollout.settings import RolloutSettings
 
 log = logging.getLogger(__name__)
 
-ENGINE_KINDS = ("auto", "torch", "vllm")
 VLLM_MIN_PARAMS = 20_000_000
 """``auto`` serves a model with at least this many parameters with vLLM (when installed).
 Measured on 2 CPU cores (docs/benchmarks/mc_values*.md): on the demo's 0.9 M-parameter model
@@ -103,6 +103,7 @@ __all__ = [
     "ENGINE_KINDS",
     "Engine",
     "EngineInputError",
+    "EngineKind",
     "EngineStats",
     "Prefix",
     "WeightsError",

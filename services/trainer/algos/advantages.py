@@ -4,7 +4,7 @@ Every estimator has one signature: ``fn(inputs: AdvantageInputs) -> (advantages,
 with ``advantages`` of shape (B, T) (zero outside the response mask) and ``extra`` a dict of
 named tensors (e.g. ``returns`` for the value loss, ``step_advantages`` for VinePPO).
 Look one up with `get_adv_estimator(name)`; an unknown name fails with the known names.
-Equations: DESIGN.md §1 (VinePPO paper §3-4; GAE: Schulman et al. 2016, eq. 16).
+Equations: docs/algorithms.md, Step advantages, GAE with the critic, GRPO and RLOO advantages.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def compute_advantages(name: str, inputs: AdvantageInputs) -> tuple[Tensor, dict
 def vine_step_advantages(
     step_values: Tensor, rewards: Tensor, num_steps: Tensor, mc_step_cap: int | None = None
 ) -> Tensor:
-    """A_i = V̂(s_{i+1}) − V̂(s_i) for i < m−1, A_{m−1} = R − V̂(s_{m−1}) (DESIGN.md §1).
+    """A_i = V̂(s_{i+1}) − V̂(s_i) for i < m−1, A_{m−1} = R − V̂(s_{m−1})
+    (docs/algorithms.md, Step advantages).
 
     step_values (B, S), rewards (B,), num_steps (B,) long -> step advantages (B, S), zero
     past each response's m steps. With a cap, V̂(s_i) := R for i > cap.

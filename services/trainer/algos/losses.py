@@ -1,4 +1,5 @@
-"""Losses and their building blocks (DESIGN.md §1), as pure tensor functions.
+"""Losses and their building blocks, as pure tensor functions (equations: docs/algorithms.md,
+PPO's clipped loss and the KL penalty; GAE with the critic).
 
 Shapes: B responses, T response tokens, V vocabulary. ``mask`` is (B, T), 1 on tokens that
 count. Every loss returns ``(scalar_loss, stats)`` where stats are detached scalars named
@@ -79,7 +80,8 @@ def policy_loss(
     kl_clamp: float = 10.0,
     kl_reduction: KLReduction = "sequence_sum",
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO clipped objective (masked token mean) + β·KL term (DESIGN.md §1); inputs (B, T).
+    """PPO clipped objective (masked token mean) + β·KL term; inputs (B, T)
+    (docs/algorithms.md, PPO's clipped loss and the KL penalty).
 
     L = mean_t max(−A·r, −A·clip(r, 1−ε, 1+ε)) + β·`kl_penalty`(k3(π_θ, π_ref), kl_reduction),
     r = π_θ/π_θk. Stats: ``kl/ref`` (k3 per token), ``kl/ref_seq`` (Σ_t k3 per response).

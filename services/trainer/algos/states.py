@@ -3,9 +3,10 @@
 For a response cut into steps with character spans ``[(0, e_0), (e_0, e_1), ...]`` the
 states are s_i = prompt + response[:start of step i], i = 0..m−1 (s_0 = the prompt). States
 that are identical text — s_0 of every response to one prompt, or equal prefixes — are
-estimated once (DESIGN.md §1). With a cap c (25 for GSM8K) only s_0..s_c are asked for, as in
-the authors' code (26 states at c = 25); `scatter_state_values` fills the later ones with the
-response's final reward, so the steps from c + 1 on get advantage 0.
+estimated once (docs/algorithms.md, MC value estimates). With a cap c (25 for GSM8K) only
+s_0..s_c are asked for, as in the authors' code (26 states at c = 25);
+`scatter_state_values` fills the later ones with the response's final reward, so the steps
+from c + 1 on get advantage 0 (docs/algorithms.md, MC budget rule).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The RL loop: sample → (MC values | critic) → advantages → PPO epochs → push weights → eval.
 
-One iteration (DESIGN.md §1, §2):
+One iteration (docs/algorithms.md, One iteration):
 1) take P prompts in a seeded order and sample n responses each from policy v_N through the
    queue; 2) grade them (the reward service); 3) cut responses into reasoning steps;
 4) advantages: ``vine`` asks the queue for the MC value of every distinct step-boundary

@@ -1,6 +1,6 @@
 """A real Redis crash: ``kill -9`` of redis-server mid-batch with the compose setting
 (``--appendonly yes --appendfsync everysec``), restarted on the same port and directory,
-under two ``python -m services.rollout.worker`` subprocesses serving policy v1.
+under two rollout workers serving policy v1.
 
 What must hold (the graceful restart with ``appendfsync always`` is in
 ``test_worker_processes.py``):

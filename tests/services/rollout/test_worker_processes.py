@@ -1,4 +1,4 @@
-"""Faults with real processes: two ``python -m services.rollout.worker`` subprocesses on a
+"""Faults with real processes: two ``vineppo serve rollout --worker-only`` subprocesses on a
 tiny random model, a real reward service, real redis-servers.
 
 - ``kill -9`` one worker while it holds a job: every job completes once, none lost, none
@@ -54,15 +54,18 @@ def workers(
     ids: list[str], model: Path, redis_url: str, reward_url: str, prefix: str, log_dir: Path
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "VINEPPO_ROLLOUT_QUEUE_PREFIX": prefix, "VINEPPO_ROLLOUT_HEARTBEAT_S": "0.25",
+           "VINEPPO_ROLLOUT_HEARTBEAT_TTL_S": "1.5",
+           "VINEPPO_ROLLOUT_CLAIM_IDLE_MS": str(CLAIM_IDLE_MS)}  # fmt: skip
     try:
         for rid in ids:
-            cmd = [sys.executable, "-m", "services.rollout.worker", "--model", str(model),
-                   "--redis-url", redis_url, "--reward-url", reward_url, "--prefix", prefix,
-                   "--replica-id", rid, "--heartbeat-s", "0.25", "--heartbeat-ttl-s", "1.5",
-                   "--claim-idle-ms", str(CLAIM_IDLE_MS), "--threads", "1"]  # fmt: skip
+            cmd = [sys.executable, "-m", "services.cli", "serve", "rollout", "--worker-only",
+                   "--model", str(model), "--redis-url", redis_url,
+                   "--reward-url", reward_url]  # fmt: skip
             log = (log_dir / f"{rid}.log").open("wb")
-            procs[rid] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)
+            own = {**env, "VINEPPO_ROLLOUT_REPLICA_ID": rid}
+            procs[rid] = subprocess.Popen(cmd, cwd=ROOT, env=own, stdout=log, stderr=log)
         yield procs
     finally:
         for p in procs.values():

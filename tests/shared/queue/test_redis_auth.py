@@ -139,13 +139,22 @@ def test_unreachable_redis_is_left_to_the_retries() -> None:
 
 
 @pytest.mark.server
-@pytest.mark.parametrize("command", ["rollout-worker", "trainer"])
+@pytest.mark.parametrize("command", ["rollout-worker", "rollout-worker-flag", "rollout-http",
+                                     "trainer"])  # fmt: skip
 def test_cli_wrong_password_is_one_line_exit_2(locked: int, tmp_path: Path, command: str) -> None:
-    """`vineppo serve rollout --worker-only` (password in VINEPPO_ROLLOUT_REDIS_PASSWORD) and
-    `vineppo train` (password in VINEPPO_TRAINER_REDIS_URL) with a wrong password: one line
-    naming the URL, exit 2, no traceback, before any model is loaded."""
+    """`vineppo serve rollout [--worker-only]` (password in VINEPPO_ROLLOUT_REDIS_PASSWORD,
+    the URL in the variable or in --redis-url; without --worker-only the password in the
+    --redis-url) and `vineppo train` (password in VINEPPO_TRAINER_REDIS_URL) with a wrong
+    password: one line naming the URL, exit 2, no traceback, before any model is loaded."""
     url = f"redis://127.0.0.1:{locked}/0"
-    if command == "trainer":
+    if command == "rollout-worker-flag":
+        args = ["serve", "rollout", "--worker-only", "--model", str(tmp_path), "--redis-url", url]
+        env = {"VINEPPO_ROLLOUT_REDIS_PASSWORD": "not-the-password-42"}
+    elif command == "rollout-http":
+        args = ["serve", "rollout", "--model", str(tmp_path), "--port", str(free_port()),
+                "--redis-url", f"redis://:not-the-password-42@127.0.0.1:{locked}/0"]  # fmt: skip
+        env = {}
+    elif command == "trainer":
         args = ["train", "--preset", "tiny-cpu", "--output-dir", str(tmp_path / "run"),
                 "--local-replicas", "0"]  # fmt: skip
         env = {"VINEPPO_TRAINER_REDIS_URL": f"redis://:not-the-password-42@127.0.0.1:{locked}/0",

@@ -31,7 +31,8 @@ def test_missing_field_is_named() -> None:
 
 # ----------------------------------------------------------------------------- vine
 def test_vine_design_example() -> None:
-    # DESIGN.md: values [0.2, 0.2, 0.8, 0.8], R = 1 -> step advantages [0.0, 0.6, 0.0, 0.2]
+    # docs/algorithms.md, Step advantages: values [0.2, 0.2, 0.8, 0.8], R = 1
+    # -> step advantages [0.0, 0.6, 0.0, 0.2]
     step_ids = torch.tensor([[0, 0, 1, 2, 2, 2, 3, 0]])  # 7 response tokens, 1 pad
     mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0]])
     inputs = AdvantageInputs(
