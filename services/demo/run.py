@@ -1,6 +1,6 @@
-"""The embedded demo (README command 1): SFT a tiny Llama on the built-in task, then PPO and
-VinePPO with the same budget through the real services on loopback, then a test evaluation,
-``runs/demo/report.html`` and a summary table.
+"""The embedded demo (README command 1): from the committed SFT model of a tiny Llama on the
+built-in task, PPO, GRPO, RLOO and VinePPO with the same budget through the real services on
+loopback, then a test evaluation, ``runs/demo/report.html`` and a summary table.
 
 No GPU, Redis or download needed: the reward service runs under uvicorn on a free port, the
 rollout workers run in-process on the in-process queue (Redis when ``REDIS_URL`` is set).
@@ -121,9 +121,9 @@ def sft_model(out: Path, budget: DemoBudget, retrain: bool) -> Path:
 
 
 DEMO_RL: dict[str, dict[str, Any]] = {
-    "ppo": {"optim.lr": 3e-4, "ppo.kl_coef": 1e-4},
-    "grpo": {"optim.lr": 1e-4, "ppo.kl_coef": 1e-4},
-    "rloo": {"optim.lr": 1e-4, "ppo.kl_coef": 1e-4},
+    "ppo": {"optim.lr": 1e-4, "ppo.kl_coef": 3e-3},
+    "grpo": {"optim.lr": 3e-4, "ppo.kl_coef": 3e-3},
+    "rloo": {"optim.lr": 3e-4, "ppo.kl_coef": 1e-4},
     "vine": {"optim.lr": 1e-4, "ppo.kl_coef": 1e-4},
 }
 """Each method's learning rate and KL coefficient (and PPO's critic settings), chosen by its
