@@ -165,8 +165,10 @@ def profile(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     from services.trainer.evaluation.report import load_run
 
     keys = ("generate", "values", "train", "push", "iteration")
-    out = ["Seconds per iteration (mean over iterations and seeds; `values` = MC rollouts for "
-           "VinePPO, the critic's forward for PPO; `iteration` includes grading):", "",
+    out = ["Wall-clock seconds per iteration (mean over iterations and seeds; `values` = MC "
+           "rollouts for VinePPO, the critic's forward for PPO; `iteration` includes grading). "
+           "The runs shared the 2 cores with up to ten other runs, at loads that differed "
+           "between methods, so compare methods by the CPU seconds above, not by these:", "",
            "| method | " + " | ".join(keys) + " | critic warm-up (once) |",
            "|---|" + "---:|" * (len(keys) + 1)]  # fmt: skip
     for a, rs in runs.items():
