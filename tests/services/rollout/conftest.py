@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from shared.queue import JobQueue, make_queue
 from tests.services.rollout.tiny import (
     EOS,
     make_fixed_next_token_model_dir,
@@ -66,6 +67,14 @@ def reward_url() -> Iterator[str]:
 
     with serve_app(create_app(RewardSettings(workers=1))) as url:
         yield url
+
+
+@pytest.fixture()
+async def queue(redis_url: str, key_prefix: str) -> AsyncIterator[JobQueue]:
+    """A job queue on the test's Redis under the test's own key prefix."""
+    q = make_queue(redis_url, prefix=key_prefix)
+    yield q
+    await q.close()
 
 
 # -- the engines under one interface ---------------------------------------------------------

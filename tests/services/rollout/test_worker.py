@@ -5,25 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from services.reward.app import create_app as create_reward_app
 from services.reward.client import RewardClient
-from services.reward.settings import RewardSettings
 from services.rollout.engine.base import EngineDead
 from services.rollout.engine.torch_engine import TorchEngine
 from services.rollout.worker import RolloutWorker, WorkerConfig
 from services.trainer.client.jobs import JobOptions, ReplicasNotReady, run_jobs, wait_for_replicas
 from services.trainer.client.weights import announcement, push_policy
-from shared.queue import JobQueue, make_queue
+from shared.queue import JobQueue
 from shared.schemas import GenerateRequest, Job, ReplicaHeartbeat, SamplingParams
 from shared.schemas import WeightsAnnouncement as Ann
 from tests.services.rollout.test_engine_death import DeadEngine
 from tests.services.rollout.tiny import make_model, make_tiny_model_dir, save_weights
-from tests.support import serve_app
 
 pytestmark = [pytest.mark.server, pytest.mark.redis]
 
@@ -34,19 +30,6 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=8)
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model", vocab_texts=TEXTS)
-
-
-@pytest.fixture(scope="module")
-def reward_url() -> Iterator[str]:
-    with serve_app(create_reward_app(RewardSettings(workers=1))) as url:
-        yield url
-
-
-@pytest.fixture()
-async def queue(redis_url: str, key_prefix: str) -> AsyncIterator[JobQueue]:
-    q = make_queue(redis_url, prefix=key_prefix)
-    yield q
-    await q.close()
 
 
 def fast_config(replica_id: str, root: Path | None = None) -> WorkerConfig:

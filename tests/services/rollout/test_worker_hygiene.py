@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,15 @@ import torch
 from redis.asyncio import Redis
 from safetensors.torch import load_file, save_file
 
-from services.reward.app import create_app as create_reward_app
 from services.reward.client import RewardClient
-from services.reward.settings import RewardSettings
 from services.rollout.engine.torch_engine import TorchEngine
 from services.rollout.worker import RolloutWorker, WorkerConfig
 from services.trainer.client.jobs import JobOptions, run_jobs
 from services.trainer.client.weights import announcement
-from shared.queue import JobQueue, make_queue
+from shared.queue import JobQueue
 from shared.queue.redis_streams import GROUP
 from tests.services.rollout.test_worker import GREEDY, TEXTS, fast_config, gen_job
 from tests.services.rollout.tiny import make_tiny_model_dir, save_weights
-from tests.support import serve_app
 
 pytestmark = [pytest.mark.server, pytest.mark.redis]
 
@@ -33,19 +29,6 @@ pytestmark = [pytest.mark.server, pytest.mark.redis]
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model", vocab_texts=TEXTS)
-
-
-@pytest.fixture(scope="module")
-def reward_url() -> Iterator[str]:
-    with serve_app(create_reward_app(RewardSettings(workers=1))) as url:
-        yield url
-
-
-@pytest.fixture()
-async def queue(redis_url: str, key_prefix: str) -> AsyncIterator[JobQueue]:
-    q = make_queue(redis_url, prefix=key_prefix)
-    yield q
-    await q.close()
 
 
 def gc_config(replica_id: str) -> WorkerConfig:

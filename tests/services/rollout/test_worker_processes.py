@@ -21,13 +21,11 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from services.reward.app import create_app as create_reward_app
-from services.reward.settings import RewardSettings
 from services.trainer.client.jobs import JobOptions, run_jobs, wait_for_replicas
 from shared.queue import make_queue
 from shared.schemas import Job, SamplingParams, ValueItem, ValueRequest
 from tests.services.rollout.tiny import make_tiny_model_dir
-from tests.support import RedisProcess, serve_app
+from tests.support import RedisProcess
 
 pytestmark = [pytest.mark.server, pytest.mark.redis, pytest.mark.slow]
 
@@ -41,12 +39,6 @@ CLAIM_IDLE_MS = 1500
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model", vocab_texts=TEXTS)
-
-
-@pytest.fixture(scope="module")
-def reward_url() -> Iterator[str]:
-    with serve_app(create_reward_app(RewardSettings(workers=1))) as url:
-        yield url
 
 
 @contextmanager
