@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -66,14 +67,26 @@ def run_band(band: str, seeds: list[int], budget: Any) -> dict[str, list[dict[st
                 for s in seeds] for a in ALGOS}  # fmt: skip
 
 
+def cell(runs: list[dict[str, Any]], key: str = "test") -> tuple[float, float]:
+    """Mean ± SE over seeds of ``<key> Pass@1``; a band run with one seed gets that run's
+    standard error over test problems instead (a smaller, within-seed error: the table says
+    how many seeds each band has)."""
+    if len(runs) == 1:
+        return runs[0][f"{key} Pass@1"], runs[0][f"{key} SE"]
+    return mean_se([r[f"{key} Pass@1"] for r in runs])
+
+
 def gap(runs: dict[str, list[dict[str, Any]]]) -> tuple[str, float, float]:
     """(best baseline, mean gap VinePPO − it in test Pass@1, SE of the gap over seeds): the
-    best baseline by mean test Pass@1; the gap paired by seed (same test problems)."""
+    best baseline by mean test Pass@1; the gap paired by seed (same test problems). With one
+    seed the SE is that of a difference of two independent test estimates."""
     means = {b: statistics.mean(r["test Pass@1"] for r in runs[b]) for b in BASELINES}
     best = max(means, key=lambda b: means[b])
-    diffs = [v["test Pass@1"] - b["test Pass@1"]
-             for v, b in zip(runs["vine"], runs[best], strict=True)]  # fmt: skip
-    mean, se = mean_se(diffs)
+    pairs = list(zip(runs["vine"], runs[best], strict=True))
+    if len(pairs) == 1:
+        v, b = pairs[0]
+        return best, v["test Pass@1"] - b["test Pass@1"], math.hypot(v["test SE"], b["test SE"])
+    mean, se = mean_se([v["test Pass@1"] - b["test Pass@1"] for v, b in pairs])
     return best, mean, se
 
 
@@ -107,9 +120,8 @@ def plot(bands: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> None:
     xs = list(range(len(names)))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
     for i, a in enumerate(("sft", *ALGOS)):
-        key = "sft Pass@1" if a == "sft" else "test Pass@1"
         src = "vine" if a == "sft" else a
-        stats = [mean_se([r[key] for r in bands[b][src]]) for b in names]
+        stats = [cell(bands[b][src], "sft" if a == "sft" else "test") for b in names]
         axes[0].errorbar([x + 0.06 * (i - 2) for x in xs], [m for m, _ in stats],
                          yerr=[e for _, e in stats], marker="o", capsize=3,
                          label=NAMES[a])  # fmt: skip
@@ -134,6 +146,7 @@ def plot(bands: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> None:
 
 def report(args: argparse.Namespace, budget: Any, bands: dict[str, Any]) -> None:
     from services.demo.run import DEMO_RL
+    from services.trainer.sft.config import LENGTH_BANDS
 
     png = DOCS / "credit_by_length.png"
     plot(bands, png)
@@ -143,21 +156,23 @@ def report(args: argparse.Namespace, budget: Any, bands: dict[str, Any]) -> None
              f"{budget.eval_every}`", "",
              f"{machine()}. Per band: its own SFT model by the same recipe (the `demo` SFT "
              "preset for 2-4, `length-4-6` and `length-6-8`: 4,800 steps on 20,000 problems, "
-             "slip rates 0.40 / 0.26 / 0.20 so that a slip-free solution is equally likely in "
-             f"every band). Per run: {budget.iterations} iterations × {budget.prompts} prompts × "
+             "slip rates " + " / ".join(f"{b['slip_rate']:.2f}" for b in LENGTH_BANDS.values())
+             + " so that a slip-free solution is equally likely in every band at T = 0.6). "
+             f"Per run: {budget.iterations} iterations × {budget.prompts} prompts × "
              f"{budget.responses} responses, VinePPO K = {budget.k}, each method's "
              "hyperparameters from its sweep on band 2-4 (`DEMO_RL`: "
              f"`{json.dumps(DEMO_RL)}`), the same in every band. Test Pass@1 of the policy "
              f"selected on validation, {budget.test_problems} problems × {budget.test_seeds} "
              "samples at T = 0.35; mean ± standard error over seeds (each seed has its own test "
-             "problems; the gap is paired by seed).", "",
-             "| band | SFT | " + " | ".join(NAMES[a] for a in ALGOS)
-             + " | VinePPO − best baseline |", "|---|" + "---:|" * (len(ALGOS) + 2)]  # fmt: skip
+             "problems; the gap is paired by seed); a band with one seed shows that run's "
+             "± standard error over test problems.", "",
+             "| band | seeds | SFT | " + " | ".join(NAMES[a] for a in ALGOS)
+             + " | VinePPO − best baseline |", "|---|" + "---:|" * (len(ALGOS) + 3)]  # fmt: skip
     for band, runs in bands.items():
-        sft = mean_se([r["sft Pass@1"] for r in runs["vine"]])
-        cells = [mean_se([r["test Pass@1"] for r in runs[a]]) for a in ALGOS]
+        sft = cell(runs["vine"], "sft")
+        cells = [cell(runs[a]) for a in ALGOS]
         best, g, se = gap(runs)
-        lines.append(f"| {band} | {sft[0]:.3f} ± {sft[1]:.3f} | "
+        lines.append(f"| {band} | {len(runs['vine'])} | {sft[0]:.3f} ± {sft[1]:.3f} | "
                      + " | ".join(f"{m:.3f} ± {e:.3f}" for m, e in cells)
                      + f" | {g:+.3f} ± {se:.3f} (vs {NAMES[best]}) |")  # fmt: skip
     lines += ["", "Speed: the best baseline's peak on its mean validation curve, and when "
@@ -175,7 +190,11 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--bands", default="2-4,4-6,6-8")
+    ap.add_argument(
+        "--bands",
+        default="2-4,4-6,6-8",
+        help="Bands; BAND:S+S runs that band with those seeds only (e.g. 6-8:0).",
+    )
     ap.add_argument("--iterations", type=int, default=32)
     ap.add_argument("--eval-every", type=int, default=4)
     ap.add_argument("--report-only", action="store_true")
@@ -183,7 +202,10 @@ def main() -> None:
     budget = dataclasses.replace(BUDGETS["full"], iterations=args.iterations,
                                  eval_every=args.eval_every)  # fmt: skip
     seeds = [int(s) for s in args.seeds.split(",")]
-    bands = {b: run_band(b, seeds, budget) for b in args.bands.split(",")}
+    bands = {}
+    for spec in args.bands.split(","):  # "6-8:0" = band 6-8 with seed 0 only
+        band, _, only = spec.partition(":")
+        bands[band] = run_band(band, [int(x) for x in only.split("+")] if only else seeds, budget)
     if len(seeds) > 1:
         report(args, budget, bands)
 
