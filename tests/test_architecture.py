@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
 """From the bottom up: a module may import its own layer (without a cycle) and lower ones."""
 
 TRAINER_ROOMS: list[tuple[str, ...]] = [
+    ("overrides",),
     ("algos", "config", "settings"),
     ("runtime", "data"),
     ("client",),

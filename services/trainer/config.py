@@ -6,7 +6,8 @@ Every field is documented (the docstrings become the field descriptions). Load a
 then ``section.field=value`` overrides (values parsed as YAML). Derived values (episodes per
 iteration, optimizer steps, warm-up steps) are computed and checked once in `RunConfig`;
 ``auto`` values (advantage whitening per method, MC step cap per dataset) are resolved there.
-The LR schedule is the pure function `lr_multiplier`.
+Override parsing lives in `services.trainer.overrides`; the LR schedule in
+`services.trainer.algos.schedule`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.trainer.overrides import merge_dicts, parse_overrides
 
 
 class _Section(BaseModel):
@@ -370,33 +373,8 @@ BASELINE_PRESETS: dict[str, dict[str, Any]] = {
 """Baseline presets on top of ``tiny-cpu`` (``tiny-cpu-restem`` = ``tiny-cpu`` + these)."""
 
 
-def merge_dicts(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_dicts(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 for _name, _over in BASELINE_PRESETS.items():
     PRESETS[_name] = merge_dicts(PRESETS["tiny-cpu"], _over)
-
-
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["ppo.epochs=4", "algo=ppo"]`` -> nested dict (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not of the form section.field=value")
-        node = out
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
-    return out
 
 
 def load_config(
@@ -416,20 +394,3 @@ def load_config(
         data = merge_dicts(data, loaded)
     data = merge_dicts(data, parse_overrides(overrides or []))
     return RunConfig.model_validate(data)
-
-
-def lr_multiplier(
-    step: int, *, total_steps: int, warmup_steps: int, end_ratio: float = 0.0, power: float = 1.0
-) -> float:
-    """LR / peak LR at optimizer ``step`` (0-based): linear warm-up, then polynomial decay.
-
-    1) warm-up: step / warmup_steps; 2) decay: end + (1 − end)·(1 − progress)^power, with
-    progress = (step − warmup) / (total − warmup); 3) after the end: end_ratio.
-    """
-    if step < warmup_steps:
-        return step / max(1, warmup_steps)
-    if step >= total_steps:
-        return end_ratio
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    decay: float = (1.0 - progress) ** power
-    return end_ratio + (1.0 - end_ratio) * decay

@@ -29,7 +29,7 @@ def sft_cmd(
     accuracy (greedy decoding + grader)."""
     import torch
 
-    from services.trainer.config import merge_dicts, parse_overrides
+    from services.trainer.overrides import merge_dicts, parse_overrides
     from services.trainer.sft.config import SFT_PRESETS, SFTConfig
     from services.trainer.sft.train import run_sft
 

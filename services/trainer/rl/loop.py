@@ -33,10 +33,11 @@ from services.trainer.client.jobs import (
 )
 from services.trainer.client.stack import Services
 from services.trainer.client.weights import push_policy
-from services.trainer.config import RunConfig, merge_dicts
+from services.trainer.config import RunConfig
 from services.trainer.data.episodes import Batch, Episode, build_episodes, collate, error_rate
 from services.trainer.data.order import DataOrder, stream_seed
 from services.trainer.evaluation.evaluate import validation_metrics
+from services.trainer.overrides import merge_dicts
 from services.trainer.rl.critic import (
     critic_schedule,
     probe_values_now,

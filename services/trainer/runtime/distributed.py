@@ -4,7 +4,7 @@ One process by default: `init_distributed` fills MASTER_ADDR/PORT, RANK, WORLD_S
 LOCAL_RANK when absent, so the same code runs alone or under a launcher (torchrun,
 ``deepspeed``) with N ranks. `wrap` builds the DeepSpeed engine from a config dict: ZeRO
 stage, gradient clipping, gradient accumulation, bf16 only on CUDA; the optimizer is a
-torch AdamW and the scheduler a LambdaLR over `config.lr_multiplier`, both handed to
+torch AdamW and the scheduler a LambdaLR over `algos.schedule.lr_multiplier`, both handed to
 DeepSpeed as client objects (DeepSpeed's own Adam ops would first JIT-compile C++ on CPU).
 
 On CPU DeepSpeed also JIT-compiles a shared-memory all-reduce op the first time a process
@@ -187,7 +187,7 @@ def wrap(
     """
     import deepspeed
 
-    from services.trainer.config import lr_multiplier
+    from services.trainer.algos.schedule import lr_multiplier
 
     info = init_distributed()
     use_bf16 = info.device.type == "cuda" if bf16 is None else bf16 and info.device.type == "cuda"

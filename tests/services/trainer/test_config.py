@@ -8,13 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from services.trainer.config import (
-    PRESETS,
-    RunConfig,
-    load_config,
-    lr_multiplier,
-    parse_overrides,
-)
+from services.trainer.algos.schedule import lr_multiplier
+from services.trainer.config import PRESETS, RunConfig, load_config
+from services.trainer.overrides import parse_overrides
 from services.trainer.sft.config import SFTConfig
 
 

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 import torch
 
-from services.trainer.config import load_config, lr_multiplier
+from services.trainer.algos.schedule import lr_multiplier
+from services.trainer.config import load_config
 from services.trainer.rl.critic import critic_schedule, returns_fit
 from services.trainer.rl.ppo import ppo_epochs
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from services.trainer.config import lr_multiplier
+from services.trainer.algos.schedule import lr_multiplier
 from tests.support import free_port
 
 STEPS, LR, CLIP, TOTAL = 2, 0.05, 0.5, 4
