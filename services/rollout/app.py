@@ -142,8 +142,13 @@ def create_app(
                 server.should_exit = True
 
         def worker_ended(task: asyncio.Task[None]) -> None:
-            if not task.cancelled() and isinstance(task.exception(), EngineDead):
-                engine_died(str(task.exception()))
+            """A queue worker that stops by itself is a replica that serves no queue jobs:
+            not live, so that it is restarted (an engine death or any error it raised)."""
+            exc = None if task.cancelled() else task.exception()
+            if isinstance(exc, EngineDead):
+                engine_died(str(exc))
+            elif exc is not None:
+                engine_died(f"the queue worker stopped: {type(exc).__name__}: {exc}")
 
         booting = None
         if engine is not None:

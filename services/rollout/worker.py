@@ -320,13 +320,22 @@ class RolloutWorker:
                 for delivery_id, job in await self._next_deliveries(self.engine.version):
                     await self._serve(delivery_id, job)
         finally:
-            for task in [*helpers, stopper]:
-                task.cancel()
-            await asyncio.gather(*helpers, stopper, return_exceptions=True)
+            await _cancel_all([*helpers, stopper])
 
     async def _stop_wakes(self, stop: asyncio.Event) -> None:
         await stop.wait()
         self._wake.set()
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again each second: a cancellation that
+    lands as a Redis reply arrives can be lost inside the client (Python 3.11's timeouts), and
+    the heartbeat loop, which outlives any error, would then keep the worker from ending."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
 
 
 async def run_worker(

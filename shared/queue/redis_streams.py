@@ -186,7 +186,12 @@ class RedisQueue:
                 GROUP, consumer, {stream: ">"}, count=count, block=block
             )
 
-        resp = await self._grouped(version, read)
+        try:
+            resp = await self._grouped(version, read)
+        except ResponseError as exc:
+            if "UNBLOCKED" not in str(exc):
+                raise
+            return []  # the stream was dropped (drop_version) while we waited on it
         if isinstance(resp, dict):  # RESP3
             return self._deliveries(version, next(iter(resp.values()), [[]])[0] if resp else [])
         return self._deliveries(version, resp[0][1] if resp else [])

@@ -8,6 +8,7 @@ replica and stops (test_worker.py); the HTTP app answers 503 and stops being liv
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -80,3 +81,36 @@ def test_http_app_with_a_dead_engine_is_503_and_not_live(
         assert live.status_code == 503 and live.json()["state"] == "failed", live.text
         ready = ErrorBody.model_validate(httpx.get(f"{url}/readyz", timeout=10).json())
         assert ready.error == "not_ready" and "engine core died" in ready.message
+
+
+@pytest.mark.redis
+def test_http_app_whose_queue_worker_stops_is_not_live(
+    tiny_model_dir: Path, reward_url: str, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    """Any error that ends the queue worker (here Redis refuses the v0 stream: its key holds
+    a string, WRONGTYPE) leaves a replica that serves no queue jobs: it must not stay
+    "ready" but fail its liveness probe, naming the error, so that it is restarted."""
+    asyncio.run(_set_key(redis_url, f"{key_prefix}jobs:v0", "not a stream"))
+    settings = RolloutSettings(model_dir=tiny_model_dir, checkpoint_root=tmp_path,
+                               reward_url=reward_url, redis_url=redis_url,
+                               queue_prefix=key_prefix)  # fmt: skip
+    app = create_app(settings, engine=TorchEngine(tiny_model_dir, version=0))
+    with serve_app(app) as url:
+        for _ in range(100):
+            live = httpx.get(f"{url}/healthz", timeout=10)
+            if live.status_code == 503:
+                break
+            time.sleep(0.1)
+        assert live.status_code == 503 and live.json()["state"] == "failed", live.text
+        ready = ErrorBody.model_validate(httpx.get(f"{url}/readyz", timeout=10).json())
+        assert "queue worker stopped" in ready.message and "WRONGTYPE" in ready.message
+
+
+async def _set_key(url: str, key: str, value: str) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        await client.set(key, value)
+    finally:
+        await client.aclose()

@@ -142,3 +142,15 @@ async def test_drop_version(queue: JobQueue) -> None:
     await queue.drop_version(0)
     assert await queue.depth(0) == 0
     assert await queue.fetch(0, "w", block_ms=50) == []
+
+
+async def test_a_fetch_waiting_on_a_dropped_version_returns_nothing(queue: JobQueue) -> None:
+    # A trainer prunes a version while a replica still blocks on its stream (a resumed run
+    # rolling replicas back drops the newer version they serve): the wait ends empty-handed,
+    # it does not raise (Redis unblocks XREADGROUP with "UNBLOCKED ... no longer exists").
+    await queue.submit(job(version=2))
+    got = await queue.fetch(2, "w", block_ms=50)
+    waiting = asyncio.create_task(queue.fetch(2, "w", block_ms=2000))
+    await asyncio.sleep(0.2)
+    await queue.drop_version(2)
+    assert len(got) == 1 and await waiting == []
