@@ -118,6 +118,11 @@ class VineConfig(_Section):
     mc_step_cap: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
     """Estimate values only for the first this-many steps; null = no cap; ``auto`` = the
     dataset's rule (`MC_STEP_CAP_BY_DATASET`: the authors cap GSM8K at 25 and MATH not at all)."""
+    reuse_returns: bool = False
+    """Count the batch's own returns as MC samples: a state that n responses pass through
+    gets only max(k − (n − 1), 0) continuations, and each response's baseline pools the
+    others' returns (never its own) with them (docs/algorithms.md, Reusing the batch's
+    returns). Unbiased; off by default, as in the paper."""
 
 
 class EvalConfig(_Section):

@@ -32,6 +32,10 @@ class AdvantageInputs:
     s_0 is the prompt; entries past a response's step count are ignored."""
     num_steps: Tensor | None = None
     """(B,) long: number of steps m of each response (``vine``); default: max step id + 1."""
+    next_step_values: Tensor | None = None
+    """(B, S) ``vine``, optional: the values V̂(s_1..) that enter as the first term of
+    A_i = V̂(s_{i+1}) − V̂(s_i); default ``step_values``. With ``vine.reuse_returns`` they hold
+    the response's own return and ``step_values`` do not (`pooled_state_values`)."""
     mc_step_cap: int | None = None
     """``vine``: only s_0..s_cap were estimated; later states take the final reward R (so the
     steps after the cap get advantage 0), as in the authors' code. GSM8K uses 25; None = no
@@ -86,21 +90,28 @@ def compute_advantages(name: str, inputs: AdvantageInputs) -> tuple[Tensor, dict
 
 # ----------------------------------------------------------------------------- vine
 def vine_step_advantages(
-    step_values: Tensor, rewards: Tensor, num_steps: Tensor, mc_step_cap: int | None = None
+    step_values: Tensor,
+    rewards: Tensor,
+    num_steps: Tensor,
+    mc_step_cap: int | None = None,
+    next_step_values: Tensor | None = None,
 ) -> Tensor:
     """A_i = V̂(s_{i+1}) − V̂(s_i) for i < m−1, A_{m−1} = R − V̂(s_{m−1})
     (docs/algorithms.md, Step advantages).
 
     step_values (B, S), rewards (B,), num_steps (B,) long -> step advantages (B, S), zero
-    past each response's m steps. With a cap, V̂(s_i) := R for i > cap.
+    past each response's m steps. With a cap, V̂(s_i) := R for i > cap. ``next_step_values``
+    (B, S), when given, supplies the first term V̂(s_{i+1}) in place of ``step_values``.
     """
     b, s = step_values.shape
     v = step_values.to(torch.float32)  # (B, S)
+    w = v if next_step_values is None else next_step_values.to(v)  # (B, S) first terms
     r = rewards.to(v)[:, None]  # (B, 1)
     steps = torch.arange(s, device=v.device)[None, :]  # (1, S)
     if mc_step_cap is not None:
         v = torch.where(steps > mc_step_cap, r, v)  # states past the cap take R
-    nxt = torch.cat([v[:, 1:], torch.zeros(b, 1, dtype=v.dtype, device=v.device)], dim=1)
+        w = torch.where(steps > mc_step_cap, r, w)
+    nxt = torch.cat([w[:, 1:], torch.zeros(b, 1, dtype=v.dtype, device=v.device)], dim=1)
     last = steps == (num_steps.to(v.device)[:, None] - 1)  # (B, S) the final step
     nxt = torch.where(last, r, nxt)  # V̂(s_m) replaced by the reward R
     valid = steps < num_steps.to(v.device)[:, None]  # (B, S)
@@ -121,7 +132,8 @@ def vine(inputs: AdvantageInputs) -> tuple[Tensor, dict[str, Tensor]]:
             f"a response has {int(num_steps.max())} steps but step_values has only "
             f"{step_values.shape[1]} columns"
         )
-    step_adv = vine_step_advantages(step_values, inputs.rewards, num_steps, inputs.mc_step_cap)
+    step_adv = vine_step_advantages(step_values, inputs.rewards, num_steps, inputs.mc_step_cap,
+                                    inputs.next_step_values)  # fmt: skip
     idx = step_ids.clamp(0, step_values.shape[1] - 1)  # (B, T)
     token_adv = step_adv.gather(1, idx) * mask  # (B, T)
     return token_adv, {"step_advantages": step_adv, "num_steps": num_steps}

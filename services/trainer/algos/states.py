@@ -92,3 +92,62 @@ def scatter_state_values(plan: StatePlan, estimates: Tensor, rewards: Tensor) ->
 def num_steps_tensor(plan: StatePlan) -> Tensor:
     """(B,) long step counts of a plan."""
     return torch.tensor(plan.num_steps, dtype=torch.long)
+
+
+def state_passes(plan: StatePlan) -> list[int]:
+    """How many responses of the batch pass through each unique state (capped ones aside)."""
+    passes = [0] * len(plan.states)
+    for ids in plan.index:
+        for u in ids:
+            if u >= 0:
+                passes[u] += 1
+    return passes
+
+
+def mc_budget(plan: StatePlan, k: int) -> list[int]:
+    """MC continuations to sample per unique state when the batch's returns are reused: a
+    state that n responses pass through already holds n − 1 returns that are not a given
+    response's own, so it needs only max(k − (n − 1), 0) more for every baseline to rest on
+    at least k samples; a state only one response passes through gets k."""
+    return [max(k - (n - 1), 0) for n in state_passes(plan)]
+
+
+def pooled_state_values(
+    plan: StatePlan, mc_values: Tensor, mc_k: Tensor, rewards: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The batch's returns pooled with the MC samples of every state: (next, baseline), each
+    (B, S) like `scatter_state_values`.
+
+    For a state u with k_u MC samples of mean V̂_u, passed through by the responses E(u) with
+    returns R_e (n_u of them, S_u their sum):
+      next[b, i]     = (k_u V̂_u + S_u) / (k_u + n_u)              u = s_i of b, own R included
+      baseline[b, i] = (k_u V̂_u + S_u − R_b) / (k_u + n_u − 1)     own R left out
+    ``next`` may only enter A_{i−1} = V(s_i) − V(s_{i−1}) (the value of the state an action led
+    to: R_b is a sample of it given that action); ``baseline`` enters as the −V(s_i) of A_i,
+    which must not depend on the action taken at s_i, and R_b does
+    (docs/algorithms.md, Reusing the batch's returns). mc_values, mc_k (U,), rewards (B,).
+    """
+    u = len(plan.states)
+    if mc_values.shape != (u,) or mc_k.shape != (u,):
+        raise ValueError(f"expected mc_values and mc_k of shape ({u},), got "
+                         f"{tuple(mc_values.shape)} and {tuple(mc_k.shape)}")  # fmt: skip
+    b, s = len(plan.index), plan.max_steps
+    idx = torch.full((b, s), -2, dtype=torch.long)  # -1 capped, -2 past the end
+    for row, ids in enumerate(plan.index):
+        idx[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    r = rewards.to(torch.float32)[:, None].expand(b, s)  # (B, S)
+    seen = idx >= 0
+    flat = idx.clamp(min=0)[seen]
+    n = torch.zeros(u).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
+    total = torch.zeros(u).index_add_(0, flat, r[seen])  # (U,) sum of returns through u
+    k = mc_k.to(torch.float32)
+    mc_sum = k * mc_values.to(torch.float32)  # (U,)
+    if bool(((k + n - 1)[n > 0] < 1).any()):
+        raise ValueError("a state passed through once needs at least one MC sample")
+    g = idx.clamp(min=0)
+    nxt = (mc_sum + total)[g] / (k + n)[g].clamp(min=1)
+    base = (mc_sum + total)[g].sub(r) / (k + n - 1)[g].clamp(min=1)
+    zero = torch.zeros_like(r)
+    nxt = torch.where(idx == -1, r, torch.where(idx == -2, zero, nxt))
+    base = torch.where(idx == -1, r, torch.where(idx == -2, zero, base))
+    return nxt, base

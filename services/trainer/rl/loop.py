@@ -24,11 +24,9 @@ from typing import Any
 import torch
 
 from services.trainer.algos.advantages import AdvantageInputs, compute_advantages
-from services.trainer.algos.states import num_steps_tensor, plan_states, scatter_state_values
 from services.trainer.client.jobs import (
     JobOptions,
     run_generate_jobs,
-    run_value_jobs,
     wait_for_replicas,
 )
 from services.trainer.client.stack import Services
@@ -45,6 +43,7 @@ from services.trainer.rl.critic import (
     warmup_critic,
 )
 from services.trainer.rl.ppo import UpdateInputs, critic_values, policy_logprobs, ppo_epochs
+from services.trainer.rl.vine import mc_step_values
 from services.trainer.runtime.checkpoint import (
     keep_if_best,
     latest_checkpoint,
@@ -56,7 +55,7 @@ from services.trainer.runtime.memory import memory_stats, reset_peak
 from shared.datasets import load_examples
 from shared.example import Example
 from shared.prompts import format_prompt, style_for
-from shared.schemas import GradeItem, SamplingParams, ValueItem, Verdict
+from shared.schemas import GradeItem, SamplingParams, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -307,25 +306,17 @@ class RLTrainer:
                                  gamma=cfg.ppo.gamma, lam=cfg.ppo.lam)  # fmt: skip
         stats: dict[str, float] = {}
         if cfg.algo == "vine":
-            cap = cfg.vine.mc_step_cap
-            assert cap != "auto", "RunConfig resolves vine.mc_step_cap: auto per dataset"
-            plan = plan_states([e.prompt for e in episodes], [e.response for e in episodes],
-                               [e.spans for e in episodes], cap)  # fmt: skip
-            value_items = [ValueItem(prompt=p, partial_response=r, gold=e.example.answer,
-                                     dataset=e.example.dataset)
-                           for (p, r), e in zip(plan.states, self._state_owner(plan, episodes),
-                                                strict=True)]  # fmt: skip
-            estimates = await run_value_jobs(
-                self.services.queue, value_items, version=self.version, k=cfg.vine.k,
-                sampling=self.sampling(seed), options=self.job_options("mc values"),
+            values = await mc_step_values(
+                self.services.queue, episodes, batch.rewards, vine=cfg.vine,
+                version=self.version, sampling=self.sampling, seed=seed,
+                options=self.job_options("mc values"),
             )  # fmt: skip
-            est = torch.tensor([v.value for v in estimates], dtype=torch.float32)
-            inputs.step_values = scatter_state_values(plan, est, batch.rewards)
-            inputs.num_steps = num_steps_tensor(plan)
-            inputs.mc_step_cap = cap
-            stats = {"value/num_states": float(len(plan.states)),
-                     "value/num_steps_mean": float(inputs.num_steps.float().mean()),
-                     "value/mc_tokens": float(sum(v.num_tokens for v in estimates))}  # fmt: skip
+            inputs.step_values, inputs.next_step_values = (
+                values.step_values,
+                values.next_step_values,
+            )
+            inputs.num_steps, inputs.mc_step_cap = values.num_steps, values.mc_step_cap
+            stats = values.stats
         elif cfg.algo == "ppo":
             assert self.critic is not None
             inputs.values = await asyncio.to_thread(
@@ -336,16 +327,6 @@ class RLTrainer:
             extra["old_values"] = inputs.values
             stats = returns_fit(inputs.values, extra["returns"], batch.response_mask)
         return adv, extra, stats
-
-    @staticmethod
-    def _state_owner(plan: Any, episodes: list[Episode]) -> list[Episode]:
-        """For each unique state, an episode it came from (for its gold answer)."""
-        owner: dict[int, Episode] = {}
-        for row, ids in enumerate(plan.index):
-            for u in ids:
-                if u >= 0:
-                    owner.setdefault(u, episodes[row])
-        return [owner[u] for u in range(len(plan.states))]
 
     def update(
         self, batch: Batch, adv: torch.Tensor, extra: dict[str, torch.Tensor]

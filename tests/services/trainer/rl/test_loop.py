@@ -55,9 +55,11 @@ async def _train(cfg: RunConfig, resume: bool = False) -> list[dict[str, object]
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("algo", ["vine", "ppo"])
+@pytest.mark.parametrize("algo", ["vine", "vine+reuse", "ppo"])
 def test_three_iterations_through_real_services(sft_model: Path, tmp_path: Path, algo: str) -> None:
-    rows = asyncio.run(_train(tiny_run(sft_model, tmp_path / algo, algo, 3)))
+    algo, _, reuse = algo.partition("+")
+    extra = ["vine.reuse_returns=true"] if reuse else []
+    rows = asyncio.run(_train(tiny_run(sft_model, tmp_path / algo, algo, 3, *extra)))
     steps = [r for r in rows if r["iteration"] > 0]
     assert [r["version"] for r in steps] == [1, 2, 3]
     for r in steps:
@@ -65,6 +67,9 @@ def test_three_iterations_through_real_services(sft_model: Path, tmp_path: Path,
         assert 0.0 <= r["reward/mean"] <= 1.0
     if algo == "vine":
         assert all(r["value/num_states"] >= 4 for r in steps)  # at least s_0 of each prompt
+        # k = 2 per state; reusing returns, s_0 (both responses pass it) needs only one
+        fewer = [r["value/mc_samples"] < 2 * r["value/num_states"] for r in steps]
+        assert all(fewer) if reuse else not any(fewer)
     else:
         assert all(math.isfinite(r["loss/value"]) for r in steps)
     assert "acc/val" in rows[0] and "acc/val" in steps[-1]
