@@ -32,7 +32,7 @@ BATCH = 32
 def sample_episodes(model: Path, n: int, seed: int = 0) -> list[Any]:
     """``n`` graded episodes of ``model`` on training prompts of band 2-4 (4 per prompt)."""
     from services.trainer.client.jobs import JobOptions, run_generate_jobs
-    from services.trainer.client.stack import run_services
+    from services.trainer.client.local_services import run_services
     from services.trainer.data.episodes import build_episodes
     from services.trainer.runtime.model import load_tokenizer
     from shared.datasets import load_examples

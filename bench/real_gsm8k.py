@@ -88,7 +88,7 @@ def rl_overrides(args: argparse.Namespace, algo: str, policy: Path) -> list[str]
 
 
 async def rl(args: argparse.Namespace, algo: str, policy: Path) -> Path:
-    from services.trainer.client.stack import run_services
+    from services.trainer.client.local_services import run_services
     from services.trainer.config import load_config
     from services.trainer.rl.loop import RLTrainer
 

@@ -96,27 +96,21 @@ from bench.soak_stack import (  # noqa: E402
 )
 from shared.queue import JobQueue, make_queue  # noqa: E402
 from shared.schemas import Job  # noqa: E402
-from tests.support import free_port  # noqa: E402
+from shared.serve import free_port  # noqa: E402
 
 # -- the soak --------------------------------------------------------------------------
 
 
 class Soak(Chaos):
     def __init__(self, args: argparse.Namespace, stack: Stack, model: Path):
-        self.args, self.stack, self.model = args, stack, model
-        self.clock = stack.clock
+        super().__init__(args, stack, model)
         self.redis_port = free_port()
         self.redis_dir = stack.work / "redis"
         self.redis_dir.mkdir()
         self.url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.reward_url = f"http://127.0.0.1:{free_port()}"
-        self.events: list[dict[str, Any]] = []
-        self.redis_mem: list[tuple[float, float, int]] = []  # (t, used_memory MB, keys)
-        self.errors: list[str] = []
         self.client_proc = psutil.Process()
-        self.client_rss: list[tuple[float, float]] = []
         self.restarts: list[asyncio.Task[None]] = []
-        self.consumers: list[tuple[float, dict[int, int]]] = []  # (t, version -> consumers)
         self.load: Load | None = None
 
     def version(self) -> int:

@@ -11,25 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
-from bench.soak_stack import GROUP, replica_id, stream, wait_redis, wait_replica
+from bench.soak_stack import GROUP, SoakRecord, replica_id, stream, wait_redis, wait_replica
 from shared.queue import JobQueue
 from shared.schemas import Job
 
 if TYPE_CHECKING:
-    import argparse
-
-    from bench.soak_stack import Clock, Proc, Stack
+    from bench.soak_stack import Proc
 
 
-class Chaos:
+class Chaos(SoakRecord):
     """Replica and Redis kills on ``--kill-every-s`` and at ``--redis-kill-at-s``."""
 
-    args: argparse.Namespace
-    stack: Stack
-    clock: Clock
     redis_port: int
-    events: list[dict[str, Any]]
-    errors: list[str]
     restarts: list[asyncio.Task[None]]
 
     def version(self) -> int:  # the Soak's

@@ -21,8 +21,8 @@ from shared.queue import JobQueue
 from shared.schemas import WeightsAnnouncement
 
 if TYPE_CHECKING:
-    from bench.soak import Soak
     from bench.soak_load import Load
+    from bench.soak_stack import SoakRecord
 
 REPLICAS = ("replica-a", "replica-b")
 
@@ -41,7 +41,7 @@ def write_policy(root: Path, version: int, weights: Path) -> Path:
 class Pusher:
     """Pushes a new policy version every ``--push-every-s`` (see the module docstring)."""
 
-    def __init__(self, soak: Soak, load: Load, queue: JobQueue) -> None:
+    def __init__(self, soak: SoakRecord, load: Load, queue: JobQueue) -> None:
         self.soak, self.load, self.queue = soak, load, queue
         self.root = soak.stack.work / "ckpt"
         self.variants = sorted((soak.model.parent / "variants").glob("*.safetensors"))

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from bench.soak_stack import LOG_MARKS, RECLAIMED
 
 if TYPE_CHECKING:
-    from bench.soak import Soak
     from bench.soak_load import Load, Request
+    from bench.soak_stack import SoakRecord
 
 
 # -- numbers ---------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def summary(r: dict[str, Any]) -> str:
 
 # -- the result document ---------------------------------------------------------------
 def build_report(
-    soak: Soak, load: Load, final: dict[str, Any], setup_s: float, t_load_end: float
+    soak: SoakRecord, load: Load, final: dict[str, Any], setup_s: float, t_load_end: float
 ) -> dict[str, Any]:
     a, reqs = soak.args, load.requests
     by = {s: [r for r in reqs if r.status == s] for s in ("answered", "failed", "late", "lost")}

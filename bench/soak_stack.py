@@ -1,6 +1,7 @@
 """The soak bench's processes: a private redis-server, the reward service and rollout
 replicas as real child processes (own session, killed with their group, SIGKILL when the bench
-dies), and the waits that tell when each is up. Used by bench/soak.py."""
+dies), the waits that tell when each is up, and ``SoakRecord`` (what a soak run records).
+Used by bench/soak.py."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -25,6 +27,9 @@ import httpx  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
 from shared.queue import JobQueue  # noqa: E402
+
+if TYPE_CHECKING:
+    import argparse
 
 PREFIX = "vineppo:"  # the default prefix: `vineppo serve rollout --worker-only` has no flag
 GROUP = "workers"
@@ -145,6 +150,21 @@ class Clock:
 
     def now(self) -> float:
         return time.monotonic() - self.t0
+
+
+class SoakRecord:
+    """What a soak run records as it goes: its options, processes, model, clock, events,
+    errors and samples. bench/soak.py's ``Soak`` is one; bench/soak_pushes.py and
+    bench/soak_report.py read it through this class, so neither imports bench/soak.py."""
+
+    def __init__(self, args: argparse.Namespace, stack: Stack, model: Path) -> None:
+        self.args, self.stack, self.model = args, stack, model
+        self.clock = stack.clock
+        self.events: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self.redis_mem: list[tuple[float, float, int]] = []  # (t, used_memory MB, keys)
+        self.client_rss: list[tuple[float, float]] = []
+        self.consumers: list[tuple[float, dict[int, int]]] = []  # (t, version -> consumers)
 
 
 def vineppo() -> list[str]:

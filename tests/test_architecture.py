@@ -1,20 +1,34 @@
-"""The import graph of ``shared/`` and ``services/``: no cycles, and no module importing a
-higher layer (docs/architecture.md draws the layers).
+"""The import graph of ``shared/``, ``services/``, ``bench/`` and ``scripts/`` against the
+rules docs/architecture.md states (its section "What tests/test_architecture.py enforces"):
+
+1. no import cycles;
+2. layers (``LAYERS``): no module imports a higher layer;
+3. the trainer's rooms (``TRAINER_ROOMS``): a room imports only rooms of lower rows;
+4. crossings (``CROSSINGS``): what the trainer may import of the reward and rollout services,
+   what rollout may import of reward, and the rollout engine package importing no other
+   module of ``services``;
+5. in-process starters (``STARTERS``): which modules import uvicorn or call the functions that
+   start a service inside the calling process.
 
 The graph is read with ``ast`` from the source, so an import inside a function counts as
-much as one at the top of a module (a circle closed by a lazy import still ties the modules
-together). An edge goes to the deepest project module an import names:
-``from services.trainer.rl import loop`` is an edge to ``services.trainer.rl.loop``.
+much as one at the top of a module (a circle closed by a lazy import, or by one under
+``TYPE_CHECKING``, still ties the modules together). An edge goes to the deepest project
+module an import names: ``from services.trainer.rl import loop`` is an edge to
+``services.trainer.rl.loop``. Each check is a function of a graph (or of the imported names),
+so the tests at the bottom show it reporting a hand-made violation.
 """
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+TOPS = ("shared", "services", "bench", "scripts")
 
 LAYERS: list[tuple[str, ...]] = [
     ("shared",),
@@ -23,6 +37,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("services.rollout",),
     ("services.trainer",),
     ("services.cli", "services.demo"),
+    ("bench", "scripts"),
 ]
 """From the bottom up: a module may import its own layer (without a cycle) and lower ones."""
 
@@ -39,16 +54,111 @@ TRAINER_ROOMS: list[tuple[str, ...]] = [
 a lower row; rooms of one row do not import each other."""
 
 
+@dataclass(frozen=True)
+class Crossing:
+    """Modules under ``src`` may import, of the modules under ``dst`` (outside ``src``), only
+    those in ``allowed``; a module named in ``also`` may import its further modules too."""
+
+    src: str
+    dst: str
+    allowed: frozenset[str] = frozenset()
+    also: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    why: str = ""
+
+
+LOCAL_SERVICES = "services.trainer.client.local_services"
+
+CROSSINGS: list[Crossing] = [
+    Crossing(
+        "services.trainer", "services.reward",
+        allowed=frozenset({"services.reward.client"}),
+        also={
+            LOCAL_SERVICES: frozenset({"services.reward.app", "services.reward.settings"}),
+            "services.trainer.sft.train": frozenset({"services.reward.grading"}),
+        },
+        why="the trainer grades through the reward client; only the launcher of local "
+        "services builds the reward app, and SFT validation calls grading.grade in process",
+    ),
+    Crossing(
+        "services.trainer", "services.rollout",
+        also={LOCAL_SERVICES: frozenset({"services.rollout.engine", "services.rollout.worker"})},
+        why="the trainer reaches rollout replicas through the work queue (shared.queue); only "
+        "the launcher of local services builds engines (make_engine) and runs workers",
+    ),
+    Crossing(
+        "services.rollout", "services.reward",
+        allowed=frozenset({"services.reward.client"}),
+        why="a replica grades its MC continuations through the reward service's client",
+    ),
+    Crossing(
+        "services.rollout.engine", "services",
+        why="the engines import only shared and their own package",
+    ),
+]  # fmt: skip
+"""Who may import what across a service's boundary (the layers allow more)."""
+
+STARTERS: frozenset[str] = frozenset({
+    "uvicorn",
+    "shared.serve.run",
+    "shared.serve.serve_in_thread",
+    "services.rollout.worker.run_worker",
+    "services.rollout.worker.RolloutWorker",
+    "services.rollout.replica.run_replica",
+    "services.rollout.replica.start_worker",
+    f"{LOCAL_SERVICES}.run_services",
+    "tests.support.serve_app",
+    "tests.fuzz_support.fuzz_stack",
+})  # fmt: skip
+"""What starts a service inside the calling process: uvicorn itself, serving an app
+(foreground or a loopback thread), running a rollout queue worker, the trainer's launcher of
+local services, and the test helpers that wrap them (which bench scripts reuse)."""
+
+MAY_START: dict[str, str] = {
+    "shared.serve": "runs an app under uvicorn (the one module importing uvicorn)",
+    "services.reward.cli": "vineppo serve reward",
+    "services.rollout.cli": "vineppo serve rollout (HTTP API, or --worker-only)",
+    "services.rollout.app": "the rollout app's lifespan starts its queue worker",
+    "services.rollout.replica": "builds a replica's queue worker",
+    LOCAL_SERVICES: "the trainer's launcher: reward app on loopback, in-process replicas",
+    "services.trainer.cli.train": "vineppo train without URLs",
+    "services.trainer.evaluation.runs": "evaluating a checkpoint on local services",
+    "services.demo.run": "the demo",
+    "bench.critic_fit": "benchmark on local services",
+    "bench.real_gsm8k": "benchmark on local services",
+    "bench.fuzz": "fuzzes real servers on loopback",
+}
+"""The modules that may start services in process, each with the reason."""
+
+
 def module_name(path: Path, root: Path) -> str:
     parts = list(path.relative_to(root).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def import_graph(
-    root: Path = ROOT, tops: tuple[str, ...] = ("shared", "services")
-) -> dict[str, set[str]]:
+def module_files(root: Path = ROOT, tops: tuple[str, ...] = TOPS) -> dict[str, Path]:
+    return {module_name(p, root): p for top in tops for p in (root / top).rglob("*.py")}
+
+
+def imported_names(path: Path, mod: str) -> set[str]:
+    """Every dotted name the module imports, anywhere in its body: ``import a.b`` -> ``a.b``,
+    ``from a import b`` -> ``a.b`` (relative imports resolved against the module's package)."""
+    package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this module's package
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*up, *([base] if base else [])])
+            names |= {f"{base}.{a.name}" for a in node.names}
+    return names
+
+
+def import_graph(root: Path = ROOT, tops: tuple[str, ...] = TOPS) -> dict[str, set[str]]:
     """module -> the project modules it imports (anywhere in its body)."""
-    files = {module_name(p, root): p for top in tops for p in (root / top).rglob("*.py")}
+    files = module_files(root, tops)
 
     def project_module(name: str) -> str | None:
         while name and name not in files:
@@ -57,22 +167,7 @@ def import_graph(
 
     graph: dict[str, set[str]] = {}
     for mod, path in files.items():
-        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
-        targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:  # relative: resolve against this module's package
-                    up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                    base = ".".join([*up, *([base] if base else [])])
-                # `from pkg import sub` names the submodule; `from mod import f` the module
-                names = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base
-                         for a in node.names]  # fmt: skip
-            else:
-                continue
-            targets |= {t for n in names if (t := project_module(n)) is not None}
+        targets = {t for n in imported_names(path, mod) if (t := project_module(n)) is not None}
         graph[mod] = targets - {mod}
     return graph
 
@@ -100,27 +195,103 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def under(module: str, package: str) -> bool:
+    return module == package or module.startswith(f"{package}.")
+
+
 def rank(module: str, layers: list[tuple[str, ...]], prefix: str = "") -> int | None:
     for i, row in enumerate(layers):
-        if any(module == f"{prefix}{p}" or module.startswith(f"{prefix}{p}.") for p in row):
+        if any(under(module, f"{prefix}{p}") for p in row):
             return i
     return None
 
 
-def room(module: str) -> str | None:
-    """``services.trainer.rl.loop`` -> ``rl``; None outside the trainer's rooms."""
-    if rank(module, TRAINER_ROOMS, "services.trainer.") is None:
-        return None
-    return module.removeprefix("services.trainer.").split(".")[0]
+def layer_violations(graph: dict[str, set[str]], layers: list[tuple[str, ...]]) -> list[str]:
+    """``a -> b`` for each import of a higher layer; ``a: in no layer`` for a module outside
+    them all (the ``services`` package itself excepted)."""
+    bad = []
+    for mod, targets in sorted(graph.items()):
+        here = rank(mod, layers)
+        if here is None:
+            if mod != "services":
+                bad.append(f"{mod}: in no layer")
+            continue
+        for t in sorted(targets):
+            there = rank(t, layers)
+            if there is not None and there > here:
+                bad.append(f"{mod} -> {t}")
+    return bad
+
+
+def room_violations(
+    graph: dict[str, set[str]], rooms: list[tuple[str, ...]], prefix: str
+) -> list[str]:
+    """``a (r) -> b (s)`` for each import from room r into a room s of the same or a higher
+    row; ``a: in no room`` for a module under ``prefix`` outside every room."""
+    bad = []
+    for mod, targets in sorted(graph.items()):
+        if not mod.startswith(prefix):
+            continue
+        src_rank = rank(mod, rooms, prefix)
+        if src_rank is None:
+            bad.append(f"{mod}: in no room")
+            continue
+        src = mod.removeprefix(prefix).split(".")[0]
+        for t in sorted(targets):
+            dst_rank = rank(t, rooms, prefix)
+            dst = t.removeprefix(prefix).split(".")[0]
+            if dst_rank is None or dst == src:
+                continue
+            if dst_rank >= src_rank:
+                bad.append(f"{mod} ({src}) -> {t} ({dst})")
+    return bad
+
+
+def crossing_violations(graph: dict[str, set[str]], crossings: list[Crossing]) -> list[str]:
+    """``a -> b`` for each import across a crossing's boundary that it does not allow."""
+    bad = []
+    for c in crossings:
+        for mod, targets in sorted(graph.items()):
+            if not under(mod, c.src):
+                continue
+            ok = c.allowed | c.also.get(mod, frozenset())
+            for t in sorted(targets):
+                if under(t, c.dst) and not under(t, c.src) and t not in ok:
+                    bad.append(f"{mod} -> {t} ({c.src} may not import it)")
+    return bad
+
+
+def starter_uses(names: Mapping[str, set[str]], starters: frozenset[str]) -> dict[str, set[str]]:
+    """module -> the starters it imports: the name itself, something inside it
+    (``uvicorn.config``), or the module that holds it (``from shared import serve``)."""
+    uses: dict[str, set[str]] = {}
+    for mod, imported in names.items():
+        hit = {s for s in starters for n in imported
+               if n == s or n.startswith(f"{s}.") or s.startswith(f"{n}.")}  # fmt: skip
+        if hit:
+            uses[mod] = hit
+    return uses
+
+
+def starter_violations(uses: Mapping[str, set[str]], may_start: Mapping[str, str]) -> list[str]:
+    return [f"{mod} imports {', '.join(sorted(s))}"
+            for mod, s in sorted(uses.items()) if mod not in may_start]  # fmt: skip
+
+
+def all_imported_names(root: Path = ROOT, tops: tuple[str, ...] = TOPS) -> dict[str, set[str]]:
+    return {mod: imported_names(path, mod) for mod, path in module_files(root, tops).items()}
 
 
 GRAPH = import_graph()
+NAMES = all_imported_names()
 
 
 def test_the_graph_is_read() -> None:
     # a few edges everyone knows: the graph is not empty by mistake
     assert "services.trainer.rl.loop" in GRAPH["services.trainer.cli.train"]
     assert "shared.schemas" in GRAPH["services.rollout.worker"]
+    assert "bench.soak_stack" in GRAPH["bench.soak"]
+    assert "shared.steps" in GRAPH["scripts.step_stats"]
     assert len(GRAPH) > 60
 
 
@@ -130,37 +301,41 @@ def test_no_import_cycles() -> None:
 
 
 def test_no_module_imports_a_higher_layer() -> None:
-    bad = []
-    for mod, targets in sorted(GRAPH.items()):
-        here = rank(mod, LAYERS)
-        if here is None:  # the `services` package itself
-            assert mod == "services", f"{mod} is in no layer: add it to LAYERS"
-            continue
-        for t in sorted(targets):
-            there = rank(t, LAYERS)
-            if there is not None and there > here:
-                bad.append(f"{mod} -> {t}")
-    assert not bad, "imports of a higher layer:\n" + "\n".join(bad)
+    bad = layer_violations(GRAPH, LAYERS)
+    assert not bad, "imports of a higher layer (or modules in none: add to LAYERS):\n" + (
+        "\n".join(bad)
+    )
 
 
 def test_trainer_rooms_import_only_lower_rooms() -> None:
-    bad = []
-    for mod, targets in sorted(GRAPH.items()):
-        src = room(mod)
-        if src is None:
-            if mod.startswith("services.trainer."):
-                pytest.fail(f"{mod} is in no room of the trainer: add it to TRAINER_ROOMS")
-            continue
-        for t in sorted(targets):
-            dst = room(t)
-            if dst is None or dst == src:
-                continue
-            src_rank = rank(mod, TRAINER_ROOMS, "services.trainer.")
-            dst_rank = rank(t, TRAINER_ROOMS, "services.trainer.")
-            assert src_rank is not None and dst_rank is not None
-            if dst_rank >= src_rank:
-                bad.append(f"{mod} ({src}) -> {t} ({dst})")
-    assert not bad, "imports of a room at the same or a higher row:\n" + "\n".join(bad)
+    bad = room_violations(GRAPH, TRAINER_ROOMS, "services.trainer.")
+    assert not bad, "imports of a room at the same or a higher row (or modules in no room: " + (
+        "add to TRAINER_ROOMS):\n" + "\n".join(bad)
+    )
+
+
+def test_crossings_between_services() -> None:
+    bad = crossing_violations(GRAPH, CROSSINGS)
+    assert not bad, "imports across a service boundary not allowed by CROSSINGS:\n" + (
+        "\n".join(bad)
+    )
+
+
+def test_only_the_listed_modules_start_services_in_process() -> None:
+    bad = starter_violations(starter_uses(NAMES, STARTERS), MAY_START)
+    assert not bad, "modules starting services in process, not in MAY_START:\n" + "\n".join(bad)
+
+
+def test_the_allow_lists_name_modules_that_exist_and_are_used() -> None:
+    # a rename must not leave a dead entry that would let the next module through
+    uses = starter_uses(NAMES, STARTERS)
+    assert sorted(set(MAY_START) - set(uses)) == []
+    named = {m for c in CROSSINGS for m in [*c.allowed, *c.also]}
+    named |= {t for c in CROSSINGS for ts in c.also.values() for t in ts}
+    assert sorted(m for m in named if m not in GRAPH) == []
+
+
+# -- each check reports a hand-made violation -------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -187,3 +362,99 @@ def test_imports_inside_functions_and_relative_ones_count(tmp_path: Path) -> Non
     graph = import_graph(tmp_path, ("pkg",))
     assert graph == {"pkg": set(), "pkg.a": {"pkg.b"}, "pkg.b": {"pkg.c"}, "pkg.c": {"pkg.a"}}
     assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
+
+
+def test_a_type_only_import_closes_a_circle(tmp_path: Path) -> None:
+    # bench/soak.py <-> bench/soak_report.py was closed this way
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "soak.py").write_text("from bench.soak_report import build_report\n")
+    (bench / "soak_report.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from bench.soak import Soak\n"
+    )
+    graph = import_graph(tmp_path, ("bench",))
+    assert find_cycle(graph) == ["bench.soak", "bench.soak_report", "bench.soak"]
+
+
+def test_layer_violations_on_hand_graphs() -> None:
+    graph = {
+        "shared.queue": {"bench.soak"},  # shared reaching up to a bench script
+        "services.rollout.worker": {"services.trainer.rl.loop"},  # rollout into the trainer
+        "bench.soak": {"services.demo.run", "shared.queue"},  # the top layer: fine
+        "services.demo.run": {"scripts.step_stats"},  # the demo into a script
+        "tools.x": set(),  # in no layer
+    }
+    assert layer_violations(graph, LAYERS) == [
+        "services.demo.run -> scripts.step_stats",
+        "services.rollout.worker -> services.trainer.rl.loop",
+        "shared.queue -> bench.soak",
+        "tools.x: in no layer",
+    ]
+
+
+def test_room_violations_on_hand_graphs() -> None:
+    p = "services.trainer."
+    graph = {
+        f"{p}client.jobs": {f"{p}rl.loop", f"{p}runtime.model", f"{p}client.weights"},
+        f"{p}rl.loop": {f"{p}baselines.common", f"{p}algos.states"},  # one row
+        f"{p}attic.old": set(),
+    }
+    assert room_violations(graph, TRAINER_ROOMS, p) == [
+        f"{p}attic.old: in no room",
+        f"{p}client.jobs (client) -> {p}rl.loop (rl)",
+        f"{p}rl.loop (rl) -> {p}baselines.common (baselines)",
+    ]
+
+
+def test_crossing_violations_on_hand_graphs() -> None:
+    graph = {
+        # the trainer into engine and grading internals
+        "services.trainer.rl.loop": {
+            "services.rollout.engine.torch_engine",
+            "services.rollout.worker",  # the launcher's exception is not everyone's
+            "services.reward.grading",
+            "services.reward.client",  # allowed to all
+            "shared.queue",
+        },
+        LOCAL_SERVICES: {
+            "services.rollout.worker",
+            "services.rollout.engine",
+            "services.reward.app",
+            "services.reward.sandbox",
+        },
+        "services.rollout.values": {"services.reward.grading", "services.reward.client"},
+        "services.rollout.engine.base": {"services.rollout.settings", "shared.settings"},
+        "services.rollout.engine.torch_engine": {"services.rollout.engine.base"},
+        "services.rollout.engine": {"services.reward.client"},
+    }
+    assert crossing_violations(graph, CROSSINGS) == [
+        f"{LOCAL_SERVICES} -> services.reward.sandbox (services.trainer may not import it)",
+        "services.trainer.rl.loop -> services.reward.grading (services.trainer may not import it)",
+        "services.trainer.rl.loop -> services.rollout.engine.torch_engine (services.trainer "
+        "may not import it)",
+        "services.trainer.rl.loop -> services.rollout.worker (services.trainer may not import it)",
+        "services.rollout.values -> services.reward.grading (services.rollout may not import it)",
+        "services.rollout.engine -> services.reward.client (services.rollout.engine may not "
+        "import it)",
+        "services.rollout.engine.base -> services.rollout.settings (services.rollout.engine "
+        "may not import it)",
+    ]
+
+
+def test_starter_violations_on_a_hand_made_package(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "serve.py").write_text("def run(app):\n    import uvicorn.config\n")
+    (pkg / "launcher.py").write_text("from .serve import run\n")  # allowed below
+    (pkg / "sneaky.py").write_text("def f():\n    from pkg import serve\n    serve.run(1)\n")
+    (pkg / "quiet.py").write_text("from pkg.serve import free_port\n")  # not a starter
+    names = all_imported_names(tmp_path, ("pkg",))
+    uses = starter_uses(names, frozenset({"uvicorn", "pkg.serve.run"}))
+    assert uses == {
+        "pkg.serve": {"uvicorn"},
+        "pkg.launcher": {"pkg.serve.run"},
+        "pkg.sneaky": {"pkg.serve.run"},
+    }
+    allowed = {"pkg.serve": "serves", "pkg.launcher": "launches"}
+    assert starter_violations(uses, allowed) == ["pkg.sneaky imports pkg.serve.run"]

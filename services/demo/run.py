@@ -179,7 +179,7 @@ async def train_and_test(
     """Train one method through the services, then (``test``) the test Pass@1 of its
     best-by-validation policy and, once per ``sft_acc``, of the SFT model; ``test=False``
     skips both (a sweep chooses on validation only)."""
-    from services.trainer.client.stack import run_services
+    from services.trainer.client.local_services import run_services
     from services.trainer.rl.loop import RLTrainer
 
     out = Path(cfg.output_dir)

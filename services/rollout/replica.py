@@ -9,11 +9,11 @@ Both ways of starting a replica build it here, from the same settings object:
 
 Where each setting goes: the engine settings (``engine``, ``model_dir``, ``dtype``,
 ``max_batch``, ``device``, ``kv_cache_gib``, ``enforce_eager``, ``gpu_memory_utilization``)
-to ``make_engine``; ``reward_url``, ``grade_timeout_s`` and ``reward_api_token`` to the
-reward client; ``redis_url`` (with ``redis_password`` merged) and ``queue_prefix`` to the
-queue; ``replica_id``, ``fetch_batch``, ``heartbeat_s``, ``heartbeat_ttl_s``,
-``claim_idle_ms``, ``checkpoint_root`` and ``max_weights_bytes`` to the worker
-(:func:`worker_config`); ``log_level`` to the log set-up; the rest (host, port, tokens and
+to ``make_engine`` (:func:`engine_kwargs`); ``reward_url``, ``grade_timeout_s`` and
+``reward_api_token`` to the reward client; ``redis_url`` (with ``redis_password`` merged)
+and ``queue_prefix`` to the queue; ``replica_id``, ``fetch_batch``, ``heartbeat_s``,
+``heartbeat_ttl_s``, ``claim_idle_ms``, ``checkpoint_root`` and ``max_weights_bytes`` to the
+worker (:func:`worker_config`); ``log_level`` to the log set-up; the rest (host, port, tokens and
 request limits) belong to the HTTP API. ``tests/services/rollout/test_replica.py`` checks
 every field arrives, in both modes.
 """
@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from services.rollout.engine.base import Engine
 from services.rollout.settings import RolloutSettings
@@ -43,10 +43,17 @@ class BootFailed(RuntimeError):
     """The engine could not be built or warmed up (the model directory, not the replica)."""
 
 
+def engine_kwargs(settings: RolloutSettings) -> dict[str, Any]:
+    """Every engine setting of the rollout settings, as ``make_engine`` keywords."""
+    return {"dtype": settings.dtype, "max_batch": settings.max_batch, "device": settings.device,
+            "kv_cache_gib": settings.kv_cache_gib, "enforce_eager": settings.enforce_eager,
+            "gpu_memory_utilization": settings.gpu_memory_utilization}  # fmt: skip
+
+
 def build_engine(settings: RolloutSettings) -> Engine:
     """The engine ``settings`` describe (every engine setting passed; ``make_engine`` drops
     the ones the chosen engine does not take)."""
-    from services.rollout.engine import engine_kwargs, make_engine
+    from services.rollout.engine import make_engine
 
     if settings.model_dir is None:
         raise ValueError("no model: set VINEPPO_ROLLOUT_MODEL_DIR (or --model) or pass engine=")

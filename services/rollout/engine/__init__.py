@@ -2,7 +2,9 @@
 
 ``make_engine("torch", "models/tiny", device="cpu")`` builds one by name; ``"auto"`` picks
 by model size (``choose_engine``). Keywords that belong to the other engine are dropped, so
-callers can pass every setting (``engine_kwargs``) whichever engine is built.
+callers can pass every setting whichever engine is built. The package imports only
+``shared`` and itself (``tests/test_architecture.py``): the rollout settings are mapped to
+keywords by ``services/rollout/replica.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import importlib.util
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from services.rollout.engine.base import (
     Engine,
@@ -21,9 +23,6 @@ from services.rollout.engine.base import (
     WeightsError,
 )
 from shared.settings import ENGINE_KINDS, EngineKind
-
-if TYPE_CHECKING:
-    from services.rollout.settings import RolloutSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +37,6 @@ _ONLY: dict[str, set[str]] = {
     "torch": {"device"},
     "vllm": {"kv_cache_gib", "enforce_eager", "gpu_memory_utilization"},
 }
-
-
-def engine_kwargs(settings: RolloutSettings) -> dict[str, Any]:
-    """Every engine setting of the rollout settings, as ``make_engine`` keywords."""
-    return {"dtype": settings.dtype, "max_batch": settings.max_batch, "device": settings.device,
-            "kv_cache_gib": settings.kv_cache_gib, "enforce_eager": settings.enforce_eager,
-            "gpu_memory_utilization": settings.gpu_memory_utilization}  # fmt: skip
 
 
 def model_shape(model_dir: str | Path) -> tuple[int, int]:
@@ -108,6 +100,5 @@ __all__ = [
     "Prefix",
     "WeightsError",
     "choose_engine",
-    "engine_kwargs",
     "make_engine",
 ]

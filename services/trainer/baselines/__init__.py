@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.trainer.client.stack import Services
+from services.trainer.client.local_services import Services
 from services.trainer.config import RunConfig
 
 

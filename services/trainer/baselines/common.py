@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from services.trainer.client.jobs import JobOptions, run_generate_jobs, wait_for_replicas
-from services.trainer.client.stack import Services
+from services.trainer.client.local_services import Services
 from services.trainer.client.weights import push_policy
 from services.trainer.config import RunConfig
 from services.trainer.data.order import DataOrder

@@ -57,7 +57,7 @@ def train_cmd(
 
     import torch
 
-    from services.trainer.client.stack import run_services
+    from services.trainer.client.local_services import run_services
     from services.trainer.client.wiring import RolloutUnavailable, check_rollout
     from services.trainer.config import load_config
     from services.trainer.rl.loop import RLTrainer

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.trainer.client.jobs import JobOptions, run_generate_jobs
-from services.trainer.client.stack import Services
+from services.trainer.client.local_services import Services
 from services.trainer.config import RunConfig
 from services.trainer.data.order import stream_seed
 from shared.example import Example

@@ -66,7 +66,7 @@ def prompts_for(tokenizer: Any, examples: list[Any], shots: Sequence[Any] = ()) 
 
 
 def _services(checkpoint: Path, svc: dict[str, Any]) -> Any:
-    from services.trainer.client.stack import run_services
+    from services.trainer.client.local_services import run_services
 
     prefix = f"vineppo-eval-{uuid.uuid4().hex[:8]}:"
     return run_services(checkpoint, Path(checkpoint).parent, queue_prefix=prefix, **svc)

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from services.trainer.client.stack import Services
+from services.trainer.client.local_services import Services
 from services.trainer.config import RunConfig
 from services.trainer.data.episodes import Batch, Episode
 from services.trainer.data.order import DataOrder, stream_seed

@@ -29,7 +29,7 @@ from services.trainer.client.jobs import (
     run_generate_jobs,
     wait_for_replicas,
 )
-from services.trainer.client.stack import Services
+from services.trainer.client.local_services import Services
 from services.trainer.client.weights import push_policy
 from services.trainer.config import RunConfig
 from services.trainer.data.episodes import Batch, Episode, build_episodes, collate, error_rate

@@ -87,7 +87,7 @@ def test_smollm2_vineppo_iteration_on_real_gsm8k(
 ) -> None:
     from safetensors import safe_open
 
-    from services.trainer.client.stack import run_services
+    from services.trainer.client.local_services import run_services
     from services.trainer.config import load_config
     from services.trainer.rl.loop import RLTrainer
 

@@ -30,7 +30,7 @@ from services.reward.client import RewardClient
 from services.reward.settings import RewardSettings
 from services.rollout.engine.torch_engine import TorchEngine
 from services.rollout.worker import WorkerConfig, run_worker
-from services.trainer.client.stack import run_services
+from services.trainer.client.local_services import run_services
 from services.trainer.client.weights import shard_digests
 from services.trainer.config import load_config
 from services.trainer.rl.loop import RLTrainer

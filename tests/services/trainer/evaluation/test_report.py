@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from services.cli import app
-from services.trainer.client.stack import run_services
+from services.trainer.client.local_services import run_services
 from services.trainer.config import load_config
 from services.trainer.rl.loop import RLTrainer
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from services.trainer.client.stack import run_services
+from services.trainer.client.local_services import run_services
 from services.trainer.config import RunConfig, load_config
 from services.trainer.rl.loop import RLTrainer
 from services.trainer.sft.config import SFTConfig

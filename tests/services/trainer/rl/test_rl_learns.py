@@ -74,7 +74,7 @@ def task(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 async def _sampled_reward(model: Path, out: Path, samples_per_prompt: int = 8) -> float:
     """Mean reward of ``model`` on every training prompt × n samples at TEMPERATURE."""
     from services.trainer.client.jobs import JobOptions, run_generate_jobs
-    from services.trainer.client.stack import run_services
+    from services.trainer.client.local_services import run_services
 
     examples = load_examples("gsm8k", "train")
     prompts = [format_prompt(ex.question) for ex in examples]
@@ -102,7 +102,7 @@ def start(task: Path, tmp_path_factory: pytest.TempPathFactory) -> float:
 
 def _train(overrides: list[str]) -> list[float]:
     """Run the RL loop; the train reward of each iteration."""
-    from services.trainer.client.stack import run_services
+    from services.trainer.client.local_services import run_services
     from services.trainer.config import load_config
     from services.trainer.rl.loop import RLTrainer
 
@@ -144,7 +144,7 @@ def test_vine_blames_only_the_wrong_step(task: Path, start: float, tmp_path: Pat
     before whitening): on wrong responses step 1, where the number was reversed,
     carries the blame and steps 0 and 2 get about 0 (a trajectory-level baseline would blame
     all three alike); on right responses step 1 gets the credit."""
-    from services.trainer.client.stack import run_services
+    from services.trainer.client.local_services import run_services
     from services.trainer.config import load_config
     from services.trainer.rl.loop import RLTrainer
 
