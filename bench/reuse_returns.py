@@ -1,0 +1,133 @@
+"""VinePPO with fixed K against ``vine.reuse_returns``: MC cost and learning, several seeds.
+
+    .venv/bin/python -m bench.reuse_returns --seeds 0,1,2   # docs/benchmarks/reuse_returns.md
+
+Both variants are the learning benchmark's VinePPO run (the demo's SFT model and budget,
+band 2-4, K = 3, 16 prompts × 4 responses, `DEMO_RL`'s learning rate and KL); the fixed-K run
+*is* ``bench.learning``'s (``runs/learning/2-4/seed<s>/vine``, reused when finished), the
+reuse run differs only in ``vine.reuse_returns=true`` (``runs/reuse_returns/seed<s>/vine``).
+Seeds may run as parallel processes (``--seeds 0 --variants reuse`` & ...); ``--seeds 0,1,2``
+afterwards reports: per variant the MC continuations, MC tokens and MC wall-clock per
+iteration, the training CPU time, validation curves and test Pass@1 (500 × 4) of the policy
+selected on validation, mean ± SE over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from bench.runs import DOCS, RUNS, best_point, machine, mean_band, mean_se, run_one, write_doc
+
+VARIANTS = {"fixed": {}, "reuse": {"vine.reuse_returns": True}}
+NAMES = {"fixed": "VinePPO, fixed K", "reuse": "VinePPO, reuse_returns"}
+
+
+def out_dir(variant: str, seed: int) -> Path:
+    if variant == "fixed":
+        return RUNS / "learning" / "2-4" / f"seed{seed}"  # bench.learning's own VinePPO run
+    return RUNS / "reuse_returns" / f"seed{seed}"
+
+
+def run(variant: str, seed: int, budget: Any, model: Path) -> dict[str, Any]:
+    from services.trainer.evaluation.report import load_run
+
+    res = run_one("vine", seed, out_dir(variant, seed), budget, model,
+                  rl=VARIANTS[variant] or None, test=True)  # fmt: skip
+    rows = [r for r in load_run(Path(res["dir"])).rows if int(r["iteration"]) > 0]
+
+    def per_it(key: str) -> float:
+        return statistics.mean(float(r.get(key, 0.0)) for r in rows)
+
+    k = budget.k
+    res["cost"] = {
+        "samples": per_it("value/mc_samples") if variant == "reuse" else k * per_it(
+            "value/num_states"),
+        "states": per_it("value/num_states"),
+        "tokens": per_it("value/mc_tokens"),
+        "values_s": per_it("time/values"),
+        "cpu_s": sum(float(r.get("time/cpu_iteration", 0.0)) for r in rows),
+    }  # fmt: skip
+    return res
+
+
+def _ms(values: list[float], digits: int = 3) -> str:
+    m, se = mean_se(values)
+    return f"{m:.{digits}f} ± {se:.{digits}f}"
+
+
+def report(seeds: list[int], budget: Any, runs: dict[str, list[dict[str, Any]]]) -> None:
+    from bench.learning_plot import plot
+
+    lines = [
+        "# VinePPO: fixed K against reusing the batch's returns (`vine.reuse_returns`)", "",
+        f"Command: `.venv/bin/python -m bench.reuse_returns --seeds "
+        f"{','.join(map(str, seeds))}`", "", machine() + ".",
+        f"Per run: the learning benchmark's VinePPO ({budget.iterations} iterations × "
+        f"{budget.prompts} prompts × {budget.responses} responses, K = {budget.k}, band 2-4); "
+        "the fixed-K runs are `bench.learning`'s. Validation Pass@1 on "
+        f"{budget.val_problems} problems × {budget.val_seeds} samples every "
+        f"{budget.eval_every} iterations; test Pass@1 of the policy selected on validation on "
+        f"{budget.test_problems} × {budget.test_seeds}; mean ± SE over seeds. MC figures are "
+        "per iteration; `values s` is the wall-clock of the MC step (other runs shared the "
+        "machine), `CPU s` the trainer's CPU time of all iterations.", "",
+        "| variant | test Pass@1 | per seed | best val, mean curve (it) | MC continuations | "
+        "MC tokens | values s | CPU s |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for v, rs in runs.items():
+        test = [r["test Pass@1"] for r in rs]
+        per_seed = ", ".join(f"{r['test Pass@1']:.3f} ± {r['test SE']:.3f}" for r in rs)
+        curve = mean_band([r["curves"]["val"] for r in rs])
+        it, best = best_point({i: c[0] for i, c in curve.items()})
+        cost = {key: [r["cost"][key] for r in rs] for key in rs[0]["cost"]}
+        lines.append(
+            f"| {NAMES[v]} | {_ms(test)} | {per_seed} | {best:.3f} ({it}) | "
+            f"{_ms(cost['samples'], 0)} | {_ms(cost['tokens'], 0)} | "
+            f"{_ms(cost['values_s'], 1)} | {_ms(cost['cpu_s'], 0)} |"
+        )
+    fixed, reuse = runs["fixed"], runs["reuse"]
+    ratio = [r["cost"]["tokens"] / f["cost"]["tokens"] for f, r in zip(fixed, reuse, strict=True)]
+    gap = [r["test Pass@1"] - f["test Pass@1"] for f, r in zip(fixed, reuse, strict=True)]
+    lines += [
+        "",
+        f"Reuse spends {_ms(ratio)} of fixed K's MC tokens per iteration (per seed: "
+        f"{', '.join(f'{x:.2f}' for x in ratio)}); test Pass@1 reuse − fixed: {_ms(gap)}.",
+        "",
+        "![validation Pass@1 and train reward, fixed K and reuse](reuse_returns.png)",
+    ]
+    val = {v: mean_band([r["curves"]["val"] for r in rs]) for v, rs in runs.items()}
+    reward = {v: mean_band([r["curves"]["reward"] for r in rs]) for v, rs in runs.items()}
+    plot(val, reward, DOCS / "reuse_returns.png", NAMES)
+    write_doc(DOCS / "reuse_returns.md", lines)
+    keep = ("seed", "test Pass@1", "test SE", "cost", "curves")
+    data = {v: [{k: r[k] for k in keep} for r in rs] for v, rs in runs.items()}
+    (DOCS / "reuse_returns.json").write_text(json.dumps(data, indent=1) + "\n")
+
+
+def main() -> None:
+    from bench.credit_by_length import band_model
+    from services.demo.run import BUDGETS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--variants", default="fixed,reuse")
+    ap.add_argument("--iterations", type=int, default=32)
+    args = ap.parse_args()
+    budget = dataclasses.replace(BUDGETS["full"], iterations=args.iterations)
+    model = band_model("2-4")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = args.variants.split(",")
+    runs = {v: [run(v, s, budget, model) for s in seeds] for v in variants}
+    if len(seeds) > 1 and set(variants) == set(VARIANTS):
+        report(seeds, budget, runs)
+
+
+if __name__ == "__main__":
+    asyncio.set_event_loop_policy(None)
+    main()
