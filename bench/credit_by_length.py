@@ -51,8 +51,11 @@ def band_model(band: str) -> Path:
     settings = SFT_PRESETS[f"length-{band}"]
     out = RUNS / f"sft-{band}"
     stamp = out / "sft.json"
-    if (out / "best" / "config.json").is_file() and stamp.is_file() \
-            and json.loads(stamp.read_text()) == settings:  # fmt: skip
+    if (
+        (out / "best" / "config.json").is_file()
+        and stamp.is_file()
+        and json.loads(stamp.read_text()) == settings
+    ):
         return out / "best"
     run_sft(SFTConfig.model_validate({**settings, "output_dir": str(out)}))
     stamp.write_text(json.dumps(settings, indent=1) + "\n")
@@ -63,8 +66,10 @@ def run_band(band: str, seeds: list[int], budget: Any) -> dict[str, list[dict[st
     """Every method × seed of one band (each run reused when finished)."""
     model = band_model(band)
     out = RUNS / "learning" / band  # the same runs as bench.learning --band <band>
-    return {a: [run_one(a, s, out / f"seed{s}", budget, model, band=band, test=True)
-                for s in seeds] for a in ALGOS}  # fmt: skip
+    return {
+        a: [run_one(a, s, out / f"seed{s}", budget, model, band=band, test=True) for s in seeds]
+        for a in ALGOS
+    }
 
 
 def cell(runs: list[dict[str, Any]], key: str = "test") -> tuple[float, float]:
@@ -93,19 +98,25 @@ def gap(runs: dict[str, list[dict[str, Any]]]) -> tuple[str, float, float]:
 def speed(runs: dict[str, list[dict[str, Any]]]) -> str:
     """Iterations and training seconds VinePPO's mean curve needs to reach the best
     baseline's peak (best by the mean validation curve)."""
-    val = {a: {i: v[0] for i, v in mean_band([r["curves"]["val"] for r in rs]).items()}
-           for a, rs in runs.items()}  # fmt: skip
-    clock = {a: {i: v[0] for i, v in mean_band([r["curves"]["cpu"] for r in rs]).items()}
-             for a, rs in runs.items()}  # fmt: skip
+    val = {
+        a: {i: v[0] for i, v in mean_band([r["curves"]["val"] for r in rs]).items()}
+        for a, rs in runs.items()
+    }
+    clock = {
+        a: {i: v[0] for i, v in mean_band([r["curves"]["cpu"] for r in rs]).items()}
+        for a, rs in runs.items()
+    }
     peaks = {b: best_point(val[b]) for b in BASELINES}
     best = max(peaks, key=lambda b: peaks[b][1])
     it, peak = peaks[best]
     hit = first_reach(val["vine"], peak)
     if hit is None:
         return f"{NAMES[best]} {peak:.3f} @ {it} | never | |"
-    return (f"{NAMES[best]} {peak:.3f} @ {it} ({clock[best][it]:.0f} CPU s) | {hit} "
-            f"({clock['vine'][hit]:.0f} CPU s) | {hit / it:.2f}× / "
-            f"{clock['vine'][hit] / max(clock[best][it], 1e-9):.2f}× |")  # fmt: skip
+    return (
+        f"{NAMES[best]} {peak:.3f} @ {it} ({clock[best][it]:.0f} CPU s) | {hit} "
+        f"({clock['vine'][hit]:.0f} CPU s) | {hit / it:.2f}× / "
+        f"{clock['vine'][hit] / max(clock[best][it], 1e-9):.2f}× |"
+    )
 
 
 def plot(bands: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> None:
@@ -122,18 +133,31 @@ def plot(bands: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> None:
     for i, a in enumerate(("sft", *ALGOS)):
         src = "vine" if a == "sft" else a
         stats = [cell(bands[b][src], "sft" if a == "sft" else "test") for b in names]
-        axes[0].errorbar([x + 0.06 * (i - 2) for x in xs], [m for m, _ in stats],
-                         yerr=[e for _, e in stats], marker="o", capsize=3,
-                         label=NAMES[a])  # fmt: skip
+        axes[0].errorbar(
+            [x + 0.06 * (i - 2) for x in xs],
+            [m for m, _ in stats],
+            yerr=[e for _, e in stats],
+            marker="o",
+            capsize=3,
+            label=NAMES[a],
+        )
     gaps = [gap(bands[b]) for b in names]
-    axes[1].errorbar(xs, [g[1] for g in gaps], yerr=[g[2] for g in gaps], marker="o",
-                     capsize=4, color="black")  # fmt: skip
+    axes[1].errorbar(
+        xs, [g[1] for g in gaps], yerr=[g[2] for g in gaps], marker="o", capsize=4, color="black"
+    )
     axes[1].axhline(0, color="grey", lw=0.8, ls="--")
     for x, g in zip(xs, gaps, strict=True):
-        axes[1].annotate(f"vs {NAMES[g[0]]}", (x, g[1]), textcoords="offset points",
-                         xytext=(6, 6), fontsize="small")  # fmt: skip
-    for ax, label in ((axes[0], "test Pass@1 (± SE over seeds)"),
-                      (axes[1], "VinePPO − best baseline (± SE)")):  # fmt: skip
+        axes[1].annotate(
+            f"vs {NAMES[g[0]]}",
+            (x, g[1]),
+            textcoords="offset points",
+            xytext=(6, 6),
+            fontsize="small",
+        )
+    for ax, label in (
+        (axes[0], "test Pass@1 (± SE over seeds)"),
+        (axes[1], "VinePPO − best baseline (± SE)"),
+    ):
         ax.set_xticks(xs, [f"{b} steps" for b in names])
         ax.set_xlabel("reasoning length (band)")
         ax.set_ylabel(label)
@@ -150,38 +174,54 @@ def report(args: argparse.Namespace, budget: Any, bands: dict[str, Any]) -> None
 
     png = DOCS / "credit_by_length.png"
     plot(bands, png)
-    lines = ["# Credit assignment across reasoning length (built-in task)", "",
-             f"Command: `.venv/bin/python -m bench.credit_by_length --seeds {args.seeds} "
-             f"--bands {args.bands} --iterations {budget.iterations} --eval-every "
-             f"{budget.eval_every}`", "",
-             f"{machine()}. Per band: its own SFT model by the same recipe (the `demo` SFT "
-             "preset for 2-4, `length-4-6` and `length-6-8`: 4,800 steps on 20,000 problems, "
-             "slip rates " + " / ".join(f"{b['slip_rate']:.2f}" for b in LENGTH_BANDS.values())
-             + " so that a slip-free solution is equally likely in every band at T = 0.6). "
-             f"Per run: {budget.iterations} iterations × {budget.prompts} prompts × "
-             f"{budget.responses} responses, VinePPO K = {budget.k}, each method's "
-             "hyperparameters from its sweep on band 2-4 (`DEMO_RL`: "
-             f"`{json.dumps(DEMO_RL)}`), the same in every band. Test Pass@1 of the policy "
-             f"selected on validation, {budget.test_problems} problems × {budget.test_seeds} "
-             "samples at T = 0.35; mean ± standard error over seeds (each seed has its own test "
-             "problems; the gap is paired by seed); a band with one seed shows that run's "
-             "± standard error over test problems.", "",
-             "| band | seeds | SFT | " + " | ".join(NAMES[a] for a in ALGOS)
-             + " | VinePPO − best baseline |", "|---|" + "---:|" * (len(ALGOS) + 3)]  # fmt: skip
+    lines = [
+        "# Credit assignment across reasoning length (built-in task)",
+        "",
+        f"Command: `.venv/bin/python -m bench.credit_by_length --seeds {args.seeds} "
+        f"--bands {args.bands} --iterations {budget.iterations} --eval-every "
+        f"{budget.eval_every}`",
+        "",
+        f"{machine()}. Per band: its own SFT model by the same recipe (the `demo` SFT "
+        "preset for 2-4, `length-4-6` and `length-6-8`: 4,800 steps on 20,000 problems, "
+        "slip rates "
+        + " / ".join(f"{b['slip_rate']:.2f}" for b in LENGTH_BANDS.values())
+        + " so that a slip-free solution is equally likely in every band at T = 0.6). "
+        f"Per run: {budget.iterations} iterations × {budget.prompts} prompts × "
+        f"{budget.responses} responses, VinePPO K = {budget.k}, each method's "
+        "hyperparameters from its sweep on band 2-4 (`DEMO_RL`: "
+        f"`{json.dumps(DEMO_RL)}`), the same in every band. Test Pass@1 of the policy "
+        f"selected on validation, {budget.test_problems} problems × {budget.test_seeds} "
+        "samples at T = 0.35; mean ± standard error over seeds (each seed has its own test "
+        "problems; the gap is paired by seed); a band with one seed shows that run's "
+        "± standard error over test problems.",
+        "",
+        "| band | seeds | SFT | "
+        + " | ".join(NAMES[a] for a in ALGOS)
+        + " | VinePPO − best baseline |",
+        "|---|" + "---:|" * (len(ALGOS) + 3),
+    ]
     for band, runs in bands.items():
         sft = cell(runs["vine"], "sft")
         cells = [cell(runs[a]) for a in ALGOS]
         best, g, se = gap(runs)
-        lines.append(f"| {band} | {len(runs['vine'])} | {sft[0]:.3f} ± {sft[1]:.3f} | "
-                     + " | ".join(f"{m:.3f} ± {e:.3f}" for m, e in cells)
-                     + f" | {g:+.3f} ± {se:.3f} (vs {NAMES[best]}) |")  # fmt: skip
-    lines += ["", "Speed: the best baseline's peak on its mean validation curve, and when "
-              "VinePPO's mean curve first reaches it (iterations; training CPU seconds of the "
-              "trainer process, validation excluded, PPO's critic warm-up included):", "",
-              "| band | best baseline's peak (iteration) | VinePPO reaches it at | ratio "
-              "(iterations / seconds) |", "|---|---:|---:|---:|",
-              *(f"| {band} | {speed(runs)}" for band, runs in bands.items()), "",
-              f"![test Pass@1 per band, VinePPO − best baseline]({png.name})"]  # fmt: skip
+        lines.append(
+            f"| {band} | {len(runs['vine'])} | {sft[0]:.3f} ± {sft[1]:.3f} | "
+            + " | ".join(f"{m:.3f} ± {e:.3f}" for m, e in cells)
+            + f" | {g:+.3f} ± {se:.3f} (vs {NAMES[best]}) |"
+        )
+    lines += [
+        "",
+        "Speed: the best baseline's peak on its mean validation curve, and when "
+        "VinePPO's mean curve first reaches it (iterations; training CPU seconds of the "
+        "trainer process, validation excluded, PPO's critic warm-up included):",
+        "",
+        "| band | best baseline's peak (iteration) | VinePPO reaches it at | ratio "
+        "(iterations / seconds) |",
+        "|---|---:|---:|---:|",
+        *(f"| {band} | {speed(runs)}" for band, runs in bands.items()),
+        "",
+        f"![test Pass@1 per band, VinePPO − best baseline]({png.name})",
+    ]
     write_doc(DOCS / "credit_by_length.md", lines)
 
 
@@ -199,8 +239,9 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=4)
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
-    budget = dataclasses.replace(BUDGETS["full"], iterations=args.iterations,
-                                 eval_every=args.eval_every)  # fmt: skip
+    budget = dataclasses.replace(
+        BUDGETS["full"], iterations=args.iterations, eval_every=args.eval_every
+    )
     seeds = [int(s) for s in args.seeds.split(",")]
     bands = {}
     for spec in args.bands.split(","):  # "6-8:0" = band 6-8 with seed 0 only

@@ -40,19 +40,28 @@ def sample_episodes(model: Path, n: int, seed: int = 0) -> list[Any]:
     from shared.schemas import GradeItem, SamplingParams
 
     tok = load_tokenizer(model)
-    examples = load_examples("arithmetic", "train", n=n // 4, seed=seed,
-                             arithmetic={"min_steps": 2, "max_steps": 4})  # fmt: skip
+    examples = load_examples(
+        "arithmetic", "train", n=n // 4, seed=seed, arithmetic={"min_steps": 2, "max_steps": 4}
+    )
     prompts = [format_prompt(e.question) for e in examples]
 
     async def run() -> tuple[Any, Any]:
-        async with run_services(model, RUNS / "critic_fit" / "policies", job_size=32,
-                                max_batch=128) as s:  # fmt: skip
+        async with run_services(
+            model, RUNS / "critic_fit" / "policies", job_size=32, max_batch=128
+        ) as s:
             outs = await run_generate_jobs(
-                s.queue, prompts, version=0, n=4, options=JobOptions(desc="sample"),
+                s.queue,
+                prompts,
+                version=0,
+                n=4,
+                options=JobOptions(desc="sample"),
                 sampling=SamplingParams(temperature=0.6, max_tokens=96, seed=seed + 5),
-            )  # fmt: skip
-            items = [GradeItem(response=c.text, gold=e.answer, dataset="gsm8k")
-                     for e, per in zip(examples, outs, strict=True) for c in per]  # fmt: skip
+            )
+            items = [
+                GradeItem(response=c.text, gold=e.answer, dataset="gsm8k")
+                for e, per in zip(examples, outs, strict=True)
+                for c in per
+            ]
             return outs, await s.grader.grade(items)
 
     outs, verdicts = asyncio.run(run())
@@ -91,14 +100,19 @@ def fit(model: Path, episodes: list[Any], lr: float, passes: int) -> list[dict[s
             sel = held.response_mask.bool()
             returns = held.rewards[:, None].expand_as(values)
             last = held.response_mask.cumsum(1).argmax(1)  # (B,) last response action
-            rows.append({
-                "pass": p, "episodes seen": p * len(train), "lr": lr,
-                "train loss": sum(losses) / len(losses),
-                "held-out EV (tokens)": explained_variance(values[sel], returns[sel]),
-                "held-out EV (last token)": explained_variance(
-                    values[torch.arange(held.size), last], held.rewards),
-                "CPU s": time.process_time() - start,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "pass": p,
+                    "episodes seen": p * len(train),
+                    "lr": lr,
+                    "train loss": sum(losses) / len(losses),
+                    "held-out EV (tokens)": explained_variance(values[sel], returns[sel]),
+                    "held-out EV (last token)": explained_variance(
+                        values[torch.arange(held.size), last], held.rewards
+                    ),
+                    "CPU s": time.process_time() - start,
+                }
+            )
         print(rows[-1], flush=True)
     return rows
 
@@ -114,20 +128,28 @@ def main() -> None:
     model = committed_sft()
     episodes = sample_episodes(model, args.episodes)
     mean_r = sum(e.reward for e in episodes) / len(episodes)
-    lines = ["# PPO's critic, fitted offline on the SFT policy's episodes", "",
-             f"Command: `.venv/bin/python -m bench.critic_fit --episodes {args.episodes} "
-             f"--lrs {args.lrs} --passes {args.passes}`", "",
-             f"{machine()}. {len(episodes)} episodes of the demo's SFT model (band 2-4, "
-             f"T = 0.6, mean reward {mean_r:.3f}), the last {HELD_OUT} held out; a fresh critic "
-             f"(SFT body, head at V = 0.5) per learning rate, mini-batches of {BATCH}. EV = "
-             "explained variance of the returns (1 = perfect, 0 = no better than the mean).", "",
-             "| lr | pass | episodes seen | train loss | held-out EV, tokens | held-out EV, last "
-             "token | CPU s |", "|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "# PPO's critic, fitted offline on the SFT policy's episodes",
+        "",
+        f"Command: `.venv/bin/python -m bench.critic_fit --episodes {args.episodes} "
+        f"--lrs {args.lrs} --passes {args.passes}`",
+        "",
+        f"{machine()}. {len(episodes)} episodes of the demo's SFT model (band 2-4, "
+        f"T = 0.6, mean reward {mean_r:.3f}), the last {HELD_OUT} held out; a fresh critic "
+        f"(SFT body, head at V = 0.5) per learning rate, mini-batches of {BATCH}. EV = "
+        "explained variance of the returns (1 = perfect, 0 = no better than the mean).",
+        "",
+        "| lr | pass | episodes seen | train loss | held-out EV, tokens | held-out EV, last "
+        "token | CPU s |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for lr in (float(x) for x in args.lrs.split(",")):
         for r in fit(model, episodes, lr, args.passes):
-            lines.append(f"| {lr:g} | {r['pass']:.0f} | {r['episodes seen']:,.0f} | "
-                         f"{r['train loss']:.4f} | {r['held-out EV (tokens)']:.3f} | "
-                         f"{r['held-out EV (last token)']:.3f} | {r['CPU s']:.0f} |")  # fmt: skip
+            lines.append(
+                f"| {lr:g} | {r['pass']:.0f} | {r['episodes seen']:,.0f} | "
+                f"{r['train loss']:.4f} | {r['held-out EV (tokens)']:.3f} | "
+                f"{r['held-out EV (last token)']:.3f} | {r['CPU s']:.0f} |"
+            )
     write_doc(DOCS / "critic_fit.md", lines)
 
 

@@ -78,16 +78,23 @@ def bare_loop(model, rows: list[list[int]], steps: int, temperature: float, pad:
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
     cache = DynamicCache()
-    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                use_cache=True, logits_to_keep=1, **{kw: cache})  # fmt: skip
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+        use_cache=True,
+        logits_to_keep=1,
+        **{kw: cache},
+    )
     pos = mask.sum(-1, keepdim=True)  # (B, 1)
     ones = mask.new_ones((len(rows), 1))
     for _ in range(steps):
         probs = torch.softmax(out.logits[:, -1, :].float() / temperature, dim=-1)
         tok = torch.multinomial(probs, 1, generator=gen)  # (B, 1)
         mask = torch.cat([mask, ones], dim=-1)
-        out = model(input_ids=tok, attention_mask=mask, position_ids=pos, use_cache=True,
-                    **{kw: cache})  # fmt: skip
+        out = model(
+            input_ids=tok, attention_mask=mask, position_ids=pos, use_cache=True, **{kw: cache}
+        )
         pos = pos + 1
     return len(rows) * steps, time.perf_counter() - start
 
@@ -125,9 +132,12 @@ def worker(args: argparse.Namespace) -> None:
     engine = TorchEngine(args.model_dir, max_batch=max(BATCHES))
     engine.eos_ids = set()  # every row samples its full budget, as the bare loop does
     tok = engine.tokenizer
-    prompts = [format_prompt(e.question) for e in
-               load_examples("arithmetic", "test", n=max(BATCHES) // SAMPLES,
-                             arithmetic={"max_steps": 4})]  # fmt: skip
+    prompts = [
+        format_prompt(e.question)
+        for e in load_examples(
+            "arithmetic", "test", n=max(BATCHES) // SAMPLES, arithmetic={"max_steps": 4}
+        )
+    ]
     sp = SamplingParams(temperature=args.temperature, top_p=1.0, max_tokens=args.max_tokens, seed=0)
     result: dict[str, object] = {"root": args.engine_root, "rows": []}
 
@@ -141,34 +151,65 @@ def worker(args: argparse.Namespace) -> None:
     gen(8)  # warm-up
     for batch in BATCHES:
         tokens, secs, cpu = gen(batch)
-        result["rows"].append({"what": "engine", "batch": batch, "tokens": tokens, "s": secs,  # type: ignore[union-attr]
-                               "cpu": cpu, "load": _load()})  # fmt: skip
+        result["rows"].append(
+            {
+                "what": "engine",
+                "batch": batch,
+                "tokens": tokens,
+                "s": secs,  # type: ignore[union-attr]
+                "cpu": cpu,
+                "load": _load(),
+            }
+        )
         if args.bare:
             ids = [tok(p)["input_ids"] for p in prompts[: batch // SAMPLES] for _ in range(SAMPLES)]
             cpu = time.process_time()
             with torch.inference_mode():
-                tokens, secs = bare_loop(engine.model, ids, args.max_tokens, args.temperature,
-                                         engine.pad_id)  # fmt: skip
-            result["rows"].append({"what": "bare", "batch": batch, "tokens": tokens, "s": secs,  # type: ignore[union-attr]
-                                   "cpu": time.process_time() - cpu, "load": _load()})  # fmt: skip
+                tokens, secs = bare_loop(
+                    engine.model, ids, args.max_tokens, args.temperature, engine.pad_id
+                )
+            result["rows"].append(
+                {
+                    "what": "bare",
+                    "batch": batch,
+                    "tokens": tokens,
+                    "s": secs,  # type: ignore[union-attr]
+                    "cpu": time.process_time() - cpu,
+                    "load": _load(),
+                }
+            )
     # rows that end early, as a trained policy's do: 10 ids act as EOS (a random model's
     # next-token distribution is near uniform: ~2.5 % per step, about 9 in 10 rows end early)
     vocab = int(engine.model.get_input_embeddings().weight.shape[0])
     engine.eos_ids = set(range(vocab - 10, vocab))
     for batch in EARLY_BATCHES:
         tokens, secs, cpu = gen(batch)
-        result["rows"].append({"what": "early", "batch": batch, "tokens": tokens, "s": secs,  # type: ignore[union-attr]
-                               "cpu": cpu, "load": _load()})  # fmt: skip
+        result["rows"].append(
+            {
+                "what": "early",
+                "batch": batch,
+                "tokens": tokens,
+                "s": secs,  # type: ignore[union-attr]
+                "cpu": cpu,
+                "load": _load(),
+            }
+        )
     engine.eos_ids = set()
     states = value_prefixes(tok, args.value_problems, args.max_tokens)
     prefixes = [Prefix(p, q, max_tokens=b, stream=i) for i, (p, q, b) in enumerate(states)]
     engine.max_batch = max(BATCHES)
     start, cpu = time.perf_counter(), time.process_time()
     out = asyncio.run(engine.continue_from(prefixes, 3, sp))
-    result["rows"].append({"what": "values", "batch": len(prefixes) * 3,  # type: ignore[union-attr]
-                           "tokens": sum(len(c.token_ids) for per in out for c in per),
-                           "s": time.perf_counter() - start, "cpu": time.process_time() - cpu,
-                           "load": _load()})  # fmt: skip
+    result["rows"].append(
+        {
+            "what": "values",
+            "batch": len(prefixes) * 3,  # type: ignore[union-attr]
+            "tokens": sum(len(c.token_ids) for per in out for c in per),
+            "s": time.perf_counter() - start,
+            "cpu": time.process_time() - cpu,
+            "load": _load(),
+        }
+    )
     if args.profile:
         import cProfile
         import io
@@ -181,8 +222,14 @@ def worker(args: argparse.Namespace) -> None:
         prof.enable()
         ids = [engine.encode(Prefix(p)) for p in prompts]
         # in this thread (cProfile sees one thread): what generate runs in its worker thread
-        engine._call_locked(engine._continue_sync, ids, SAMPLES, sp, [sp.max_tokens] * len(ids),
-                            list(range(len(ids))))  # fmt: skip
+        engine._call_locked(
+            engine._continue_sync,
+            ids,
+            SAMPLES,
+            sp,
+            [sp.max_tokens] * len(ids),
+            list(range(len(ids))),
+        )
         prof.disable()
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(args.profile_top)
@@ -192,10 +239,23 @@ def worker(args: argparse.Namespace) -> None:
 
 # -- the driver --------------------------------------------------------------------------
 def run_worker(args: argparse.Namespace, model_dir: Path, root: str, bare: bool) -> dict:
-    cmd = [sys.executable, str(ROOT / "bench" / "engine_speed.py"), "--worker",
-           "--engine-root", root, "--model-dir", str(model_dir), "--threads", str(args.threads),
-           "--max-tokens", str(args.max_tokens), "--temperature", str(args.temperature),
-           "--value-problems", str(args.value_problems)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "engine_speed.py"),
+        "--worker",
+        "--engine-root",
+        root,
+        "--model-dir",
+        str(model_dir),
+        "--threads",
+        str(args.threads),
+        "--max-tokens",
+        str(args.max_tokens),
+        "--temperature",
+        str(args.temperature),
+        "--value-problems",
+        str(args.value_problems),
+    ]
     cmd += ["--bare"] if bare else []
     cmd += ["--profile", "--profile-top", str(args.profile_top)] if args.profile else []
     done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=root)
@@ -203,8 +263,13 @@ def run_worker(args: argparse.Namespace, model_dir: Path, root: str, bare: bool)
 
 
 def best(results: list[dict], root: str, what: str, batch: int) -> dict:
-    rows = [r for res in results if res["root"] == root for r in res["rows"]
-            if r["what"] == what and r["batch"] == batch]  # fmt: skip
+    rows = [
+        r
+        for res in results
+        if res["root"] == root
+        for r in res["rows"]
+        if r["what"] == what and r["batch"] == batch
+    ]
     return max(rows, key=lambda r: r["tokens"] / r["cpu"])
 
 
@@ -225,19 +290,34 @@ def report(args: argparse.Namespace, results: list[dict], roots: list[str], para
         bare = best(results, bare_root, "bare", b)
         engs = [best(results, r, "engine", b) for r in roots]
         ratios = [(e["tokens"] / e["cpu"]) / (bare["tokens"] / bare["cpu"]) for e in engs]
-        lines.append(f"| {b} | {cell(bare)} | " + " | ".join(cell(e) for e in engs) + " | "
-                     + " | ".join(f"{x:.0%}" for x in ratios) + " |")  # fmt: skip
-    lines += ["", "Rows that end early (10 token ids act as EOS), engine tokens/s:", "",
-              "| batch | " + " | ".join(f"`{r}`" for r in roots) + " |",
-              "|---:|" + "---:|" * len(roots)]  # fmt: skip
+        lines.append(
+            f"| {b} | {cell(bare)} | "
+            + " | ".join(cell(e) for e in engs)
+            + " | "
+            + " | ".join(f"{x:.0%}" for x in ratios)
+            + " |"
+        )
+    lines += [
+        "",
+        "Rows that end early (10 token ids act as EOS), engine tokens/s:",
+        "",
+        "| batch | " + " | ".join(f"`{r}`" for r in roots) + " |",
+        "|---:|" + "---:|" * len(roots),
+    ]
     for b in EARLY_BATCHES:
-        lines.append(f"| {b} | " + " | ".join(cell(best(results, r, "early", b)) for r in roots)
-                     + " |")  # fmt: skip
+        lines.append(
+            f"| {b} | " + " | ".join(cell(best(results, r, "early", b)) for r in roots) + " |"
+        )
     vbatch = next(x["batch"] for res in results for x in res["rows"] if x["what"] == "values")
     vals = [best(results, r, "values", vbatch) for r in roots]
-    lines += ["", f"MC values (c), {vbatch} rows (step-boundary states x K = 3), engine tokens/s:",
-              "", "| " + " | ".join(f"`{r}`" for r in roots) + " |", "|" + "---:|" * len(roots),
-              "| " + " | ".join(cell(v) for v in vals) + " |"]  # fmt: skip
+    lines += [
+        "",
+        f"MC values (c), {vbatch} rows (step-boundary states x K = 3), engine tokens/s:",
+        "",
+        "| " + " | ".join(f"`{r}`" for r in roots) + " |",
+        "|" + "---:|" * len(roots),
+        "| " + " | ".join(cell(v) for v in vals) + " |",
+    ]
     text = "\n".join(lines)
     return (
         f"Command: `.venv/bin/python -m bench.engine_speed {' '.join(sys.argv[1:])}`".rstrip()
@@ -253,8 +333,9 @@ def report(args: argparse.Namespace, results: list[dict], roots: list[str], para
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--roots", default=".", help="comma-separated checkouts whose engine to time")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--preset", default="tiny")
@@ -263,8 +344,11 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--value-problems", type=int, default=8)
-    p.add_argument("--profile", action="store_true",
-                   help="cProfile one batch-128 generate whose rows end early")  # fmt: skip
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile one batch-128 generate whose rows end early",
+    )
     p.add_argument("--profile-top", type=int, default=25)
     p.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/engine_speed.md")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -287,14 +371,21 @@ def main() -> None:
                 if rep or not args.profile:
                     res.pop("profile", None)
                 results.append(res)
-                print(f"repeat {rep} {root}: " + ", ".join(
-                    f"{r['what']}@{r['batch']} {r['tokens'] / r['cpu']:.0f}" for r in res["rows"]),
-                    flush=True)  # fmt: skip
+                print(
+                    f"repeat {rep} {root}: "
+                    + ", ".join(
+                        f"{r['what']}@{r['batch']} {r['tokens'] / r['cpu']:.0f}"
+                        for r in res["rows"]
+                    ),
+                    flush=True,
+                )
     text = report(args, results, roots, params)
     for res in results:
         if "profile" in res:
-            text += (f"\n### cProfile of one batch-{PROFILE_BATCH} generate, rows ending early, "
-                     f"`{res['root']}`\n\n```\n")  # fmt: skip
+            text += (
+                f"\n### cProfile of one batch-{PROFILE_BATCH} generate, rows ending early, "
+                f"`{res['root']}`\n\n```\n"
+            )
             text += res["profile"].strip() + "\n```\n"
     print(text)
     write_doc(args.out, text)

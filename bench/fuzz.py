@@ -37,11 +37,13 @@ from tests.fuzz_support import TOKEN, FuzzReport, fuzz_api, fuzz_stack  # noqa: 
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--seconds", type=float, default=90.0, help="Time budget per service.")
-    p.add_argument("--examples", type=int, default=2000,
-                   help="Most cases per operation and generation mode.")  # fmt: skip
+    p.add_argument(
+        "--examples", type=int, default=2000, help="Most cases per operation and generation mode."
+    )
     p.add_argument("--seed", type=int, default=None, help="Hypothesis seed (default: random).")
     p.add_argument("--clients", type=int, default=20, help="Concurrent requests in the attacks.")
     p.add_argument("--push-rounds", type=int, default=10, help="Rounds of concurrent pushes.")
@@ -64,8 +66,12 @@ def _races(tmp: Path, args: argparse.Namespace, seed: int) -> list[PhaseReport]:
     reward = serve_app(reward_app(RewardSettings(api_token=TOKEN, require_token=True)))
     with reward as url:
         graded = asyncio.run(grader_under_attack(url, auth, clients=args.clients, seed=seed))
-    settings = RolloutSettings(model_dir=model, checkpoint_root=tmp / "push-ckpt",
-                               api_token=TOKEN, reward_url="http://127.0.0.1:9")  # fmt: skip
+    settings = RolloutSettings(
+        model_dir=model,
+        checkpoint_root=tmp / "push-ckpt",
+        api_token=TOKEN,
+        reward_url="http://127.0.0.1:9",
+    )
     with serve_app(rollout_app(settings)) as url:
         pushed = asyncio.run(pushes_under_race(url, auth, rounds=args.push_rounds))
     return [graded, pushed]
@@ -75,8 +81,9 @@ def _phase_lines(reports: list[PhaseReport]) -> list[str]:
     lines = ["| phase | requests | seconds | statuses | ≥ 500 |", "|---|---|---|---|---|"]
     for r in reports:
         statuses = ", ".join(f"{s}: {c}" for s, c in sorted(r.statuses.items()))
-        lines.append(f"| {r.name} | {r.requests} | {r.seconds:.1f} | {statuses} | "
-                     f"{len(r.server_errors)} |")  # fmt: skip
+        lines.append(
+            f"| {r.name} | {r.requests} | {r.seconds:.1f} | {statuses} | {len(r.server_errors)} |"
+        )
     for r in reports:
         lines += ["", f"{r.name}:", ""]
         lines += [f"- {k}: {v}" for k, v in r.notes.items()]
@@ -90,10 +97,13 @@ def _cpu_share(reports: list[PhaseReport]) -> list[str]:
     if not graded or not cpu:
         return []
     share = cpu / max(graded.seconds, 1e-9) / 2  # two workers
-    return [f"The grader's latencies are wall-clock: its 2 workers used {cpu:.2f} s of CPU in "
-            f"{graded.seconds:.1f} s, {share:.0%} of a core each, at niceness {os.nice(0)} "
-            f"against the machine's other work (load average "
-            f"{graded.notes.get('load average at start / end')}).", ""]  # fmt: skip
+    return [
+        f"The grader's latencies are wall-clock: its 2 workers used {cpu:.2f} s of CPU in "
+        f"{graded.seconds:.1f} s, {share:.0%} of a core each, at niceness {os.nice(0)} "
+        f"against the machine's other work (load average "
+        f"{graded.notes.get('load average at start / end')}).",
+        "",
+    ]
 
 
 def _phase_findings(reports: list[PhaseReport]) -> list[str]:
@@ -116,13 +126,18 @@ def _table(reports: list[FuzzReport]) -> list[str]:
     for r in reports:
         for label, n in sorted(r.calls.items()):
             lines.append(f"| {r.name} | `{label}` | {n} |")
-    lines += ["", "| service | seconds | cases | cases/s | statuses | ≥ 500 | untyped 4xx |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| service | seconds | cases | cases/s | statuses | ≥ 500 | untyped 4xx |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in reports:
         n = sum(r.calls.values())
         statuses = ", ".join(f"{s}: {c}" for s, c in sorted(r.statuses.items()))
-        lines.append(f"| {r.name} | {r.seconds:.1f} | {n} | {n / max(r.seconds, 1e-9):.1f} | "
-                     f"{statuses} | {len(r.server_errors)} | {len(r.untyped)} |")  # fmt: skip
+        lines.append(
+            f"| {r.name} | {r.seconds:.1f} | {n} | {n / max(r.seconds, 1e-9):.1f} | "
+            f"{statuses} | {len(r.server_errors)} | {len(r.untyped)} |"
+        )
     return lines
 
 
@@ -136,13 +151,17 @@ def main(argv: list[str] | None = None) -> int:
             for api in apis:
                 r = fuzz_api(api, max_examples=args.examples, budget_s=args.seconds, seed=seed)
                 reports.append(r)
-                print(f"{r.name}: {sum(r.calls.values())} cases in {r.seconds:.1f}s, statuses "
-                      f"{dict(sorted(r.statuses.items()))}, {len(r.server_errors)} ≥ 500, "
-                      f"{len(r.untyped)} untyped")  # fmt: skip
+                print(
+                    f"{r.name}: {sum(r.calls.values())} cases in {r.seconds:.1f}s, statuses "
+                    f"{dict(sorted(r.statuses.items()))}, {len(r.server_errors)} ≥ 500, "
+                    f"{len(r.untyped)} untyped"
+                )
         phases = _races(Path(d), args, seed)  # after the schema fuzzing's servers stopped
     for ph in phases:
-        print(f"{ph.name}: {ph.requests} requests in {ph.seconds:.1f}s, statuses "
-              f"{dict(sorted(ph.statuses.items()))}, {ph.notes}")  # fmt: skip
+        print(
+            f"{ph.name}: {ph.requests} requests in {ph.seconds:.1f}s, statuses "
+            f"{dict(sorted(ph.statuses.items()))}, {ph.notes}"
+        )
     findings = [f for r in reports for f in r.server_errors + r.untyped]
     findings += _phase_findings(phases)
     for f in findings:

@@ -80,20 +80,26 @@ async def grader_under_attack(
     cpu = {pid: t - cpu0.get(pid, 0.0) for pid, t in _children_cpu().items()}
     lat = sorted(latencies, reverse=True)
     normal_lat = [t for t, _, is_normal in latencies if is_normal]
-    restarts = next((ln.split()[-1] for ln in metrics.splitlines()
-                     if ln.startswith("reward_pool_restarts")), "?")  # fmt: skip
+    restarts = next(
+        (ln.split()[-1] for ln in metrics.splitlines() if ln.startswith("reward_pool_restarts")),
+        "?",
+    )
     report.notes = {
-        "attacks": len(items) - normal, "normal items": normal, "clients": clients,
-        "max latency (s)": round(lat[0][0], 2), "slowest": lat[0][1],
+        "attacks": len(items) - normal,
+        "normal items": normal,
+        "clients": clients,
+        "max latency (s)": round(lat[0][0], 2),
+        "slowest": lat[0][1],
         "p50 latency (s)": round(lat[len(lat) // 2][0], 3),
         "max latency of normal items (s)": round(max(normal_lat, default=0.0), 2),
         f"over the limit + 1 s ({LIMIT_S + 1:g} s)": sum(t > LIMIT_S + 1 for t, _, _ in lat),
-        "unexpected verdicts": wrong, "worker restarts": restarts,
+        "unexpected verdicts": wrong,
+        "worker restarts": restarts,
         "grader CPU (s, processes alive at the end)": round(sum(cpu.values()), 2),
         "grader CPU per request (ms)": round(1e3 * sum(cpu.values()) / max(len(items), 1), 1),
         "load average at start / end": f"{load0:.1f} / {os.getloadavg()[0]:.1f}",
         "niceness of the bench": os.nice(0),
-    }  # fmt: skip
+    }
     return report
 
 
@@ -162,8 +168,9 @@ async def pushes_under_race(
         for r in range(rounds):
             v = served + 10
 
-            async def push(version: int, path: str, delay: float = 0.0,
-                           label: str = "") -> tuple[str, httpx.Response]:  # fmt: skip
+            async def push(
+                version: int, path: str, delay: float = 0.0, label: str = ""
+            ) -> tuple[str, httpx.Response]:
                 await asyncio.sleep(delay)
                 body = {"version": version, "path": path}
                 return label or path, await _post(http, f"{url}/v1/weights", body, headers)
@@ -171,11 +178,16 @@ async def pushes_under_race(
             async def generate() -> tuple[str, httpx.Response]:
                 return "generate", await _post(http, f"{url}/v1/generate", gen, headers)
 
-            calls = [push(v + 1, "slow"), push(v + 2, "fast", 0.05), push(v + 3, "fifo", 0.02),
-                     push(v + 3, "../../etc", 0.02), push(v + 3, "nan", 0.02),
-                     push(2**70, "fast", 0.02, "version 2**70"),
-                     push(served, "other", 0.0, "served version, other bytes"),
-                     push(max(served - 1, 0), "fast", 0.01, "stale version")]  # fmt: skip
+            calls = [
+                push(v + 1, "slow"),
+                push(v + 2, "fast", 0.05),
+                push(v + 3, "fifo", 0.02),
+                push(v + 3, "../../etc", 0.02),
+                push(v + 3, "nan", 0.02),
+                push(2**70, "fast", 0.02, "version 2**70"),
+                push(served, "other", 0.0, "served version, other bytes"),
+                push(max(served - 1, 0), "fast", 0.01, "stale version"),
+            ]
             calls += [generate() for _ in range(generates)]
             for label, resp in await asyncio.gather(*calls):
                 report.requests += 1
@@ -190,7 +202,11 @@ async def pushes_under_race(
             if ready.status_code != 200:
                 unready.append(f"round {r}: {ready.text[:200]}")
     report.seconds = time.monotonic() - t0
-    report.notes = {"rounds": rounds, "requests per round": 8 + generates,
-                    "rollbacks": rollbacks, "unready after a round": unready,
-                    "outcomes": dict(sorted(outcomes.items()))}  # fmt: skip
+    report.notes = {
+        "rounds": rounds,
+        "requests per round": 8 + generates,
+        "rollbacks": rollbacks,
+        "unready after a round": unready,
+        "outcomes": dict(sorted(outcomes.items())),
+    }
     return report

@@ -60,9 +60,14 @@ async def bench_pool(items: list[GradeItem], workers: int) -> dict[str, float]:
             latencies.append(time.perf_counter() - t1)
         restarts = pool.restarts
     correct = sum(v.status == "correct" for v in verdicts)
-    return {"n": len(items), "per_s": len(items) / elapsed, "correct": correct,
-            "p50_ms": 1e3 * statistics.median(latencies), "restarts": restarts,
-            "p99_ms": 1e3 * statistics.quantiles(latencies, n=100)[98]}  # fmt: skip
+    return {
+        "n": len(items),
+        "per_s": len(items) / elapsed,
+        "correct": correct,
+        "p50_ms": 1e3 * statistics.median(latencies),
+        "restarts": restarts,
+        "p99_ms": 1e3 * statistics.quantiles(latencies, n=100)[98],
+    }
 
 
 def bench_math_verify(items: list[GradeItem], budget_s: float = 20.0) -> dict[str, float]:
@@ -79,9 +84,14 @@ def bench_math_verify(items: list[GradeItem], budget_s: float = 20.0) -> dict[st
         if time.perf_counter() - t0 > budget_s:
             break
     elapsed = time.perf_counter() - t0
-    return {"n": done, "per_s": done / elapsed, "correct": correct,
-            "p50_ms": 1e3 * statistics.median(lat),
-            "p99_ms": 1e3 * statistics.quantiles(lat, n=100)[98], "restarts": 0}  # fmt: skip
+    return {
+        "n": done,
+        "per_s": done / elapsed,
+        "correct": correct,
+        "p50_ms": 1e3 * statistics.median(lat),
+        "p99_ms": 1e3 * statistics.quantiles(lat, n=100)[98],
+        "restarts": 0,
+    }
 
 
 def main() -> None:
@@ -96,8 +106,10 @@ def main() -> None:
         pool = asyncio.run(bench_pool(items, args.workers))
         base = bench_math_verify(items)
         rows.append((dataset, pool, base))
-        print(f"{dataset}: pool {pool['per_s']:.0f}/s p50 {pool['p50_ms']:.1f} ms "
-              f"p99 {pool['p99_ms']:.1f} ms | math-verify {base['per_s']:.0f}/s")  # fmt: skip
+        print(
+            f"{dataset}: pool {pool['per_s']:.0f}/s p50 {pool['p50_ms']:.1f} ms "
+            f"p99 {pool['p99_ms']:.1f} ms | math-verify {base['per_s']:.0f}/s"
+        )
     write_report(args.out, rows, args.workers)
 
 
@@ -120,9 +132,11 @@ def write_report(path: Path, rows: list[tuple[str, dict, dict]], workers: int) -
             (f"sandboxed pool, {workers} workers", pool, "per 64-item request"),
             ("math-verify alone, 1 core, unsandboxed", base, "per item"),
         ):
-            lines.append(f"| {dataset} | {name} ({unit} latency) | {r['n']} | {r['per_s']:.0f} | "
-                         f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['correct']} | "
-                         f"{r['restarts']} |")  # fmt: skip
+            lines.append(
+                f"| {dataset} | {name} ({unit} latency) | {r['n']} | {r['per_s']:.0f} | "
+                f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['correct']} | "
+                f"{r['restarts']} |"
+            )
     lines += [
         "",
         "Targets: ≥ 2,000 GSM8K and ≥ 300 MATH grades/s on 2 workers. `correct` differs between",

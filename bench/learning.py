@@ -45,8 +45,10 @@ ALGOS = ("ppo", "grpo", "rloo", "vine")
 def run_seed(seed: int, args: argparse.Namespace, budget: Any, model: Path) -> dict[str, Any]:
     """Every method of one seed (each reused when finished) and the seed's value analysis."""
     out = args.out / f"seed{seed}"
-    results = {a: run_one(a, seed, out, budget, model, band=args.band, test=True)
-               for a in args.algos.split(",")}  # fmt: skip
+    results = {
+        a: run_one(a, seed, out, budget, model, band=args.band, test=True)
+        for a in args.algos.split(",")
+    }
     analysis = out / "ppo" / "value-analysis" / "analysis.json"
     if "ppo" in results and not analysis.is_file():
         from services.demo.run import run_config, value_mae
@@ -67,39 +69,46 @@ def report(args: argparse.Namespace, budget: Any, seeds: dict[int, dict[str, Any
     first = [seeds[s]["results"][algos[0]] for s in seeds]
     sft = [r["sft Pass@1"] for r in first]
     total = sum(r["curves"]["clock"][max(r["curves"]["clock"])] for rs in runs.values() for r in rs)
-    lines = [f"# Learning benchmark: {', '.join(NAMES[a] for a in algos)} on the built-in task",
-             "", f"Command: `.venv/bin/python -m bench.learning --seeds {args.seeds} --algos "
-             f"{args.algos} --iterations {budget.iterations} --eval-every {budget.eval_every}`"
-             + ("" if args.band == "2-4" else f" --band {args.band}"), "",
-             f"{machine()}; RL training of all runs {total / 60:.0f} min (seeds ran as "
-             "parallel processes).",
-             f"Per run: {budget.iterations} iterations × {budget.prompts} prompts × "
-             f"{budget.responses} responses (the same episodes for every method; PPO's value "
-             f"warm-up adds its own), VinePPO K = {budget.k}; each method's hyperparameters from "
-             "its own sweep ([learning_sweep.md](learning_sweep.md)): "
-             f"`{json.dumps({a: DEMO_RL[a] for a in algos})}`. Validation Pass@1 on "
-             f"{budget.val_problems} problems × {budget.val_seeds} samples every "
-             f"{budget.eval_every} iterations; test Pass@1 of the policy selected on validation, "
-             f"on {budget.test_problems} problems × {budget.test_seeds} samples; both at T = "
-             "0.35. Over seeds: mean ± standard error (sd/√n); per seed: ± standard error over "
-             "problems. Training CPU seconds: the trainer process's CPU time (its in-process "
-             "rollout worker included, grading excluded), which other load on the shared 2-core "
-             "machine hardly changes, unlike wall-clock; validation excluded, PPO's critic "
-             "warm-up included.",
-             "", "| method | test Pass@1 (mean ± SE over seeds) | per seed (± SE) | gain over SFT "
-             "| best val Pass@1, mean curve (iteration) | training CPU s to it |",
-             "|---|---:|---|---:|---:|---:|",
-             f"| SFT | {_ms(sft)} | "
-             + ", ".join(f"{r['sft Pass@1']:.3f} ± {r['sft SE']:.3f}" for r in first)
-             + " | | | |"]  # fmt: skip
+    lines = [
+        f"# Learning benchmark: {', '.join(NAMES[a] for a in algos)} on the built-in task",
+        "",
+        f"Command: `.venv/bin/python -m bench.learning --seeds {args.seeds} --algos "
+        f"{args.algos} --iterations {budget.iterations} --eval-every {budget.eval_every}`"
+        + ("" if args.band == "2-4" else f" --band {args.band}"),
+        "",
+        f"{machine()}; RL training of all runs {total / 60:.0f} min (seeds ran as "
+        "parallel processes).",
+        f"Per run: {budget.iterations} iterations × {budget.prompts} prompts × "
+        f"{budget.responses} responses (the same episodes for every method; PPO's value "
+        f"warm-up adds its own), VinePPO K = {budget.k}; each method's hyperparameters from "
+        "its own sweep ([learning_sweep.md](learning_sweep.md)): "
+        f"`{json.dumps({a: DEMO_RL[a] for a in algos})}`. Validation Pass@1 on "
+        f"{budget.val_problems} problems × {budget.val_seeds} samples every "
+        f"{budget.eval_every} iterations; test Pass@1 of the policy selected on validation, "
+        f"on {budget.test_problems} problems × {budget.test_seeds} samples; both at T = "
+        "0.35. Over seeds: mean ± standard error (sd/√n); per seed: ± standard error over "
+        "problems. Training CPU seconds: the trainer process's CPU time (its in-process "
+        "rollout worker included, grading excluded), which other load on the shared 2-core "
+        "machine hardly changes, unlike wall-clock; validation excluded, PPO's critic "
+        "warm-up included.",
+        "",
+        "| method | test Pass@1 (mean ± SE over seeds) | per seed (± SE) | gain over SFT "
+        "| best val Pass@1, mean curve (iteration) | training CPU s to it |",
+        "|---|---:|---|---:|---:|---:|",
+        f"| SFT | {_ms(sft)} | "
+        + ", ".join(f"{r['sft Pass@1']:.3f} ± {r['sft SE']:.3f}" for r in first)
+        + " | | | |",
+    ]
     for a in algos:
         accs = [r["test Pass@1"] for r in runs[a]]
         gains = [acc - s for acc, s in zip(accs, sft, strict=True)]
         it, best = best_point({i: v[0] for i, v in val[a].items()})
-        lines.append(f"| {NAMES[a]} | {_ms(accs)} | "
-                     + ", ".join(f"{r['test Pass@1']:.3f} ± {r['test SE']:.3f}" for r in runs[a])
-                     + f" | {_ms(gains, sign=True)} | {best:.3f} ({it}) | "
-                     f"{clock[a][it][0]:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {NAMES[a]} | {_ms(accs)} | "
+            + ", ".join(f"{r['test Pass@1']:.3f} ± {r['test SE']:.3f}" for r in runs[a])
+            + f" | {_ms(gains, sign=True)} | {best:.3f} ({it}) | "
+            f"{clock[a][it][0]:.0f} |"
+        )
     if "vine" in algos and any(b in algos for b in BASELINES):
         lines += ["", reach(val, clock, [b for b in BASELINES if b in algos])]
     lines += [
@@ -116,8 +125,11 @@ def report(args: argparse.Namespace, budget: Any, seeds: dict[int, dict[str, Any
     suffix = "" if args.band == "2-4" else f"_{args.band}"
     png = DOCS / f"learning{suffix}.png"
     plot(val, reward, png, {a: NAMES[a] for a in algos})
-    lines += ["", f"![validation Pass@1 and train reward per iteration, mean and min–max band "
-              f"over seeds]({png.name})"]  # fmt: skip
+    lines += [
+        "",
+        f"![validation Pass@1 and train reward per iteration, mean and min–max band "
+        f"over seeds]({png.name})",
+    ]
     write_doc(DOCS / f"learning{suffix}.md", lines)
 
 
@@ -131,26 +143,33 @@ def reach(val: dict[str, Any], clock: dict[str, Any], baselines: list[str]) -> s
     peaks = {b: best_point({i: v[0] for i, v in val[b].items()}) for b in baselines}
     best = max(peaks, key=lambda b: peaks[b][1])
     it, peak = peaks[best]
-    text = (f"The best baseline is {NAMES[best]}: its mean validation curve peaks at {peak:.3f} "
-            f"at iteration {it} ({clock[best][it][0]:.0f} CPU s of training). ")  # fmt: skip
+    text = (
+        f"The best baseline is {NAMES[best]}: its mean validation curve peaks at {peak:.3f} "
+        f"at iteration {it} ({clock[best][it][0]:.0f} CPU s of training). "
+    )
     hit = first_reach({i: v[0] for i, v in val["vine"].items()}, peak)
     if hit is None:
         return text + "VinePPO's mean curve never reaches it in this budget."
-    return text + (f"VinePPO's mean curve first reaches it at iteration {hit} "
-                   f"({clock['vine'][hit][0]:.0f} CPU s): {hit / it:.2f}× the iterations, "
-                   f"{clock['vine'][hit][0] / max(clock[best][it][0], 1e-9):.2f}× the training "
-                   "CPU time.")  # fmt: skip
+    return text + (
+        f"VinePPO's mean curve first reaches it at iteration {hit} "
+        f"({clock['vine'][hit][0]:.0f} CPU s): {hit / it:.2f}× the iterations, "
+        f"{clock['vine'][hit][0] / max(clock[best][it][0], 1e-9):.2f}× the training "
+        "CPU time."
+    )
 
 
 def critic_lines(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     """PPO's critic against MC truth at the first and last validation (mean over seeds)."""
     if "ppo" not in runs or not runs["ppo"][0]["curves"]["critic_mae"]:
         return []
-    out = ["PPO's critic against 32-sample MC truth on step states of fresh responses to 8 "
-           "validation prompts, at the first and the last validation (mean over seeds), next "
-           "to the GRPO/RLOO group mean on the same states:", "",
-           "| | critic MAE | critic explained variance | group-mean MAE |",
-           "|---|---:|---:|---:|"]  # fmt: skip
+    out = [
+        "PPO's critic against 32-sample MC truth on step states of fresh responses to 8 "
+        "validation prompts, at the first and the last validation (mean over seeds), next "
+        "to the GRPO/RLOO group mean on the same states:",
+        "",
+        "| | critic MAE | critic explained variance | group-mean MAE |",
+        "|---|---:|---:|---:|",
+    ]
     for label, pick in (("first", min), ("last", max)):
         cells = []
         for key in ("critic_mae", "critic_ev", "group_mae"):
@@ -165,20 +184,28 @@ def profile(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     from services.trainer.evaluation.report import load_run
 
     keys = ("generate", "values", "train", "push", "iteration")
-    out = ["Wall-clock seconds per iteration (mean over iterations and seeds; `values` = MC "
-           "rollouts for VinePPO, the critic's forward for PPO; `iteration` includes grading). "
-           "The runs shared the 2 cores with up to ten other runs, at loads that differed "
-           "between methods, so compare methods by the CPU seconds above, not by these:", "",
-           "| method | " + " | ".join(keys) + " | critic warm-up (once) |",
-           "|---|" + "---:|" * (len(keys) + 1)]  # fmt: skip
+    out = [
+        "Wall-clock seconds per iteration (mean over iterations and seeds; `values` = MC "
+        "rollouts for VinePPO, the critic's forward for PPO; `iteration` includes grading). "
+        "The runs shared the 2 cores with up to ten other runs, at loads that differed "
+        "between methods, so compare methods by the CPU seconds above, not by these:",
+        "",
+        "| method | " + " | ".join(keys) + " | critic warm-up (once) |",
+        "|---|" + "---:|" * (len(keys) + 1),
+    ]
     for a, rs in runs.items():
         rows = [r for res in rs for r in load_run(Path(res["dir"])).rows]
-        cells = [statistics.mean(float(r[f"time/{k}"]) for r in rows if f"time/{k}" in r)
-                 for k in keys]  # fmt: skip
+        cells = [
+            statistics.mean(float(r[f"time/{k}"]) for r in rows if f"time/{k}" in r) for k in keys
+        ]
         warm = [float(r["time/critic_warmup"]) for r in rows if "time/critic_warmup" in r]
-        out.append(f"| {NAMES[a]} | " + " | ".join(f"{c:.1f}" for c in cells)
-                   + f" | {statistics.mean(warm):.0f} |" if warm else
-                   f"| {NAMES[a]} | " + " | ".join(f"{c:.1f}" for c in cells) + " | |")  # fmt: skip
+        out.append(
+            f"| {NAMES[a]} | "
+            + " | ".join(f"{c:.1f}" for c in cells)
+            + f" | {statistics.mean(warm):.0f} |"
+            if warm
+            else f"| {NAMES[a]} | " + " | ".join(f"{c:.1f}" for c in cells) + " | |"
+        )
     return out
 
 
@@ -195,8 +222,9 @@ def main() -> None:
     ap.add_argument("--band", default="2-4", choices=list(LENGTH_BANDS))
     args = ap.parse_args()
     args.out = RUNS / "learning" / args.band
-    budget = dataclasses.replace(BUDGETS["full"], iterations=args.iterations,
-                                 eval_every=args.eval_every)  # fmt: skip
+    budget = dataclasses.replace(
+        BUDGETS["full"], iterations=args.iterations, eval_every=args.eval_every
+    )
     model = band_model(args.band)
     start = time.monotonic()
     seeds = {s: run_seed(s, args, budget, model) for s in map(int, args.seeds.split(","))}

@@ -81,12 +81,18 @@ def real_states(model_dir: Path, args: argparse.Namespace) -> list[list[int]]:
 
 
 def sampling(args: argparse.Namespace, max_tokens: int | None = None) -> SamplingParams:
-    return SamplingParams(temperature=args.temperature, top_p=1.0, seed=0,
-                          max_tokens=max_tokens or args.max_tokens)  # fmt: skip
+    return SamplingParams(
+        temperature=args.temperature, top_p=1.0, seed=0, max_tokens=max_tokens or args.max_tokens
+    )
 
 
-def run_engine(kind: str, model_dir: Path, states: list[list[int]], args: argparse.Namespace,
-               dtype: str | None = None) -> dict[str, Any]:  # fmt: skip
+def run_engine(
+    kind: str,
+    model_dir: Path,
+    states: list[list[int]],
+    args: argparse.Namespace,
+    dtype: str | None = None,
+) -> dict[str, Any]:
     kw: dict[str, Any] = {"max_batch": args.max_batch, "dtype": dtype}
     if kind == "vllm":
         kw.update(kv_cache_gib=args.kv_cache_gib)
@@ -100,12 +106,20 @@ def run_engine(kind: str, model_dir: Path, states: list[list[int]], args: argpar
     seconds = time.perf_counter() - start
     asyncio.run(engine.close())
     lengths = [len(c.token_ids) for per in out for c in per]
-    return {"tokens": sum(lengths), "seconds": seconds, "startup_s": startup,
-            "rows": len(lengths), "cut": sum(n == args.max_tokens for n in lengths)}  # fmt: skip
+    return {
+        "tokens": sum(lengths),
+        "seconds": seconds,
+        "startup_s": startup,
+        "rows": len(lengths),
+        "cut": sum(n == args.max_tokens for n in lengths),
+    }
 
 
-def run_transformers(model_dir: Path, states: list[list[int]], args: argparse.Namespace,
-                     ) -> dict[str, Any]:  # fmt: skip
+def run_transformers(
+    model_dir: Path,
+    states: list[list[int]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     start = time.perf_counter()
@@ -116,9 +130,16 @@ def run_transformers(model_dir: Path, states: list[list[int]], args: argparse.Na
 
     def generate(ids: list[int], k: int, max_tokens: int) -> list[int]:
         x = torch.tensor([ids])
-        out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=True,
-                             temperature=args.temperature, top_p=1.0, top_k=0,
-                             num_return_sequences=k, max_new_tokens=max_tokens)  # fmt: skip
+        out = model.generate(
+            x,
+            attention_mask=torch.ones_like(x),
+            do_sample=True,
+            temperature=args.temperature,
+            top_p=1.0,
+            top_k=0,
+            num_return_sequences=k,
+            max_new_tokens=max_tokens,
+        )
         lengths = []
         for row in out[:, x.shape[1] :].tolist():  # count up to and including EOS
             ends = [i for i, t in enumerate(row) if t in eos_ids]
@@ -131,12 +152,22 @@ def run_transformers(model_dir: Path, states: list[list[int]], args: argparse.Na
         start = time.perf_counter()
         lengths = [n for s in states for n in generate(s, args.k, args.max_tokens)]
         seconds = time.perf_counter() - start
-    return {"tokens": sum(lengths), "seconds": seconds, "startup_s": startup,
-            "rows": len(lengths), "cut": sum(n == args.max_tokens for n in lengths)}  # fmt: skip
+    return {
+        "tokens": sum(lengths),
+        "seconds": seconds,
+        "startup_s": startup,
+        "rows": len(lengths),
+        "cut": sum(n == args.max_tokens for n in lengths),
+    }
 
 
-def write_report(path: Path, args: argparse.Namespace, model_dir: Path, states: list[list[int]],
-                 rows: dict[str, dict[str, Any]]) -> None:  # fmt: skip
+def write_report(
+    path: Path,
+    args: argparse.Namespace,
+    model_dir: Path,
+    states: list[list[int]],
+    rows: dict[str, dict[str, Any]],
+) -> None:
     rate = {m: r["tokens"] / r["seconds"] for m, r in rows.items()}
     params = json.loads((model_dir / "config.json").read_text())
     lines = [
@@ -166,8 +197,11 @@ def write_report(path: Path, args: argparse.Namespace, model_dir: Path, states: 
         "",
     ]
     if "torch" in rate:
-        lines += [f"- {m} / torch: **{rate[m] / rate['torch']:.2f}x** tokens/s"
-                  for m in rate if m != "torch"]  # fmt: skip
+        lines += [
+            f"- {m} / torch: **{rate[m] / rate['torch']:.2f}x** tokens/s"
+            for m in rate
+            if m != "torch"
+        ]
     lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
@@ -205,8 +239,11 @@ def main() -> None:
     states = real_states(model_dir, args)
     rows: dict[str, dict[str, Any]] = {}
     for method in args.methods.split(","):
-        runs = [(f"vllm {d}", d) for d in args.vllm_dtypes.split(",")] if method == "vllm" else [
-            (method, None)]  # fmt: skip
+        runs = (
+            [(f"vllm {d}", d) for d in args.vllm_dtypes.split(",")]
+            if method == "vllm"
+            else [(method, None)]
+        )
         for name, dtype in runs:
             if method == "transformers":
                 rows[name] = run_transformers(model_dir, states, args)
@@ -218,9 +255,11 @@ def main() -> None:
 
 
 def show(method: str, r: dict[str, Any]) -> None:
-    print(f"{method:>14}: {r['tokens']} tokens in {r['seconds']:.1f}s = "
-          f"{r['tokens'] / r['seconds']:.0f} tokens/s (start-up {r['startup_s']:.1f}s)",
-          flush=True)  # fmt: skip
+    print(
+        f"{method:>14}: {r['tokens']} tokens in {r['seconds']:.1f}s = "
+        f"{r['tokens'] / r['seconds']:.0f} tokens/s (start-up {r['startup_s']:.1f}s)",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

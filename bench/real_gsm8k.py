@@ -67,24 +67,38 @@ def sft(args: argparse.Namespace, model: Path) -> Path:
     out = args.out / "sft"
     if (out / "best" / "config.json").is_file():
         return out / "best"
-    cfg = SFTConfig(dataset="gsm8k", model=str(model), output_dir=str(out), lr=2e-5,
-                    batch_size=args.sft_batch, max_steps=args.sft_steps, max_seq_len=512,
-                    val_problems=min(args.val_problems, 200),
-                    eval_every=max(1, args.sft_steps // 3), eval_max_tokens=args.max_tokens,
-                    eval_batch_size=128)  # fmt: skip
+    cfg = SFTConfig(
+        dataset="gsm8k",
+        model=str(model),
+        output_dir=str(out),
+        lr=2e-5,
+        batch_size=args.sft_batch,
+        max_steps=args.sft_steps,
+        max_seq_len=512,
+        val_problems=min(args.val_problems, 200),
+        eval_every=max(1, args.sft_steps // 3),
+        eval_max_tokens=args.max_tokens,
+        eval_batch_size=128,
+    )
     return run_sft(cfg).best_dir
 
 
 def rl_overrides(args: argparse.Namespace, algo: str, policy: Path) -> list[str]:
     """The paper's Table 1 settings (preset ``paper``) with this run's sizes."""
     return [
-        f"algo={algo}", "dataset=gsm8k", f"iterations={args.iterations}",
-        f"model.policy={policy}", f"output_dir={args.out / algo}",
+        f"algo={algo}",
+        "dataset=gsm8k",
+        f"iterations={args.iterations}",
+        f"model.policy={policy}",
+        f"output_dir={args.out / algo}",
         f"rollout.max_response_tokens={args.max_tokens}",
-        f"ppo.micro_batch_size={args.micro_batch}", f"eval.every={args.eval_every}",
-        f"eval.num_problems={args.val_problems}", "eval.seeds=4",
-        f"eval.max_response_tokens={args.max_tokens}", *args.sets,
-    ]  # fmt: skip
+        f"ppo.micro_batch_size={args.micro_batch}",
+        f"eval.every={args.eval_every}",
+        f"eval.num_problems={args.val_problems}",
+        "eval.seeds=4",
+        f"eval.max_response_tokens={args.max_tokens}",
+        *args.sets,
+    ]
 
 
 async def rl(args: argparse.Namespace, algo: str, policy: Path) -> Path:
@@ -110,11 +124,25 @@ def _fmt(v: Any) -> str:
 def write_doc(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> None:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.machine()
     command = shlex.join(["python", "-m", "bench.real_gsm8k", *sys.argv[1:]])
-    lines = ["# Real model on real GSM8K (SmolLM2-135M-Instruct)", "",
-             f"Machine: {device}. Command: `{command}`", ""]  # fmt: skip
-    cols = ["iteration", "acc/val", "reward/mean", "kl/ref", "time/iteration",
-            "time/generate", "time/values", "time/train", "rollout/tokens_per_s",
-            "mem/cuda_peak_mb", "mem/peak_mb"]  # fmt: skip
+    lines = [
+        "# Real model on real GSM8K (SmolLM2-135M-Instruct)",
+        "",
+        f"Machine: {device}. Command: `{command}`",
+        "",
+    ]
+    cols = [
+        "iteration",
+        "acc/val",
+        "reward/mean",
+        "kl/ref",
+        "time/iteration",
+        "time/generate",
+        "time/values",
+        "time/train",
+        "rollout/tokens_per_s",
+        "mem/cuda_peak_mb",
+        "mem/peak_mb",
+    ]
     for algo, rows in runs.items():
         lines += [f"## {algo}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]

@@ -37,8 +37,9 @@ def out_dir(variant: str, seed: int) -> Path:
 def run(variant: str, seed: int, budget: Any, model: Path) -> dict[str, Any]:
     from services.trainer.evaluation.report import load_run
 
-    res = run_one("vine", seed, out_dir(variant, seed), budget, model,
-                  rl=VARIANTS[variant] or None, test=True)  # fmt: skip
+    res = run_one(
+        "vine", seed, out_dir(variant, seed), budget, model, rl=VARIANTS[variant] or None, test=True
+    )
     rows = [r for r in load_run(Path(res["dir"])).rows if int(r["iteration"]) > 0]
 
     def per_it(key: str) -> float:
@@ -46,13 +47,14 @@ def run(variant: str, seed: int, budget: Any, model: Path) -> dict[str, Any]:
 
     k = budget.k
     res["cost"] = {
-        "samples": per_it("value/mc_samples") if variant == "reuse" else k * per_it(
-            "value/num_states"),
+        "samples": per_it("value/mc_samples")
+        if variant == "reuse"
+        else k * per_it("value/num_states"),
         "states": per_it("value/num_states"),
         "tokens": per_it("value/mc_tokens"),
         "values_s": per_it("time/values"),
         "cpu_s": sum(float(r.get("time/cpu_iteration", 0.0)) for r in rows),
-    }  # fmt: skip
+    }
     return res
 
 
@@ -65,9 +67,11 @@ def report(seeds: list[int], budget: Any, runs: dict[str, list[dict[str, Any]]])
     from bench.learning_plot import plot
 
     lines = [
-        "# VinePPO: fixed K against reusing the batch's returns (`vine.reuse_returns`)", "",
-        f"Command: `.venv/bin/python -m bench.reuse_returns --seeds "
-        f"{','.join(map(str, seeds))}`", "", machine() + ".",
+        "# VinePPO: fixed K against reusing the batch's returns (`vine.reuse_returns`)",
+        "",
+        f"Command: `.venv/bin/python -m bench.reuse_returns --seeds {','.join(map(str, seeds))}`",
+        "",
+        machine() + ".",
         f"Per run: the learning benchmark's VinePPO ({budget.iterations} iterations × "
         f"{budget.prompts} prompts × {budget.responses} responses, K = {budget.k}, band 2-4); "
         "the fixed-K runs are `bench.learning`'s. Validation Pass@1 on "
@@ -75,11 +79,12 @@ def report(seeds: list[int], budget: Any, runs: dict[str, list[dict[str, Any]]])
         f"{budget.eval_every} iterations; test Pass@1 of the policy selected on validation on "
         f"{budget.test_problems} × {budget.test_seeds}; mean ± SE over seeds. MC figures are "
         "per iteration; `values s` is the wall-clock of the MC step (other runs shared the "
-        "machine), `CPU s` the trainer's CPU time of all iterations.", "",
+        "machine), `CPU s` the trainer's CPU time of all iterations.",
+        "",
         "| variant | test Pass@1 | per seed | best val, mean curve (it) | MC continuations | "
         "MC tokens | values s | CPU s |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
-    ]  # fmt: skip
+    ]
     for v, rs in runs.items():
         test = [r["test Pass@1"] for r in rs]
         per_seed = ", ".join(f"{r['test Pass@1']:.3f} ± {r['test SE']:.3f}" for r in rs)

@@ -30,9 +30,16 @@ def curves(rows: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
     hardly changes; the critic's warm-up included, validation excluded) and, where probed,
     the critic's and the group mean's MAE / explained variance against MC truth
     (``critic_mae``, ``critic_ev``, ``group_mae``)."""
-    keys = {"val": "acc/val", "val_se": "acc/val_se", "reward": "reward/mean", "kl": "kl/ref",
-            "critic_mae": "value/critic_mae", "critic_ev": "value/critic_ev",
-            "group_mae": "value/group_mae", "ev_returns": "critic/ev_returns"}  # fmt: skip
+    keys = {
+        "val": "acc/val",
+        "val_se": "acc/val_se",
+        "reward": "reward/mean",
+        "kl": "kl/ref",
+        "critic_mae": "value/critic_mae",
+        "critic_ev": "value/critic_ev",
+        "group_mae": "value/group_mae",
+        "ev_returns": "critic/ev_returns",
+    }
     out: dict[str, dict[int, float]] = {k: {} for k in keys}
     clock = sum(float(r.get("time/critic_warmup", 0.0)) for r in rows)
     cpu = sum(float(r.get("time/cpu_critic_warmup", 0.0)) for r in rows)
@@ -59,9 +66,16 @@ def complete(run_dir: Path, iterations: int) -> bool:
 
 
 def run_one(
-    algo: str, seed: int, out: Path, budget: Any, model: Path, *, rl: dict[str, Any] | None = None,
-    band: str = "2-4", test: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+    algo: str,
+    seed: int,
+    out: Path,
+    budget: Any,
+    model: Path,
+    *,
+    rl: dict[str, Any] | None = None,
+    band: str = "2-4",
+    test: bool = False,
+) -> dict[str, Any]:
     """Train (or reuse) one run in ``out/algo``; with ``test``, also the test Pass@1 of its
     best-by-validation policy and of the SFT model (both cached in ``out/algo/test.json``)."""
     import torch
@@ -99,8 +113,14 @@ def first_reach(curve: dict[int, float], target: float) -> int | None:
 def mean_band(series: list[dict[int, float]]) -> dict[int, tuple[float, float, float]]:
     """iteration -> (mean, min, max) over the runs that all have that iteration."""
     its = sorted(set.intersection(*(set(s) for s in series)))
-    return {i: (statistics.mean(s[i] for s in series), min(s[i] for s in series),
-                max(s[i] for s in series)) for i in its}  # fmt: skip
+    return {
+        i: (
+            statistics.mean(s[i] for s in series),
+            min(s[i] for s in series),
+            max(s[i] for s in series),
+        )
+        for i in its
+    }
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -111,8 +131,10 @@ def mean_se(values: list[float]) -> tuple[float, float]:
 
 
 def machine() -> str:
-    return (f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only, 1 torch thread "
-            f"per run, load average {os.getloadavg()[0]:.1f} at the end")  # fmt: skip
+    return (
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only, 1 torch thread "
+        f"per run, load average {os.getloadavg()[0]:.1f} at the end"
+    )
 
 
 def write_doc(path: Path, lines: list[str]) -> None:

@@ -277,8 +277,7 @@ class Soak(Chaos):
         finally:
             for task in (sampler, progress, chaos, pushes, *clients):
                 task.cancel()
-            await asyncio.gather(sampler, progress, chaos, pushes, *clients,
-                                 return_exceptions=True)  # fmt: skip
+            await asyncio.gather(sampler, progress, chaos, pushes, *clients, return_exceptions=True)
             await queue.close()
         self.events = sorted(self.events + pusher.events, key=lambda e: float(e["t"]))
         return build_report(self, load, final, setup_s, t_load_end)
@@ -322,12 +321,24 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "kills); negative = never.",
     )
     p.add_argument("--redis-down-s", type=float, default=1.0, help="Redis stays down this long.")
-    p.add_argument("--push-every-s", type=float, default=60.0,
-                   help="Push a new policy version this often; 0 = never.")  # fmt: skip
-    p.add_argument("--push-at-s", type=float, default=45.0,
-                   help="When the first push happens (between two replica kills).")  # fmt: skip
-    p.add_argument("--push-drain-timeout-s", type=float, default=60.0,
-                   help="Longest wait for the load's in-flight jobs before a push.")  # fmt: skip
+    p.add_argument(
+        "--push-every-s",
+        type=float,
+        default=60.0,
+        help="Push a new policy version this often; 0 = never.",
+    )
+    p.add_argument(
+        "--push-at-s",
+        type=float,
+        default=45.0,
+        help="When the first push happens (between two replica kills).",
+    )
+    p.add_argument(
+        "--push-drain-timeout-s",
+        type=float,
+        default=60.0,
+        help="Longest wait for the load's in-flight jobs before a push.",
+    )
     p.add_argument("--concurrency", type=int, default=4, help="Concurrent clients.")
     p.add_argument("--rate", type=float, default=4.0, help="Requests per second (all clients).")
     p.add_argument("--items", type=int, default=2, help="States per request (job).")
@@ -346,8 +357,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="After the load, how long unanswered jobs may still get a result.",
     )
     p.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling period.")
-    p.add_argument("--warm-up-s", type=float, default=300.0,
-                   help="Redis memory and consumers are judged flat after this.")  # fmt: skip
+    p.add_argument(
+        "--warm-up-s",
+        type=float,
+        default=300.0,
+        help="Redis memory and consumers are judged flat after this.",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--log-dir",

@@ -78,8 +78,7 @@ def value_job(
         )
     sampling = SamplingParams(temperature=1.0, max_tokens=args.max_tokens, seed=args.seed)
     request = ValueRequest(items=items, k=args.k, sampling=sampling, stream_offset=n * args.items)
-    return Job(job_id=f"soak-{run_id}-{n:06d}", kind="value", policy_version=version,
-               value=request)  # fmt: skip
+    return Job(job_id=f"soak-{run_id}-{n:06d}", kind="value", policy_version=version, value=request)
 
 
 @dataclass

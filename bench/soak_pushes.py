@@ -73,8 +73,12 @@ class Pusher:
             weights = self.variants[version % len(self.variants)]
             path = await asyncio.to_thread(write_policy, self.root, version, weights)
             digest = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
-            ann = WeightsAnnouncement(version=version, path=str(path), generation=self.generation,
-                                      sha256={"model.safetensors": digest})  # fmt: skip
+            ann = WeightsAnnouncement(
+                version=version,
+                path=str(path),
+                generation=self.generation,
+                sha256={"model.safetensors": digest},
+            )
             t_announce = clock.now()
             await self.queue.publish_weights(ann)
             event["replicas_ready_s"] = await self._replicas_at(version)
@@ -86,9 +90,12 @@ class Pusher:
         if version >= 2:  # nobody serves v-2 any more: its stream goes, as push_policy does
             await self.queue.drop_version(version - 2)
             shutil.rmtree(self.root / f"policy-v{version - 2}", ignore_errors=True)
-        print(f"[{t0:6.1f}s] push v{version}: paused {event['paused_s']} s "
-              f"(drain {event['drain_s']} s, replicas ready after announce "
-              f"{event['announce_to_ready_s']} s)", flush=True)  # fmt: skip
+        print(
+            f"[{t0:6.1f}s] push v{version}: paused {event['paused_s']} s "
+            f"(drain {event['drain_s']} s, replicas ready after announce "
+            f"{event['announce_to_ready_s']} s)",
+            flush=True,
+        )
 
     async def _replicas_at(self, version: int, timeout: float = 120.0) -> float | None:
         """Seconds until every live replica process beats "ready" at ``version``."""
@@ -100,8 +107,10 @@ class Pusher:
                 beats = {b.replica_id: b for b in await self.queue.list_replicas()}
             except Exception:  # Redis restarting: ask again
                 beats = {}
-            if all(r in beats and (beats[r].state, beats[r].loaded_version) == ("ready", version)
-                   for r in wanted):  # fmt: skip
+            if all(
+                r in beats and (beats[r].state, beats[r].loaded_version) == ("ready", version)
+                for r in wanted
+            ):
                 return round(time.monotonic() - t0, 2)
             await asyncio.sleep(0.05)
         self.soak.errors.append(f"replicas not ready at v{version} after {timeout:.0f} s")

@@ -116,8 +116,11 @@ def redis_after_warm_up(samples: list[tuple[float, float, int]], warm_s: float) 
             used = round(statistics.median(s[1] for s in w), 3)
             keys = int(statistics.median(s[2] for s in w))
             windows.append({"from_s": start, "used_mb": used, "keys": keys})
-    return {"max_used_mb": round(max(s[1] for s in warm), 3),
-            "max_keys": max(s[2] for s in warm), "windows": windows}  # fmt: skip
+    return {
+        "max_used_mb": round(max(s[1] for s in warm), 3),
+        "max_keys": max(s[2] for s in warm),
+        "windows": windows,
+    }
 
 
 def count_by(xs: Any) -> dict[str, int]:

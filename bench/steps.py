@@ -243,12 +243,16 @@ def main() -> None:
     theirs_cut = load_authors_cutter(args.authors_repo)
     authors_rev = subprocess.run(
         ["git", "-C", str(args.authors_repo), "rev-parse", "HEAD"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     ours_rev = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     splitters: dict[str, Cutter] = {"project (this tree)": project_cutter()}
     if args.baseline_rev:
         splitters[f"project @ {args.baseline_rev}"] = project_cutter(
@@ -349,9 +353,12 @@ def other_datasets(data_dir: Path | None) -> list[str]:
     """Steps per gold solution under the project's line rule (GSM8K test, arithmetic test)."""
     rows = [
         ("GSM8K test", load_examples("gsm8k", "test", data_dir=data_dir), "gsm8k"),
-        ("arithmetic test (default config, seed 0)",
-         load_examples("arithmetic", "test", n=1000, seed=0), "arithmetic"),
-    ]  # fmt: skip
+        (
+            "arithmetic test (default config, seed 0)",
+            load_examples("arithmetic", "test", n=1000, seed=0),
+            "arithmetic",
+        ),
+    ]
     out = [
         "## Other datasets (project rules, unchanged: one step per line)",
         "",

@@ -84,13 +84,16 @@ def table(root: Path, iterations: int, recorded: dict[str, Any]) -> list[str]:
                 ev = c["critic_ev"].get(end, float("nan"))
                 critic = f"{c['critic_mae'][end]:.3f} / {ev:.2f} / {c['group_mae'][end]:.3f}"
             auc = statistics.mean(v for i, v in c["val"].items() if i > 0)
-            rows[f"{point_dir.name}/{algo}"] = (auc, f"| {NAMES[algo]} | {point['optim.lr']:g} | "
-                         f"{point['ppo.kl_coef']:g} | {_short(extra)} | **{auc:.3f}** | "
-                         f"{best:.3f} ± {c['val_se'].get(best_it, 0):.3f} ({best_it}) | "
-                         f"{c['val'][max(c['val'])]:.3f} | {c['reward'][min(c['reward'])]:.3f} → "
-                         f"{statistics.mean(c['reward'][i] for i in last):.3f} | "
-                         f"{c['kl'][max(c['kl'])]:.4f} | {critic} | "
-                         f"{c['clock'][max(c['clock'])]:.0f} |")  # fmt: skip
+            rows[f"{point_dir.name}/{algo}"] = (
+                auc,
+                f"| {NAMES[algo]} | {point['optim.lr']:g} | "
+                f"{point['ppo.kl_coef']:g} | {_short(extra)} | **{auc:.3f}** | "
+                f"{best:.3f} ± {c['val_se'].get(best_it, 0):.3f} ({best_it}) | "
+                f"{c['val'][max(c['val'])]:.3f} | {c['reward'][min(c['reward'])]:.3f} → "
+                f"{statistics.mean(c['reward'][i] for i in last):.3f} | "
+                f"{c['kl'][max(c['kl'])]:.4f} | {critic} | "
+                f"{c['clock'][max(c['clock'])]:.0f} |",
+            )
     order = list(NAMES.values())
     ranked = sorted(rows.values(), key=lambda r: (order.index(r[1].split(" | ")[0][2:]), -r[0]))
     return [r[1] for r in ranked]
@@ -115,8 +118,9 @@ def main() -> None:
     ap.add_argument("--band", default=DEMO_BAND, choices=list(LENGTH_BANDS))
     ap.add_argument("--report-only", action="store_true", help="Only rewrite the doc.")
     args = ap.parse_args()
-    budget = dataclasses.replace(BUDGETS["full"], iterations=args.iterations,
-                                 eval_every=args.eval_every)  # fmt: skip
+    budget = dataclasses.replace(
+        BUDGETS["full"], iterations=args.iterations, eval_every=args.eval_every
+    )
     root = RUNS / "sweep" / args.band
     if not args.report_only:
         from bench.credit_by_length import band_model
@@ -124,8 +128,9 @@ def main() -> None:
         model = band_model(args.band)
         root.mkdir(parents=True, exist_ok=True)
         with (root / "commands.txt").open("a") as f:
-            f.write(".venv/bin/python -m bench.sweep " + " ".join(map(shlex.quote, sys.argv[1:]))
-                    + "\n")  # fmt: skip
+            f.write(
+                ".venv/bin/python -m bench.sweep " + " ".join(map(shlex.quote, sys.argv[1:])) + "\n"
+            )
         for algo in args.algos.split(","):
             for point in points(args):
                 out = root / point_name(point)
@@ -139,26 +144,33 @@ def main() -> None:
     commands = list(dict.fromkeys([*recorded.get("commands", []), *_commands(root)]))
     recorded["commands"] = commands
     record_file.write_text(json.dumps(recorded, indent=1) + "\n")
-    lines = [f"# Sweeps on the built-in task, band {args.band} (seed 0, chosen on validation)",
-             "", "Commands (each point is reused once finished; every invocation rewrites this "
-             "file from every finished point):", "",
-             *(f"    {c}" for c in commands), "",
-             f"{machine()}. Each run: {budget.iterations} iterations × {budget.prompts} prompts "
-             f"× {budget.responses} responses, the demo's SFT model for band {args.band}; "
-             f"validation Pass@1 on {budget.val_problems} problems × {budget.val_seeds} samples "
-             f"(T = 0.35) every {budget.eval_every} iterations, ± its standard error over "
-             "problems. Sorted by method, then by the mean validation Pass@1 over the run's "
-             "validations after iteration 0 (the area under the curve: it rewards reaching a "
-             "level early as well as the level; on this task most settings peak within noise of "
-             "each other). That mean chooses each method's setting. Critic columns (PPO): "
-             "MAE / explained variance of the critic against 32-sample MC truth on step states "
-             "of 8 validation prompts × 4 fresh responses at the last validation, and the "
-             "GRPO/RLOO group mean's MAE on the same states. Train s: seconds of training "
-             "(the critic's warm-up included, validation excluded).", "",
-             "| method | lr | kl_coef | other | mean val Pass@1 | best val Pass@1 (iteration) "
-             "| final val | train reward, first → last 3 | KL at the end | critic MAE / EV / "
-             "group MAE | train s |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-             *rows]  # fmt: skip
+    lines = [
+        f"# Sweeps on the built-in task, band {args.band} (seed 0, chosen on validation)",
+        "",
+        "Commands (each point is reused once finished; every invocation rewrites this "
+        "file from every finished point):",
+        "",
+        *(f"    {c}" for c in commands),
+        "",
+        f"{machine()}. Each run: {budget.iterations} iterations × {budget.prompts} prompts "
+        f"× {budget.responses} responses, the demo's SFT model for band {args.band}; "
+        f"validation Pass@1 on {budget.val_problems} problems × {budget.val_seeds} samples "
+        f"(T = 0.35) every {budget.eval_every} iterations, ± its standard error over "
+        "problems. Sorted by method, then by the mean validation Pass@1 over the run's "
+        "validations after iteration 0 (the area under the curve: it rewards reaching a "
+        "level early as well as the level; on this task most settings peak within noise of "
+        "each other). That mean chooses each method's setting. Critic columns (PPO): "
+        "MAE / explained variance of the critic against 32-sample MC truth on step states "
+        "of 8 validation prompts × 4 fresh responses at the last validation, and the "
+        "GRPO/RLOO group mean's MAE on the same states. Train s: seconds of training "
+        "(the critic's warm-up included, validation excluded).",
+        "",
+        "| method | lr | kl_coef | other | mean val Pass@1 | best val Pass@1 (iteration) "
+        "| final val | train reward, first → last 3 | KL at the end | critic MAE / EV / "
+        "group MAE | train s |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
     write_doc(DOCS / f"learning_sweep{suffix}.md", lines)
 
 

@@ -35,18 +35,38 @@ def build_model(out: Path, preset: str) -> Path:
 
 
 def run(algo: str, model: Path, out: Path, iterations: int) -> dict[str, float]:
-    sets = [f"model.policy={model}", f"iterations={iterations}", "eval.every=1000",
-            "eval.num_problems=4", "rollout.max_response_tokens=64", "vine.k=3"]  # fmt: skip
-    cmd = [sys.executable, "-m", "services.cli", "train", "--algo", algo, "--preset",
-           "tiny-cpu", "--output-dir", str(out / algo), "--threads", "1"]  # fmt: skip
+    sets = [
+        f"model.policy={model}",
+        f"iterations={iterations}",
+        "eval.every=1000",
+        "eval.num_problems=4",
+        "rollout.max_response_tokens=64",
+        "vine.k=3",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "train",
+        "--algo",
+        algo,
+        "--preset",
+        "tiny-cpu",
+        "--output-dir",
+        str(out / algo),
+        "--threads",
+        "1",
+    ]
     for s in sets:
         cmd += ["--set", s]
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "RANK", "WORLD_SIZE")}
     subprocess.run(cmd, check=True, env=env, capture_output=True, cwd=ROOT)
     rows = [json.loads(x) for x in (out / algo / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["iteration"] > 0]
-    return {"peak_mb": max(r["mem/peak_mb"] for r in steps),
-            "time_s": sum(r["time/iteration"] for r in steps)}  # fmt: skip
+    return {
+        "peak_mb": max(r["mem/peak_mb"] for r in steps),
+        "time_s": sum(r["time/iteration"] for r in steps),
+    }
 
 
 def main() -> None:

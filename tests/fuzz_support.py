@@ -70,17 +70,32 @@ def fuzz_stack(tmp: Path) -> Iterator[list[Api]]:
     from services.rollout.settings import RolloutSettings
     from tests.services.rollout.tiny import EOS, make_fixed_next_token_model_dir
 
-    model = make_fixed_next_token_model_dir(tmp / "eos-model", vocab_texts=VOCAB,
-                                            probs={EOS: 0.9, "7": 0.1})  # fmt: skip
+    model = make_fixed_next_token_model_dir(
+        tmp / "eos-model", vocab_texts=VOCAB, probs={EOS: 0.9, "7": 0.1}
+    )
     (tmp / "ckpt").mkdir(exist_ok=True)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with contextlib.ExitStack() as stack:
-        reward = stack.enter_context(serve_app(reward_app(RewardSettings(
-            workers=1, api_token=TOKEN, require_token=True))))  # fmt: skip
-        rollout = stack.enter_context(serve_app(rollout_app(RolloutSettings(
-            model_dir=model, checkpoint_root=tmp / "ckpt", api_token=TOKEN, require_token=True,
-            reward_url=reward, reward_api_token=TOKEN, max_items=8, max_k=8,
-            max_weights_bytes=1 << 20))))  # fmt: skip
+        reward = stack.enter_context(
+            serve_app(reward_app(RewardSettings(workers=1, api_token=TOKEN, require_token=True)))
+        )
+        rollout = stack.enter_context(
+            serve_app(
+                rollout_app(
+                    RolloutSettings(
+                        model_dir=model,
+                        checkpoint_root=tmp / "ckpt",
+                        api_token=TOKEN,
+                        require_token=True,
+                        reward_url=reward,
+                        reward_api_token=TOKEN,
+                        max_items=8,
+                        max_k=8,
+                        max_weights_bytes=1 << 20,
+                    )
+                )
+            )
+        )
         yield [Api("reward", reward, auth), Api("rollout", rollout, auth)]
 
 
@@ -103,15 +118,27 @@ def fuzz_api(api: Api, *, max_examples: int, budget_s: float, seed: int | None =
     return report
 
 
-def _fuzz_operation(api: Api, op: Any, mode: Any, deadline: float, max_examples: int,
-                    seed: int | None, report: FuzzReport) -> None:  # fmt: skip
+def _fuzz_operation(
+    api: Api,
+    op: Any,
+    mode: Any,
+    deadline: float,
+    max_examples: int,
+    seed: int | None,
+    report: FuzzReport,
+) -> None:
     from schemathesis import Case, GenerationMode
 
     label = f"{op.method.upper()} {op.path}"
 
-    @settings(max_examples=max_examples, deadline=None, database=None,
-              phases=[Phase.explicit, Phase.generate], print_blob=False,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        print_blob=False,
+        suppress_health_check=list(HealthCheck),
+    )
     @hypothesis.given(case=op.as_strategy(generation_mode=mode), anon=st.booleans())
     @hypothesis.seed(seed if seed is not None else time.time_ns())
     def one(case: Case, anon: bool) -> None:
@@ -119,8 +146,7 @@ def _fuzz_operation(api: Api, op: Any, mode: Any, deadline: float, max_examples:
             raise _OutOfTime  # this operation's share of the budget is spent
         # a positive case sometimes goes without the token (must be a typed 401)
         headers = {} if anon and mode == GenerationMode.POSITIVE else api.headers
-        _record(report, label, case, case.call(base_url=api.base_url, headers=headers,
-                                               timeout=60))  # fmt: skip
+        _record(report, label, case, case.call(base_url=api.base_url, headers=headers, timeout=60))
 
     # Unsatisfiable: nothing to violate (a GET without parameters has no negative case)
     with contextlib.suppress(hypothesis.errors.Unsatisfiable, _OutOfTime):

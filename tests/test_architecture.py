@@ -266,16 +266,23 @@ def starter_uses(names: Mapping[str, set[str]], starters: frozenset[str]) -> dic
     (``uvicorn.config``), or the module that holds it (``from shared import serve``)."""
     uses: dict[str, set[str]] = {}
     for mod, imported in names.items():
-        hit = {s for s in starters for n in imported
-               if n == s or n.startswith(f"{s}.") or s.startswith(f"{n}.")}  # fmt: skip
+        hit = {
+            s
+            for s in starters
+            for n in imported
+            if n == s or n.startswith(f"{s}.") or s.startswith(f"{n}.")
+        }
         if hit:
             uses[mod] = hit
     return uses
 
 
 def starter_violations(uses: Mapping[str, set[str]], may_start: Mapping[str, str]) -> list[str]:
-    return [f"{mod} imports {', '.join(sorted(s))}"
-            for mod, s in sorted(uses.items()) if mod not in may_start]  # fmt: skip
+    return [
+        f"{mod} imports {', '.join(sorted(s))}"
+        for mod, s in sorted(uses.items())
+        if mod not in may_start
+    ]
 
 
 def all_imported_names(root: Path = ROOT, tops: tuple[str, ...] = TOPS) -> dict[str, set[str]]:

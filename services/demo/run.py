@@ -131,31 +131,49 @@ own sweep on validation (docs/benchmarks/learning_sweep.md, ``bench/learning.py 
 
 
 def run_overrides(
-    algo: str, model: Path, out: Path, budget: DemoBudget, seed: int,
-    rl: dict[str, Any] | None = None, band: str = DEMO_BAND,
-) -> list[str]:  # fmt: skip
+    algo: str,
+    model: Path,
+    out: Path,
+    budget: DemoBudget,
+    seed: int,
+    rl: dict[str, Any] | None = None,
+    band: str = DEMO_BAND,
+) -> list[str]:
     """The ``--set`` overrides of one demo run on top of the ``tiny-cpu`` preset."""
     n = budget.prompts * budget.responses
     tuned = {**DEMO_RL.get(algo, {}), **(rl or {})}
     probe = budget.probe_prompts if algo == "ppo" else 0
     tokens = LENGTH_BANDS[band]["max_tokens"]
     return [
-        f"algo={algo}", f"seed={seed}", f"model.policy={model}", f"output_dir={out / algo}",
-        f"iterations={budget.iterations}", f"rollout.prompts_per_iteration={budget.prompts}",
-        f"rollout.responses_per_prompt={budget.responses}", f"vine.k={budget.k}",
-        f"eval.every={budget.eval_every}", f"eval.num_problems={budget.val_problems}",
-        f"eval.seeds={budget.val_seeds}", f"ppo.mini_batch_size={n // 2 if n >= 16 else n}",
-        f"eval.value_probe_prompts={probe}", f"rollout.max_response_tokens={tokens}",
+        f"algo={algo}",
+        f"seed={seed}",
+        f"model.policy={model}",
+        f"output_dir={out / algo}",
+        f"iterations={budget.iterations}",
+        f"rollout.prompts_per_iteration={budget.prompts}",
+        f"rollout.responses_per_prompt={budget.responses}",
+        f"vine.k={budget.k}",
+        f"eval.every={budget.eval_every}",
+        f"eval.num_problems={budget.val_problems}",
+        f"eval.seeds={budget.val_seeds}",
+        f"ppo.mini_batch_size={n // 2 if n >= 16 else n}",
+        f"eval.value_probe_prompts={probe}",
+        f"rollout.max_response_tokens={tokens}",
         f"eval.max_response_tokens={tokens}",
         f"arithmetic={json.dumps(band_task(band), separators=(',', ':'))}",
         *(f"{k}={json.dumps(v)}" for k, v in tuned.items()),
-    ]  # fmt: skip
+    ]
 
 
 def run_config(
-    algo: str, model: Path, out: Path, budget: DemoBudget, seed: int,
-    rl: dict[str, Any] | None = None, band: str = DEMO_BAND,
-) -> RunConfig:  # fmt: skip
+    algo: str,
+    model: Path,
+    out: Path,
+    budget: DemoBudget,
+    seed: int,
+    rl: dict[str, Any] | None = None,
+    band: str = DEMO_BAND,
+) -> RunConfig:
     """The config of one demo run, written to ``out/algo/config.json`` and as a command to
     ``out/algo/command.txt``."""
     overrides = run_overrides(algo, model, out, budget, seed, rl, band)
@@ -185,9 +203,15 @@ async def train_and_test(
     out = Path(cfg.output_dir)
     # 32 prompts per job and 128 rows per decode: the tiny model decodes ~1.2× more tokens
     # per CPU second at 128 rows than at 64 (docs/benchmarks/engine_speed.md); same samples
-    async with run_services(cfg.model.policy, out / "policies", redis_url=redis_url,
-                            queue_prefix=f"vineppo-demo-{cfg.algo}:", job_size=32,
-                            max_batch=128, engine=engine) as services:  # fmt: skip
+    async with run_services(
+        cfg.model.policy,
+        out / "policies",
+        redis_url=redis_url,
+        queue_prefix=f"vineppo-demo-{cfg.algo}:",
+        job_size=32,
+        max_batch=128,
+        engine=engine,
+    ) as services:
         start = time.monotonic()
         await RLTrainer(cfg, services).run()
         wall = time.monotonic() - start
@@ -198,32 +222,48 @@ async def train_and_test(
 
 
 async def test_selected_async(
-    cfg: RunConfig, budget: DemoBudget, sft_acc: dict[str, float] | None = None,
-    redis_url: str | None = None, engine: str = "auto",
-) -> dict[str, Any]:  # fmt: skip
+    cfg: RunConfig,
+    budget: DemoBudget,
+    sft_acc: dict[str, float] | None = None,
+    redis_url: str | None = None,
+    engine: str = "auto",
+) -> dict[str, Any]:
     """Test Pass@1 (``test_problems`` × ``test_seeds`` at the evaluation temperature) of the
     run's policy selected on validation (the paper's protocol; ``select_checkpoint``) and,
     when ``sft_acc`` is given without a ``test`` entry, of the SFT model into it."""
     from services.trainer.evaluation.runs import eval_checkpoint, select_checkpoint
     from shared.datasets import load_examples
 
-    test_set = load_examples(cfg.dataset, "test", n=budget.test_problems, seed=cfg.seed,
-                             arithmetic=cfg.arithmetic)  # fmt: skip
+    test_set = load_examples(
+        cfg.dataset, "test", n=budget.test_problems, seed=cfg.seed, arithmetic=cfg.arithmetic
+    )
     ev = cfg.eval
 
     async def pass_at_1(model: Path) -> tuple[float, float]:
-        res = await eval_checkpoint(model, test_set, seeds=budget.test_seeds,
-                                    temperature=ev.temperature, top_p=ev.top_p,
-                                    max_tokens=ev.max_response_tokens, redis_url=redis_url,
-                                    engine=engine, max_batch=128, progress=False)  # fmt: skip
+        res = await eval_checkpoint(
+            model,
+            test_set,
+            seeds=budget.test_seeds,
+            temperature=ev.temperature,
+            top_p=ev.top_p,
+            max_tokens=ev.max_response_tokens,
+            redis_url=redis_url,
+            engine=engine,
+            max_batch=128,
+            progress=False,
+        )
         return res.mean, res.stderr
 
     if sft_acc is not None and "test" not in sft_acc:
         sft_acc["test"], sft_acc["test SE"] = await pass_at_1(Path(cfg.model.policy))
     selected = select_checkpoint(Path(cfg.output_dir))
     acc, se = await pass_at_1(Path(selected["path"]))
-    return {"test Pass@1": acc, "test SE": se, "selected version": selected["version"],
-            "selected acc/val": selected["acc/val"]}  # fmt: skip
+    return {
+        "test Pass@1": acc,
+        "test SE": se,
+        "selected version": selected["version"],
+        "selected acc/val": selected["acc/val"],
+    }
 
 
 def test_selected(cfg: RunConfig, budget: DemoBudget) -> dict[str, Any]:
@@ -245,8 +285,9 @@ def value_mae(out: Path, budget: DemoBudget, cfg: RunConfig) -> dict[str, float]
     from shared.datasets import load_examples
 
     policy, critic_file = run_policy(out / "ppo")
-    examples = load_examples(cfg.dataset, "test", n=budget.value_prompts, seed=cfg.seed + 1,
-                             arithmetic=cfg.arithmetic)  # fmt: skip
+    examples = load_examples(
+        cfg.dataset, "test", n=budget.value_prompts, seed=cfg.seed + 1, arithmetic=cfg.arithmetic
+    )
     probe = ProbeConfig(
         responses=4,
         truth_k=budget.truth_k,
@@ -257,18 +298,28 @@ def value_mae(out: Path, budget: DemoBudget, cfg: RunConfig) -> dict[str, float]
         top_action_states=budget.top_action_states,
     )
     critic = load_critic(policy, critic_file) if critic_file is not None else None
-    doc = asyncio.run(analyze_checkpoint(policy, examples, probe, out / "ppo" / "value-analysis",
-                                         critic=critic))  # fmt: skip
+    doc = asyncio.run(
+        analyze_checkpoint(policy, examples, probe, out / "ppo" / "value-analysis", critic=critic)
+    )
     metrics = doc["metrics"]
-    names = {"vine": f"VinePPO K={budget.k}", "ppo": "PPO critic", "grpo": GROUP_BASELINE,
-             "rloo": GROUP_BASELINE}  # fmt: skip
+    names = {
+        "vine": f"VinePPO K={budget.k}",
+        "ppo": "PPO critic",
+        "grpo": GROUP_BASELINE,
+        "rloo": GROUP_BASELINE,
+    }
     return {algo: metrics[name]["mae"] for algo, name in names.items() if name in metrics}
 
 
 def run_demo(
-    out: Path = Path("runs/demo"), *, budget: str = "full", retrain_sft: bool = False,
-    redis_url: str | None = None, seed: int = 0, engine: str = "auto",
-) -> list[dict[str, Any]]:  # fmt: skip
+    out: Path = Path("runs/demo"),
+    *,
+    budget: str = "full",
+    retrain_sft: bool = False,
+    redis_url: str | None = None,
+    seed: int = 0,
+    engine: str = "auto",
+) -> list[dict[str, Any]]:
     """The whole demo; returns the summary rows (also printed and written to the report)."""
     from services.trainer.evaluation.report import load_run, write_report
 
@@ -281,12 +332,27 @@ def run_demo(
         cfg = run_config(algo, model, out, b, seed)
         rows.append(asyncio.run(train_and_test(cfg, b, redis_url, sft_acc, engine=engine)))
     maes = value_mae(out, b, run_config("ppo", model, out, b, seed))
-    summary = [{"method": "SFT", "test Pass@1": sft_acc["test"], "± SE": sft_acc["test SE"],
-                "value MAE": "", "wall-clock (s)": 0.0}]  # fmt: skip
-    summary += [{"method": NAMES[r["method"]], "test Pass@1": r["test Pass@1"],
-                 "± SE": r["test SE"], "value MAE": maes.get(r["method"], ""),
-                 "wall-clock (s)": r["wall-clock (s)"]} for r in rows]  # fmt: skip
+    summary = [
+        {
+            "method": "SFT",
+            "test Pass@1": sft_acc["test"],
+            "± SE": sft_acc["test SE"],
+            "value MAE": "",
+            "wall-clock (s)": 0.0,
+        }
+    ]
+    summary += [
+        {
+            "method": NAMES[r["method"]],
+            "test Pass@1": r["test Pass@1"],
+            "± SE": r["test SE"],
+            "value MAE": maes.get(r["method"], ""),
+            "wall-clock (s)": r["wall-clock (s)"],
+        }
+        for r in rows
+    ]
     runs = [load_run(out / a, NAMES[a]) for a in METHODS]
-    write_report(runs, out / "report.html", summary,
-                 title="vineppo demo: PPO, GRPO, RLOO and VinePPO")  # fmt: skip
+    write_report(
+        runs, out / "report.html", summary, title="vineppo demo: PPO, GRPO, RLOO and VinePPO"
+    )
     return summary

@@ -48,9 +48,11 @@ class _Metrics:
             registry=self.registry,
         )
         self.items = Histogram(
-            "reward_grade_batch_items", "Items per request.",
-            buckets=(1, 8, 64, 256, 1024, 4096), registry=self.registry,
-        )  # fmt: skip
+            "reward_grade_batch_items",
+            "Items per request.",
+            buckets=(1, 8, 64, 256, 1024, 4096),
+            registry=self.registry,
+        )
         restarts = Gauge(
             "reward_pool_restarts", "Grader workers killed and replaced.", registry=self.registry
         )
@@ -63,10 +65,13 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
     """Build the reward app; its lifespan starts and stops the grader pool."""
     cfg = settings or RewardSettings()
     pool = GraderPool(
-        workers=cfg.workers, timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb,
-        chunk_size=cfg.chunk_size, fallbacks=cfg.fallbacks,
+        workers=cfg.workers,
+        timeout_s=cfg.timeout_s,
+        memory_mb=cfg.memory_mb,
+        chunk_size=cfg.chunk_size,
+        fallbacks=cfg.fallbacks,
         limits=Limits(enabled=cfg.symbolic_caps, symbolic_cpu_s=min(0.5, cfg.timeout_s / 2)),
-    )  # fmt: skip
+    )
     metrics = _Metrics(pool)
 
     @asynccontextmanager
@@ -98,9 +103,10 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
             check_bearer(authorization, cfg.api_token)
         if len(body.items) > cfg.max_batch:
             raise ApiError(
-                413, f"batch of {len(body.items)} items exceeds max_batch={cfg.max_batch}; "
+                413,
+                f"batch of {len(body.items)} items exceeds max_batch={cfg.max_batch}; "
                 "split it (RewardClient does this for you)",
-            )  # fmt: skip
+            )
         t0 = time.perf_counter()
         verdicts = await pool.grade_batch(body.items)
         metrics.latency.observe(time.perf_counter() - t0)
@@ -110,8 +116,13 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
         return GradeResponse(verdicts=verdicts)
 
     def _status() -> dict[str, object]:
-        return {"status": "ok", "workers": cfg.workers, "alive": pool.alive,
-                "restarts": pool.restarts, "graded": pool.graded}  # fmt: skip
+        return {
+            "status": "ok",
+            "workers": cfg.workers,
+            "alive": pool.alive,
+            "restarts": pool.restarts,
+            "graded": pool.graded,
+        }
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:

@@ -28,13 +28,20 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
 
     @app.command("grade")
     def grade_cmd(
-        input: Path = typer.Option(..., "--input", "-i", exists=True, dir_okay=False,
-                                   help='JSONL: {"dataset", "response", "gold"} per line.'),
-        output: Path | None = typer.Option(None, "--output", "-o",
-                                           help="Verdict JSONL (default: stdout)."),
+        input: Path = typer.Option(
+            ...,
+            "--input",
+            "-i",
+            exists=True,
+            dir_okay=False,
+            help='JSONL: {"dataset", "response", "gold"} per line.',
+        ),
+        output: Path | None = typer.Option(
+            None, "--output", "-o", help="Verdict JSONL (default: stdout)."
+        ),
         workers: int = typer.Option(2, min=1, help="Sandboxed grader processes."),
         timeout_s: float = typer.Option(2.0, min=0.01, help="Hard limit per item, seconds."),
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Grade a JSONL file through the sandboxed pool; one verdict JSON line per input line."""
         import asyncio
 

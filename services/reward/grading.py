@@ -122,12 +122,22 @@ def _gold_answer(gold: str, dataset: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- verdicts
-def _verdict(status: str, extracted: str | None, norm: str | None, gold_norm: str | None,
-             detail: str | None = None) -> Verdict:  # fmt: skip
+def _verdict(
+    status: str,
+    extracted: str | None,
+    norm: str | None,
+    gold_norm: str | None,
+    detail: str | None = None,
+) -> Verdict:
     return Verdict.model_construct(
-        schema_version=1, status=status, reward=1.0 if status == "correct" else 0.0,
-        extracted=extracted, normalized=norm, gold_normalized=gold_norm, detail=detail,
-    )  # fmt: skip
+        schema_version=1,
+        status=status,
+        reward=1.0 if status == "correct" else 0.0,
+        extracted=extracted,
+        normalized=norm,
+        gold_normalized=gold_norm,
+        detail=detail,
+    )
 
 
 def grade(

@@ -59,8 +59,11 @@ class PolicyGate:
         """Refuse a version older than the one served (unless ``supersede``)."""
         served = self.engine.version
         if version < served and not supersede:
-            raise WeightsRefused(f"version {version} is older than the version {served} this "
-                                 "replica serves", 409, "stale_version")  # fmt: skip
+            raise WeightsRefused(
+                f"version {version} is older than the version {served} this replica serves",
+                409,
+                "stale_version",
+            )
 
     async def load(
         self, version: int, read: Callable[[], VerifiedWeights], *, supersede: bool = False
@@ -82,8 +85,9 @@ class PolicyGate:
                         raise WeightsRefused(
                             f"version {version} is the version served, with different weights"
                             " (or weights not pushed at start-up): push a newer version",
-                            409, "version_conflict",
-                        )  # fmt: skip
+                            409,
+                            "version_conflict",
+                        )
                 await asyncio.to_thread(check_finite, weights)
                 try:
                     await self.engine.load_weights(version, weights)

@@ -45,9 +45,14 @@ class BootFailed(RuntimeError):
 
 def engine_kwargs(settings: RolloutSettings) -> dict[str, Any]:
     """Every engine setting of the rollout settings, as ``make_engine`` keywords."""
-    return {"dtype": settings.dtype, "max_batch": settings.max_batch, "device": settings.device,
-            "kv_cache_gib": settings.kv_cache_gib, "enforce_eager": settings.enforce_eager,
-            "gpu_memory_utilization": settings.gpu_memory_utilization}  # fmt: skip
+    return {
+        "dtype": settings.dtype,
+        "max_batch": settings.max_batch,
+        "device": settings.device,
+        "kv_cache_gib": settings.kv_cache_gib,
+        "enforce_eager": settings.enforce_eager,
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+    }
 
 
 def build_engine(settings: RolloutSettings) -> Engine:
@@ -98,8 +103,9 @@ def open_queue(settings: RolloutSettings) -> JobQueue:
     from shared.queue import make_queue
 
     if not settings.redis_url:
-        raise ValueError("a queue replica needs redis_url (--redis-url or "
-                         "VINEPPO_ROLLOUT_REDIS_URL)")  # fmt: skip
+        raise ValueError(
+            "a queue replica needs redis_url (--redis-url or VINEPPO_ROLLOUT_REDIS_URL)"
+        )
     return make_queue(settings.redis_url, prefix=settings.queue_prefix)
 
 
@@ -132,8 +138,12 @@ async def run_replica(settings: RolloutSettings, stop: asyncio.Event | None = No
         except Exception as exc:
             raise BootFailed(f"{type(exc).__name__}: {exc}") from exc
         worker = RolloutWorker(queue, engine, grader, worker_config(settings))
-        log.info("replica %s serving v%d of %s",
-                 worker.config.replica_id, engine.version, settings.model_dir)  # fmt: skip
+        log.info(
+            "replica %s serving v%d of %s",
+            worker.config.replica_id,
+            engine.version,
+            settings.model_dir,
+        )
         await worker.run(stop)
     finally:
         await grader.aclose()

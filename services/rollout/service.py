@@ -129,8 +129,13 @@ class RolloutService:
         self.check_token(authorization)
         self.requests.labels("weights").inc()
         s = self.settings
-        read = functools.partial(read_weights, s.checkpoint_root, req.path,
-                                 max_bytes=s.max_weights_bytes, sha256=req.sha256)  # fmt: skip
+        read = functools.partial(
+            read_weights,
+            s.checkpoint_root,
+            req.path,
+            max_bytes=s.max_weights_bytes,
+            sha256=req.sha256,
+        )
         try:
             await self.gate.load(req.version, read)
         except WeightsRefused as exc:
@@ -140,8 +145,9 @@ class RolloutService:
         except EngineDead as exc:
             raise self._engine_died(exc) from exc
         except Exception as exc:  # the engine failed mid-swap: not ready until a load works
-            raise ApiError(503, f"loading v{req.version} failed: {type(exc).__name__}: {exc}",
-                           "load_failed") from exc  # fmt: skip
+            raise ApiError(
+                503, f"loading v{req.version} failed: {type(exc).__name__}: {exc}", "load_failed"
+            ) from exc
         return self.health()
 
     def health(self) -> WeightsStatus:

@@ -145,8 +145,13 @@ async def estimate_values(
             sampling.max_tokens, len(ids), prompt_lens[it.prompt], engine.max_context()
         )
         if budget >= 1:
-            prefixes[d] = Prefix(it.prompt, it.partial_response, ids, max_tokens=budget,
-                                 stream=stream_offset + first[d])  # fmt: skip
+            prefixes[d] = Prefix(
+                it.prompt,
+                it.partial_response,
+                ids,
+                max_tokens=budget,
+                stream=stream_offset + first[d],
+            )
     # 3) sample k continuations of every state with room, in one engine call
     todo = list(prefixes)
     samples = await engine.continue_from(list(prefixes.values()), k, sampling) if todo else []
@@ -158,8 +163,10 @@ async def estimate_values(
         if terminal[d]:
             responses: list[str | None] = [_strip_eos(it.partial_response, eos_text)]
         elif d in per_state:
-            responses = [it.partial_response + c.text if c.finish_reason == "stop" else None
-                         for c in per_state[d]]  # fmt: skip
+            responses = [
+                it.partial_response + c.text if c.finish_reason == "stop" else None
+                for c in per_state[d]
+            ]
         else:
             responses = [None]  # out of budget
         slots: list[int | None] = []
@@ -175,8 +182,9 @@ async def estimate_values(
     estimates = []
     for d, slots in enumerate(where):
         returns = [0.0 if g is None else verdicts[g].reward for g in slots]
-        statuses: list[ReturnStatus] = ["truncated" if g is None else verdicts[g].status
-                                        for g in slots]  # fmt: skip
+        statuses: list[ReturnStatus] = [
+            "truncated" if g is None else verdicts[g].status for g in slots
+        ]
         estimates.append(
             ValueEstimate(
                 value=sum(returns) / len(returns),

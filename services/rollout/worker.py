@@ -125,11 +125,16 @@ class RolloutWorker:
         as ``POST /v1/weights`` (confinement after symlinks, safetensors only, size cap).
         """
         if not ann.sha256:
-            raise WeightsPathError("announcement carries no shard SHA-256: refused", 403,
-                                   "forbidden")  # fmt: skip
+            raise WeightsPathError(
+                "announcement carries no shard SHA-256: refused", 403, "forbidden"
+            )
         name = PurePosixPath(ann.path.replace("\\", "/")).name or ann.path
-        return read_weights(self.config.checkpoint_root, name,
-                            max_bytes=self.config.max_weights_bytes, sha256=ann.sha256)  # fmt: skip
+        return read_weights(
+            self.config.checkpoint_root,
+            name,
+            max_bytes=self.config.max_weights_bytes,
+            sha256=ann.sha256,
+        )
 
     async def _watch_weights(self) -> None:
         async for ann in self.queue.subscribe_weights():
@@ -153,8 +158,13 @@ class RolloutWorker:
     def _load_failed(self, ann: WeightsAnnouncement, exc: Exception) -> None:
         self.state, self.failed_version, self._failed = "failed", ann.version, ann.order
         self.error = f"{type(exc).__name__}: {exc}"
-        log.error("replica %s failed to load v%d from %s: %s",
-                  self.config.replica_id, ann.version, ann.path, self.error)  # fmt: skip
+        log.error(
+            "replica %s failed to load v%d from %s: %s",
+            self.config.replica_id,
+            ann.version,
+            ann.path,
+            self.error,
+        )
 
     async def _load(self, ann: WeightsAnnouncement) -> None:
         self.state = "loading"
@@ -162,8 +172,9 @@ class RolloutWorker:
         t0 = time.perf_counter()
         supersede = ann.generation > self.generation
         try:
-            await self.gate.load(ann.version, functools.partial(self._read, ann),
-                                 supersede=supersede)  # fmt: skip
+            await self.gate.load(
+                ann.version, functools.partial(self._read, ann), supersede=supersede
+            )
         except WeightsRefused as exc:
             if exc.code == "stale_version":  # an HTTP push loaded a newer version meanwhile
                 self.state = "ready"
@@ -175,8 +186,12 @@ class RolloutWorker:
         else:
             self.state, self.failed_version, self.error = "ready", None, None
             self._failed, self.generation = None, ann.generation
-            log.info("replica %s loaded v%d in %.3fs",
-                     self.config.replica_id, ann.version, time.perf_counter() - t0)  # fmt: skip
+            log.info(
+                "replica %s loaded v%d in %.3fs",
+                self.config.replica_id,
+                ann.version,
+                time.perf_counter() - t0,
+            )
         with contextlib.suppress(Exception):
             await beat
         await self._beat()
@@ -215,8 +230,13 @@ class RolloutWorker:
         self._last_gc = time.monotonic()
         gone = await self.queue.prune_consumers(self.engine.version, cfg.consumer_idle_ms)
         if gone:
-            log.info("replica %s removed %d dead consumer(s) of v%d: %s",
-                     cfg.replica_id, len(gone), self.engine.version, gone)  # fmt: skip
+            log.info(
+                "replica %s removed %d dead consumer(s) of v%d: %s",
+                cfg.replica_id,
+                len(gone),
+                self.engine.version,
+                gone,
+            )
 
     # 3) jobs ----------------------------------------------------------------------------
     async def _next_deliveries(self, version: int) -> list[Delivery]:
@@ -253,25 +273,46 @@ class RolloutWorker:
 
             req = job.value
             values = await estimate_values(
-                self.engine, self.grader, req.items, req.k, req.sampling,
+                self.engine,
+                self.grader,
+                req.items,
+                req.k,
+                req.sampling,
                 stream_offset=req.stream_offset,
-            )  # fmt: skip
+            )
             value = ValueResult(values=values, policy_version=version)
-            return JobResult(job_id=job.job_id, policy_version=version, worker_id=rid, ok=True,
-                             value=value, elapsed_s=time.perf_counter() - t0)  # fmt: skip
+            return JobResult(
+                job_id=job.job_id,
+                policy_version=version,
+                worker_id=rid,
+                ok=True,
+                value=value,
+                elapsed_s=time.perf_counter() - t0,
+            )
         assert job.generate is not None
         gen = job.generate
-        outputs = await self.engine.generate(gen.prompts, gen.n, gen.sampling,
-                                             stream_offset=gen.stream_offset)  # fmt: skip
+        outputs = await self.engine.generate(
+            gen.prompts, gen.n, gen.sampling, stream_offset=gen.stream_offset
+        )
         result = GenerateResult(outputs=outputs, policy_version=version)
-        return JobResult(job_id=job.job_id, policy_version=version, worker_id=rid, ok=True,
-                         generate=result, elapsed_s=time.perf_counter() - t0)  # fmt: skip
+        return JobResult(
+            job_id=job.job_id,
+            policy_version=version,
+            worker_id=rid,
+            ok=True,
+            generate=result,
+            elapsed_s=time.perf_counter() - t0,
+        )
 
     async def _serve(self, delivery_id: str, job: Job) -> None:
         version = self.engine.version
         if job.policy_version != version:  # cannot happen: we read only our version's stream
-            log.error("job %s is for v%d, worker holds v%d: left for reclaim",
-                      job.job_id, job.policy_version, version)  # fmt: skip
+            log.error(
+                "job %s is for v%d, worker holds v%d: left for reclaim",
+                job.job_id,
+                job.policy_version,
+                version,
+            )
             return
         if await self.queue.get_results([job.job_id]):  # a reclaimed or re-sent job answered
             log.info("job %s already answered: duplicate dropped", job.job_id)
@@ -283,15 +324,23 @@ class RolloutWorker:
         except EngineDead as exc:
             # Not the job's fault: no failed result, no ack. The delivery stays pending and
             # another replica reclaims it after claim_idle_ms; this worker stops (run raises).
-            log.error("replica %s: %s; job %s left for another replica",
-                      self.config.replica_id, exc, job.job_id)  # fmt: skip
+            log.error(
+                "replica %s: %s; job %s left for another replica",
+                self.config.replica_id,
+                exc,
+                job.job_id,
+            )
             self.state, self.error = "failed", str(exc)
             raise
         except Exception as exc:
             log.exception("job %s failed", job.job_id)
-            result = JobResult(job_id=job.job_id, policy_version=version,
-                               worker_id=self.config.replica_id, ok=False,
-                               error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            result = JobResult(
+                job_id=job.job_id,
+                policy_version=version,
+                worker_id=self.config.replica_id,
+                ok=False,
+                error=f"{type(exc).__name__}: {exc}",
+            )
         finally:
             self._inflight.discard(delivery_id)
         if not await self.queue.put_result(result):  # another copy of the job id won
@@ -304,8 +353,10 @@ class RolloutWorker:
         the engine dies (the job in hand stays pending for another replica)."""
         stop = stop or asyncio.Event()
         self.state = "ready"
-        helpers = [asyncio.create_task(self._watch_weights()),
-                   asyncio.create_task(self._heartbeat_loop())]  # fmt: skip
+        helpers = [
+            asyncio.create_task(self._watch_weights()),
+            asyncio.create_task(self._heartbeat_loop()),
+        ]
         stopper = asyncio.create_task(self._stop_wakes(stop))
         try:
             while not stop.is_set():

@@ -325,8 +325,10 @@ class RunConfig(_Section):
         if self.algo in ("grpo", "rloo") and self.rollout.responses_per_prompt < 2:
             raise ValueError(f"{self.algo} needs rollout.responses_per_prompt >= 2")
         if self.eval.value_probe_prompts and self.dist.zero_stage == 3:
-            raise ValueError("eval.value_probe_prompts needs the whole critic on rank 0: "
-                             "set it to 0 under ZeRO-3")  # fmt: skip
+            raise ValueError(
+                "eval.value_probe_prompts needs the whole critic on rank 0: "
+                "set it to 0 under ZeRO-3"
+            )
         for name, sec in (("restem", self.restem), ("dpo", self.dpo)):
             if sec.batch_size % (sec.micro_batch_size * self.dist.world_size):
                 raise ValueError(

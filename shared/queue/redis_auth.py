@@ -25,8 +25,10 @@ class RedisAuthError(PermissionError):
 
     def __init__(self, url: str, reason: object):
         said = " ".join(str(reason).split())[:120] or type(reason).__name__
-        fix = ("set it in the URL (redis://:PASSWORD@host:port/db) or in "
-               "VINEPPO_<SERVICE>_REDIS_PASSWORD")  # fmt: skip
+        fix = (
+            "set it in the URL (redis://:PASSWORD@host:port/db) or in "
+            "VINEPPO_<SERVICE>_REDIS_PASSWORD"
+        )
         if _is_tls_refusal(reason):
             what = f"TLS: Redis's certificate was not accepted ({said})"
             fix = "give the CA that signed it: rediss://host:port/db?ssl_ca_certs=/path/ca.crt"
@@ -55,8 +57,12 @@ def check_credentials(url: str, timeout_s: float = 2.0) -> None:
     from redis import Redis as SyncRedis
     from redis.retry import Retry as SyncRetry
 
-    client = SyncRedis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
-                                retry=SyncRetry(NoBackoff(), 0))  # fmt: skip
+    client = SyncRedis.from_url(
+        url,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        retry=SyncRetry(NoBackoff(), 0),
+    )
     try:
         client.ping()
     except REFUSED as exc:

@@ -145,8 +145,9 @@ class WeightsRequest(Message):
 
     version: int = Field(ge=0, le=MAX_POLICY_VERSION)
     path: str = Field(min_length=1, max_length=4096)
-    sha256: dict[str, str] | None = Field(default=None, max_length=MAX_SHARDS,
-                                          description=_SHA256_DOC)  # fmt: skip
+    sha256: dict[str, str] | None = Field(
+        default=None, max_length=MAX_SHARDS, description=_SHA256_DOC
+    )
 
     @model_validator(mode="after")
     def _digests(self) -> WeightsRequest:
@@ -164,13 +165,19 @@ class WeightsAnnouncement(Message):
 
     version: int = Field(ge=0, le=MAX_POLICY_VERSION)
     path: str = Field(min_length=1, max_length=4096)
-    sha256: dict[str, str] = Field(default_factory=dict, max_length=MAX_SHARDS,
-                                   description=_SHA256_DOC)  # fmt: skip
+    sha256: dict[str, str] = Field(
+        default_factory=dict, max_length=MAX_SHARDS, description=_SHA256_DOC
+    )
     announced_at: float = Field(default_factory=now)
-    generation: int = Field(default=0, ge=0, description=(
-        "Start time (µs) of the trainer process that announced. A later trainer (a resumed "
-        "run) supersedes every version of an earlier one, so replicas follow it back to its "
-        "checkpoint's version; within one trainer, versions only increase."))  # fmt: skip
+    generation: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Start time (µs) of the trainer process that announced. A later trainer (a resumed "
+            "run) supersedes every version of an earlier one, so replicas follow it back to its "
+            "checkpoint's version; within one trainer, versions only increase."
+        ),
+    )
 
     @property
     def order(self) -> tuple[int, int]:

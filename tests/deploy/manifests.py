@@ -231,9 +231,13 @@ def unread_variables(containers: list[Container]) -> list[str]:
             if field is None:
                 continue  # a stray variable: test_*_sets_only_settings_fields names it
             if cls not in instantiated:
-                problems.append(f"{c.where}: sets {var} but `{' '.join(c.argv[:3])}` never "
-                                f"instantiates {cls.__name__}")  # fmt: skip
+                problems.append(
+                    f"{c.where}: sets {var} but `{' '.join(c.argv[:3])}` never "
+                    f"instantiates {cls.__name__}"
+                )
             elif field not in attrs:
-                problems.append(f"{c.where}: sets {var} but no code `{' '.join(c.argv[:3])}` "
-                                f"runs reads .{field}")  # fmt: skip
+                problems.append(
+                    f"{c.where}: sets {var} but no code `{' '.join(c.argv[:3])}` "
+                    f"runs reads .{field}"
+                )
     return problems

@@ -87,8 +87,11 @@ def closure(root: Callable[..., Any]) -> tuple[set[type], set[str]]:
                 for klass in target.__mro__:
                     if _ours(klass):
                         todo += [v for v in vars(klass).values() if inspect.isfunction(v)]
-                        todo += [v.__func__ for v in vars(klass).values()
-                                 if isinstance(v, (classmethod, staticmethod))]  # fmt: skip
+                        todo += [
+                            v.__func__
+                            for v in vars(klass).values()
+                            if isinstance(v, (classmethod, staticmethod))
+                        ]
             elif inspect.isfunction(target) and _ours(target):
                 todo.append(target)
     return classes, attrs

@@ -49,16 +49,20 @@ def config(
     if env_file:
         cmd += ["--env-file", str(ROOT / env_file)]
     return subprocess.run(
-        [*cmd, *args], capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+        [*cmd, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
         env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT)},
-    )  # fmt: skip
+    )
 
 
 def resolved(
     binary: str, *args: str, env_file: str = GPU_ENV, overlays: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    proc = config(binary, *args, "config", "--format", "json", env_file=env_file,
-                  overlays=overlays)  # fmt: skip
+    proc = config(binary, *args, "config", "--format", "json", env_file=env_file, overlays=overlays)
     assert proc.returncode == 0, proc.stderr
     doc: dict[str, Any] = json.loads(proc.stdout)
     return doc
@@ -127,8 +131,11 @@ def test_cpu_stack_is_the_gpu_shape_without_gpus(compose_bin: str) -> None:
     assert same == {k: v for k, v in two["environment"].items() if k != "VINEPPO_ROLLOUT_PORT"}
     trainer = services["trainer"]
     mounts = {m["target"]: m["source"] for m in trainer["volumes"]}
-    assert mounts == {"/etc/vineppo/run.yaml": str(ROOT / "deploy/compose/cpu-run.yaml"),
-                      "/checkpoints": "checkpoints", "/app/runs": "runs"}  # fmt: skip
+    assert mounts == {
+        "/etc/vineppo/run.yaml": str(ROOT / "deploy/compose/cpu-run.yaml"),
+        "/checkpoints": "checkpoints",
+        "/app/runs": "runs",
+    }
     assert trainer["command"][-3:] == ["--output-dir", "/app/runs/run", "--resume"]
     problems = stray(compose_containers(doc), settings_classes())
     problems += unread_variables(compose_containers(doc))
@@ -142,17 +149,33 @@ def test_host_network_overlay_creates_no_network(compose_bin: str) -> None:
     doc = resolved(compose_bin, env_file=CPU_ENV, overlays=HOST_NETWORK)
     for name, svc in doc["services"].items():
         assert svc["network_mode"] == "host" and not svc.get("ports") and "networks" not in svc
-        assert set(svc["extra_hosts"]) == {"redis=127.0.0.1", "reward=127.0.0.1",
-                                           "rollout=127.0.0.1"}, name  # fmt: skip
+        assert set(svc["extra_hosts"]) == {
+            "redis=127.0.0.1",
+            "reward=127.0.0.1",
+            "rollout=127.0.0.1",
+        }, name
     assert not doc.get("networks")
     env_file = ROOT / CPU_ENV
     # the same files with REDIS_PORT set, as the containers step writes it
     with_port = subprocess.run(
-        [compose_bin, "-f", str(COMPOSE), *(a for o in HOST_NETWORK for a in ("-f", str(ROOT / o))),
-         "--env-file", str(env_file), "config", "--format", "json"],
-        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+        [
+            compose_bin,
+            "-f",
+            str(COMPOSE),
+            *(a for o in HOST_NETWORK for a in ("-f", str(ROOT / o))),
+            "--env-file",
+            str(env_file),
+            "config",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
         env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT), "REDIS_PORT": "16380"},
-    )  # fmt: skip
+    )
     assert with_port.returncode == 0, with_port.stderr
     services = json.loads(with_port.stdout)["services"]
     redis = services["redis"]["command"]

@@ -71,7 +71,10 @@ def test_every_redis_client_url_carries_the_password(doc: dict[str, Any]) -> Non
     for where, url in urls.items():
         parts = urlsplit(url)
         assert (parts.password, parts.hostname, parts.port) == (
-            "pw-from-env-file-0123", "redis", 6379), where  # fmt: skip
+            "pw-from-env-file-0123",
+            "redis",
+            6379,
+        ), where
     # and the rollout's settings read it (nothing in the file is a stray or a bad value)
     env = doc["services"]["rollout"]["environment"]
     with pytest.MonkeyPatch.context() as mp:
@@ -93,8 +96,9 @@ def compose_redis(doc: dict[str, Any], data: Path) -> Iterator[int]:
     port = free_port()
     proc = subprocess.Popen(
         [binary, *cmd[1:], "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

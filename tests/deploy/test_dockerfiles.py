@@ -118,8 +118,9 @@ def test_cpu_image_installs_the_lock() -> None:
     setup` installs: the image runs the versions the test suite ran."""
     instrs, _ = parse("cpu")
     build = [i for i in instrs if i.stage == 0]
-    copy_at = next(n for n, i in enumerate(build)
-                   if i.op == "COPY" and "constraints-cpu.txt" in i.args.split())  # fmt: skip
+    copy_at = next(
+        n for n, i in enumerate(build) if i.op == "COPY" and "constraints-cpu.txt" in i.args.split()
+    )
     runs = [(n, i.args) for n, i in enumerate(build) if i.op == "RUN" and "pip install" in i.args]
     for n, run in runs:
         for cmd in re.findall(r"pip install[^&;]*", run):
@@ -203,6 +204,9 @@ def test_hadolint_passes() -> None:
     files = [str(p) for p in IMAGES.values()]
     proc = subprocess.run(
         [binary, "--no-color", "--config", config, *files],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

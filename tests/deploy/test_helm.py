@@ -117,16 +117,25 @@ def test_rollout_on_gpu_nodes_with_readyz_readiness(rendered: list[dict[str, Any
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
     spread = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert spread[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
-    for probe, path in (("readinessProbe", "/readyz"), ("startupProbe", "/healthz"),
-                        ("livenessProbe", "/healthz")):  # fmt: skip
+    for probe, path in (
+        ("readinessProbe", "/readyz"),
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+    ):
         assert c[probe]["httpGet"] == {"path": path, "port": "http"}, probe
     reward = _container(find(rendered, "Deployment", "-reward"))
     assert reward["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert reward["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["ports"] == [{"name": "http", "containerPort": 8002}]
     assert c["command"] + c["args"] == [
-        "vineppo", "serve", "rollout", "--model", "/models/policy", "--engine", "vllm",
-    ]  # fmt: skip
+        "vineppo",
+        "serve",
+        "rollout",
+        "--model",
+        "/models/policy",
+        "--engine",
+        "vllm",
+    ]
 
 
 def test_gpu_only_where_needed(rendered: list[dict[str, Any]]) -> None:

@@ -95,15 +95,32 @@ def test_existing_secret_is_referenced_not_created(helm_bin: str) -> None:
 
 @pytest.mark.parametrize("bad", ["short-pw", "has@at-sign-1234567", "with space 123456789"])
 def test_unsafe_redis_password_is_refused_at_render(helm_bin: str, bad: str) -> None:
-    proc = helm(helm_bin, "template", "t", str(CHART), "--set", f"apiToken.value={TOKEN}",
-                "--set-string", f"redis.auth.password={bad}")  # fmt: skip
+    proc = helm(
+        helm_bin,
+        "template",
+        "t",
+        str(CHART),
+        "--set",
+        f"apiToken.value={TOKEN}",
+        "--set-string",
+        f"redis.auth.password={bad}",
+    )
     assert proc.returncode != 0 and "redis.auth.password" in proc.stderr, proc.stderr
 
 
 def test_external_url_with_credentials_is_refused(helm_bin: str) -> None:
-    proc = helm(helm_bin, "template", "t", str(CHART), "--set", f"apiToken.value={TOKEN}",
-                "--set", "redis.enabled=false",
-                "--set", "redis.externalUrl=redis://:pw@r.example:6379/0")  # fmt: skip
+    proc = helm(
+        helm_bin,
+        "template",
+        "t",
+        str(CHART),
+        "--set",
+        f"apiToken.value={TOKEN}",
+        "--set",
+        "redis.enabled=false",
+        "--set",
+        "redis.externalUrl=redis://:pw@r.example:6379/0",
+    )
     assert proc.returncode != 0 and "redis.externalUrl" in proc.stderr, proc.stderr
 
 
@@ -139,8 +156,9 @@ def _run_chart_redis(
     return redis_server(*args)
 
 
-def _client_url(docs: list[dict[str, Any]], secrets: dict[str, str], port: int,
-                ca: Path | None = None) -> str:  # fmt: skip
+def _client_url(
+    docs: list[dict[str, Any]], secrets: dict[str, str], port: int, ca: Path | None = None
+) -> str:
     env = expand(env_of(workload(docs, "rollout")), secrets)
     with pytest.MonkeyPatch.context() as mp:  # the rollout's own settings read its env
         for k, v in env.items():
@@ -169,8 +187,16 @@ async def test_chart_redis_and_rollout_env_work_together(
 
 
 def test_tls_needs_its_secret(helm_bin: str) -> None:
-    proc = helm(helm_bin, "template", "t", str(CHART), "--set", f"apiToken.value={TOKEN}",
-                "--set", "redis.tls.enabled=true")  # fmt: skip
+    proc = helm(
+        helm_bin,
+        "template",
+        "t",
+        str(CHART),
+        "--set",
+        f"apiToken.value={TOKEN}",
+        "--set",
+        "redis.tls.enabled=true",
+    )
     assert proc.returncode != 0 and "redis.tls.existingSecret" in proc.stderr, proc.stderr
 
 
@@ -236,9 +262,12 @@ def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
         return False
     for e in selector.get("matchExpressions", []):
         has, value = e["key"] in labels, labels.get(e["key"])
-        ok = {"In": has and value in e.get("values", []),
-              "NotIn": not has or value not in e.get("values", []),
-              "Exists": has, "DoesNotExist": not has}[e["operator"]]  # fmt: skip
+        ok = {
+            "In": has and value in e.get("values", []),
+            "NotIn": not has or value not in e.get("values", []),
+            "Exists": has,
+            "DoesNotExist": not has,
+        }[e["operator"]]
         if not ok:
             return False
     return True
@@ -282,8 +311,11 @@ def test_network_policy_lets_only_chart_pods_in(
     assert rule["ports"] == [{"protocol": "TCP", "port": ports[0]}]
     assert all(set(peer) == {"podSelector"} for peer in rule["from"]), rule["from"]
     # 3) those peers admit exactly the allowed chart pods and nothing from outside the release
-    admitted = {c for c, lab in chart_pods.items() if any(
-        selects(peer["podSelector"], lab) for peer in rule["from"])}  # fmt: skip
+    admitted = {
+        c
+        for c, lab in chart_pods.items()
+        if any(selects(peer["podSelector"], lab) for peer in rule["from"])
+    }
     assert admitted == allowed
     assert not any(selects(p["podSelector"], o) for p in rule["from"] for o in OUTSIDERS)
 

@@ -37,8 +37,10 @@ def apis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Api]]:
 
 def _check(report: FuzzReport) -> None:
     statuses = dict(sorted(report.statuses.items()))
-    print(f"\n{report.name}: {sum(report.calls.values())} calls in {report.seconds:.1f}s "
-          f"(seed {SEED}): {dict(report.calls)} statuses {statuses}")  # fmt: skip
+    print(
+        f"\n{report.name}: {sum(report.calls.values())} calls in {report.seconds:.1f}s "
+        f"(seed {SEED}): {dict(report.calls)} statuses {statuses}"
+    )
     assert report.server_errors == [], "\n".join(report.server_errors)
     assert report.untyped == [], "\n".join(report.untyped)
     # it really exercised the API: every operation, accepted and refused cases, bodies
@@ -57,9 +59,11 @@ def test_weights_paths_that_were_500s_are_typed_400s(apis: dict[str, Api]) -> No
     ``expanduser`` RuntimeError on ``~<no such user>`` (both were 500s)."""
     api = apis["rollout"]
     digests = {"a\x00.safetensors": "0" * 64}
-    cases = [{"version": 99, "path": "policy-v1\x00x"},
-             {"version": 99, "path": "policy-v1", "sha256": digests},
-             {"version": 99, "path": "~no-such-user-\x87/policy-v1"}]  # fmt: skip
+    cases = [
+        {"version": 99, "path": "policy-v1\x00x"},
+        {"version": 99, "path": "policy-v1", "sha256": digests},
+        {"version": 99, "path": "~no-such-user-\x87/policy-v1"},
+    ]
     for body in cases:
         resp = httpx.post(f"{api.base_url}/v1/weights", json=body, headers=api.headers)
         assert resp.status_code == 400, resp.text

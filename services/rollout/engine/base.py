@@ -186,8 +186,9 @@ def row_budget(prefix: Prefix, sampling: SamplingParams) -> int:
     if prefix.max_tokens is None:
         return sampling.max_tokens
     if prefix.max_tokens < 1:
-        raise EngineInputError(f"Prefix.max_tokens must be >= 1, got {prefix.max_tokens}",
-                               "bad_max_tokens")  # fmt: skip
+        raise EngineInputError(
+            f"Prefix.max_tokens must be >= 1, got {prefix.max_tokens}", "bad_max_tokens"
+        )
     return min(prefix.max_tokens, sampling.max_tokens)
 
 

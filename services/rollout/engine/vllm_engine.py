@@ -118,8 +118,9 @@ def request_kwargs(
     for i, p in enumerate(prefixes):
         stream = i if p.stream is None else p.stream
         budget = row_budget(p, sampling)
-        out.append([to_vllm_kwargs(sampling, sample_seed(base_seed, stream, j), budget)
-                    for j in range(k)])  # fmt: skip
+        out.append(
+            [to_vllm_kwargs(sampling, sample_seed(base_seed, stream, j), budget) for j in range(k)]
+        )
     return out
 
 
@@ -224,8 +225,9 @@ class VllmEngine(EngineBase):
         try:
             return self._vllm.SamplingParams(**kw)
         except (ValueError, _validation_error()) as exc:
-            raise EngineInputError(f"vLLM refuses these sampling parameters: {exc}",
-                                   "bad_sampling") from exc  # fmt: skip
+            raise EngineInputError(
+                f"vLLM refuses these sampling parameters: {exc}", "bad_sampling"
+            ) from exc
 
     async def load_weights(self, version: int, path: str | VerifiedWeights) -> None:
         """Check, then reload in place; ``path``: a safetensors dir/file or verified bytes."""

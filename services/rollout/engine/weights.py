@@ -71,8 +71,9 @@ def resolve_weights_path(root: Path, path: str) -> Path:
     if not real.exists():
         raise WeightsPathError(f"path {path!r} does not exist", 404, "not_found")
     if not (real.is_file() or real.is_dir()):  # a FIFO, socket or device: never opened
-        raise WeightsPathError(f"{real.name}: not a regular file or a directory", 415,
-                               "unsupported_weights_format")  # fmt: skip
+        raise WeightsPathError(
+            f"{real.name}: not a regular file or a directory", 415, "unsupported_weights_format"
+        )
     if real.is_file() and real.suffix != ".safetensors":
         raise WeightsPathError(
             f"{real.name}: only .safetensors files are loaded", 415, "unsupported_weights_format"
@@ -126,8 +127,9 @@ def _read_shard(file: Path, root_real: Path, budget: int) -> tuple[bytes, str]:
     except FileNotFoundError as exc:
         raise WeightsPathError(f"shard {file.name!r} does not exist", 404, "not_found") from exc
     except OSError as exc:  # ELOOP: the shard itself is a symlink
-        raise WeightsPathError(f"shard {file.name!r} cannot be opened: {exc}", 403,
-                               "forbidden") from exc  # fmt: skip
+        raise WeightsPathError(
+            f"shard {file.name!r} cannot be opened: {exc}", 403, "forbidden"
+        ) from exc
     with os.fdopen(fd, "rb") as fh:
         opened = _opened_path(fd, file)
         if not _is_under(opened, root_real):
@@ -136,15 +138,18 @@ def _read_shard(file: Path, root_real: Path, budget: int) -> tuple[bytes, str]:
             )
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or opened.suffix != ".safetensors":
-            raise WeightsPathError(f"{file.name}: not a regular .safetensors file", 415,
-                                   "unsupported_weights_format")  # fmt: skip
+            raise WeightsPathError(
+                f"{file.name}: not a regular .safetensors file", 415, "unsupported_weights_format"
+            )
         if st.st_size > budget:
-            raise WeightsPathError("weights exceed this replica's size limit", 413,
-                                   "weights_too_large")  # fmt: skip
+            raise WeightsPathError(
+                "weights exceed this replica's size limit", 413, "weights_too_large"
+            )
         data = fh.read(st.st_size + 1)
     if len(data) != st.st_size:
-        raise WeightsPathError(f"shard {file.name!r} changed while being read", 409,
-                               "digest_mismatch")  # fmt: skip
+        raise WeightsPathError(
+            f"shard {file.name!r} changed while being read", 409, "digest_mismatch"
+        )
     return data, hashlib.sha256(data).hexdigest()
 
 
@@ -162,8 +167,9 @@ def read_weights(
     directory is read. Refusals are ``WeightsPathError`` with the HTTP status to answer.
     """
     if root is None:
-        raise WeightsPathError("no checkpoint root configured: refusing to load weights", 403,
-                               "forbidden")  # fmt: skip
+        raise WeightsPathError(
+            "no checkpoint root configured: refusing to load weights", 403, "forbidden"
+        )
     real = resolve_weights_path(root, path)
     root_real = root.expanduser().resolve()
     if real.is_file():
@@ -173,8 +179,9 @@ def read_weights(
         base = real
         names = sorted(sha256) if sha256 else sorted(p.name for p in real.glob("*.safetensors"))
     if sha256 is not None and sha256 and sorted(sha256) != names:
-        raise WeightsPathError(f"announced shards {sorted(sha256)} do not match {names}", 409,
-                               "digest_mismatch")  # fmt: skip
+        raise WeightsPathError(
+            f"announced shards {sorted(sha256)} do not match {names}", 409, "digest_mismatch"
+        )
     for name in names:
         if Path(name).name != name or not name.endswith(".safetensors"):
             raise WeightsPathError(f"bad shard name {name!r}", 403, "forbidden")
@@ -185,8 +192,9 @@ def read_weights(
         data, digest = _read_shard(base / name, root_real, budget)
         budget -= len(data)
         if sha256 and digest != sha256[name].lower():
-            raise WeightsPathError(f"shard {name!r}: SHA-256 does not match the announcement",
-                                   409, "digest_mismatch")  # fmt: skip
+            raise WeightsPathError(
+                f"shard {name!r}: SHA-256 does not match the announcement", 409, "digest_mismatch"
+            )
         shards[name], digests[name] = data, digest
     return VerifiedWeights(path=real, shards=shards, sha256=digests)
 
@@ -252,8 +260,9 @@ def check_finite(weights: VerifiedWeights) -> None:
                 if not bool(torch.isfinite(part).all()):
                     raise WeightsRefused(
                         f"{name}: tensor {tensor!r} holds NaN or infinite values: refused",
-                        400, "non_finite_weights",
-                    )  # fmt: skip
+                        400,
+                        "non_finite_weights",
+                    )
 
 
 def tensors_of(weights: VerifiedWeights) -> dict[str, torch.Tensor]:

@@ -132,8 +132,9 @@ def vine(inputs: AdvantageInputs) -> tuple[Tensor, dict[str, Tensor]]:
             f"a response has {int(num_steps.max())} steps but step_values has only "
             f"{step_values.shape[1]} columns"
         )
-    step_adv = vine_step_advantages(step_values, inputs.rewards, num_steps, inputs.mc_step_cap,
-                                    inputs.next_step_values)  # fmt: skip
+    step_adv = vine_step_advantages(
+        step_values, inputs.rewards, num_steps, inputs.mc_step_cap, inputs.next_step_values
+    )
     idx = step_ids.clamp(0, step_values.shape[1] - 1)  # (B, T)
     token_adv = step_adv.gather(1, idx) * mask  # (B, T)
     return token_adv, {"step_advantages": step_adv, "num_steps": num_steps}

@@ -129,8 +129,10 @@ def pooled_state_values(
     """
     u = len(plan.states)
     if mc_values.shape != (u,) or mc_k.shape != (u,):
-        raise ValueError(f"expected mc_values and mc_k of shape ({u},), got "
-                         f"{tuple(mc_values.shape)} and {tuple(mc_k.shape)}")  # fmt: skip
+        raise ValueError(
+            f"expected mc_values and mc_k of shape ({u},), got "
+            f"{tuple(mc_values.shape)} and {tuple(mc_k.shape)}"
+        )
     b, s = len(plan.index), plan.max_steps
     idx = torch.full((b, s), -2, dtype=torch.long)  # -1 capped, -2 past the end
     for row, ids in enumerate(plan.index):

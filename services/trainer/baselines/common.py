@@ -77,15 +77,24 @@ class SelfTrainRun:
         )
 
     def prompt(self, ex: Example) -> str:
-        return format_prompt(ex.question, style=self.style, dataset=ex.dataset,
-                             tokenizer=self.tokenizer, few_shot=self.shots)  # fmt: skip
+        return format_prompt(
+            ex.question,
+            style=self.style,
+            dataset=ex.dataset,
+            tokenizer=self.tokenizer,
+            few_shot=self.shots,
+        )
 
     async def push(self, model: Any, version: int) -> None:
         """Save ``model`` as policy ``version``, announce it, wait until replicas serve it."""
         self.version = version
         await push_policy(self.services.queue, model, self.tokenizer, self.policy_root, version)
-        await wait_for_replicas(self.services.queue, version, self.services.min_replicas,
-                                self.services.replica_timeout_s)  # fmt: skip
+        await wait_for_replicas(
+            self.services.queue,
+            version,
+            self.services.min_replicas,
+            self.services.replica_timeout_s,
+        )
 
     async def sample(
         self, examples: Sequence[Example], n: int, seed: int
@@ -96,14 +105,28 @@ class SelfTrainRun:
         prompts = [self.prompt(x) for x in examples]
         result: tuple[list[list[Completion]], list[Verdict]] | None = None
         if self.info.rank == 0:
-            sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p,
-                                      max_tokens=r.max_response_tokens, seed=seed)  # fmt: skip
-            options = JobOptions(job_size=self.services.job_size, desc="sample",
-                                 progress=self.progress)  # fmt: skip
-            outs = await run_generate_jobs(self.services.queue, prompts, version=self.version,
-                                           n=n, sampling=sampling, options=options)  # fmt: skip
-            items = [GradeItem(response=c.text, gold=ex.answer, dataset=ex.dataset)
-                     for ex, per in zip(examples, outs, strict=True) for c in per]  # fmt: skip
+            sampling = SamplingParams(
+                temperature=r.temperature,
+                top_p=r.top_p,
+                max_tokens=r.max_response_tokens,
+                seed=seed,
+            )
+            options = JobOptions(
+                job_size=self.services.job_size, desc="sample", progress=self.progress
+            )
+            outs = await run_generate_jobs(
+                self.services.queue,
+                prompts,
+                version=self.version,
+                n=n,
+                sampling=sampling,
+                options=options,
+            )
+            items = [
+                GradeItem(response=c.text, gold=ex.answer, dataset=ex.dataset)
+                for ex, per in zip(examples, outs, strict=True)
+                for c in per
+            ]
             result = (outs, list(await self.services.grader.grade(items)))
         outs, verdicts = await asyncio.to_thread(broadcast_from_main, result)
         return prompts, outs, verdicts
@@ -112,8 +135,14 @@ class SelfTrainRun:
         """Pass@1 of the served version on the validation split (as the RL loop measures it):
         rank 0 evaluates, every rank gets the row."""
         prompts = [self.prompt(x) for x in self.val]
-        return await validation_metrics(self.services, self.val, prompts, version=self.version,
-                                        cfg=self.cfg, progress=self.progress)  # fmt: skip
+        return await validation_metrics(
+            self.services,
+            self.val,
+            prompts,
+            version=self.version,
+            cfg=self.cfg,
+            progress=self.progress,
+        )
 
     def fresh_start(self) -> None:
         """Forget a previous run in ``output_dir``: metrics, checkpoints, ``best/`` (rank 0)."""
@@ -125,9 +154,12 @@ class SelfTrainRun:
 
     def trainer_state(self) -> dict[str, Any]:
         """What every baseline's checkpoint holds besides its own fields."""
-        return {"iteration": self.iteration, "version": self.version,
-                "data_position": self.data.position,
-                "generator": self.gen.get_state()}  # fmt: skip
+        return {
+            "iteration": self.iteration,
+            "version": self.version,
+            "data_position": self.data.position,
+            "generator": self.gen.get_state(),
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Undo `trainer_state` (after `checkpoint.load_checkpoint`); drop later metric rows."""
@@ -170,5 +202,6 @@ def set_rng_state(state: tuple[Any, torch.Tensor]) -> None:
 def rewards_of(outs: Sequence[Sequence[Completion]], verdicts: Sequence[Verdict]) -> list[float]:
     """Flat rewards; a length-truncated response gets 0 (the RL loop's rule)."""
     flat = [c for per in outs for c in per]
-    return [v.reward if c.finish_reason == "stop" else 0.0
-            for c, v in zip(flat, verdicts, strict=True)]  # fmt: skip
+    return [
+        v.reward if c.finish_reason == "stop" else 0.0 for c, v in zip(flat, verdicts, strict=True)
+    ]

@@ -119,8 +119,12 @@ class PairRound:
             mask[i, p - 1 : len(seq) - 1] = 1.0
             if with_ref:
                 ref[i, p - 1 : len(seq) - 1] = self.ref_logprobs[r]
-        return {"input_ids": ids, "attention_mask": attention, "response_mask": mask,
-                "ref_logprobs": ref}  # fmt: skip
+        return {
+            "input_ids": ids,
+            "attention_mask": attention,
+            "response_mask": mask,
+            "ref_logprobs": ref,
+        }
 
 
 class DPOPositive(SelfTrainRun):
@@ -173,8 +177,9 @@ class DPOPositive(SelfTrainRun):
     def checkpoint(self) -> None:
         """``checkpoints/iter-e``: the policy engine (weights, optimizer, LR schedule), data
         position, generator and RNG."""
-        save_checkpoint(self.ckpt_root, self.iteration, {"policy": self.policy},
-                        self.trainer_state())  # fmt: skip
+        save_checkpoint(
+            self.ckpt_root, self.iteration, {"policy": self.policy}, self.trainer_state()
+        )
 
     # -- the round ----------------------------------------------------------------------
     async def sample_round(self) -> PairRound:
@@ -213,10 +218,12 @@ class DPOPositive(SelfTrainRun):
         data.stats = {
             "reward/mean": sum(rewards) / max(1, len(rewards)),
             "response/tokens_mean": sum(lengths) / max(1, len(lengths)),
-            "dpo/prompts": float(count), "dpo/responses": float(len(rewards)),
+            "dpo/prompts": float(count),
+            "dpo/responses": float(len(rewards)),
             "dpo/pairs": float(len(data.chosen)),
-            "time/generate": t_gen, "time/ref": time.monotonic() - t0,
-        }  # fmt: skip
+            "time/generate": t_gen,
+            "time/ref": time.monotonic() - t0,
+        }
         return data
 
     @torch.no_grad()
@@ -228,8 +235,9 @@ class DPOPositive(SelfTrainRun):
             rows = list(range(start, min(start + micro, len(data.seqs))))
             b = {k: v.to(self.info.device) for k, v in data.batch(rows, pad, False).items()}
             logits = self.ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            logp = logprobs_from_logits(logits[:, :-1].float(), b["input_ids"][:, 1:],
-                                        self.temperature).cpu()  # fmt: skip
+            logp = logprobs_from_logits(
+                logits[:, :-1].float(), b["input_ids"][:, 1:], self.temperature
+            ).cpu()
             for i, r in enumerate(rows):
                 p, n = data.prompt_lens[r], len(data.seqs[r])
                 out.append(logp[i, p - 1 : n - 1].clone())
@@ -256,14 +264,19 @@ class DPOPositive(SelfTrainRun):
         cfg, d = self.cfg, self.cfg.dpo
         total = max(1, d.epochs * math.ceil(num_pairs / d.batch_size))
         return wrap(
-            load_policy(cfg.model.policy, self.info.device, self.dtype), lr=cfg.optim.lr,
-            betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
-            grad_clip=cfg.optim.grad_clip, zero_stage=cfg.dist.zero_stage, total_steps=total,
+            load_policy(cfg.model.policy, self.info.device, self.dtype),
+            lr=cfg.optim.lr,
+            betas=cfg.optim.betas,
+            weight_decay=cfg.optim.weight_decay,
+            grad_clip=cfg.optim.grad_clip,
+            zero_stage=cfg.dist.zero_stage,
+            total_steps=total,
             warmup_steps=math.ceil(cfg.optim.warmup_ratio * total),
-            lr_end_ratio=cfg.optim.lr_end / cfg.optim.lr, decay_power=cfg.optim.decay_power,
+            lr_end_ratio=cfg.optim.lr_end / cfg.optim.lr,
+            decay_power=cfg.optim.decay_power,
             micro_batch_size=d.micro_batch_size,
             grad_accum_steps=d.batch_size // (d.micro_batch_size * self.info.world_size),
-        )  # fmt: skip
+        )
 
     async def epoch(self, data: PairRound) -> dict[str, Any]:
         """One pass over the pairs, then push, validate; returns the epoch's metrics row."""
@@ -277,13 +290,20 @@ class DPOPositive(SelfTrainRun):
         first = self.iteration == 1  # the round's sampling time is paid before epoch 1
         round_stats = {k: v for k, v in data.stats.items() if first or not k.startswith("time/")}
         row = {
-            "iteration": self.iteration, "version": self.version, "algo": "dpo_positive",
-            "dpo/beta": self.beta, "dpo/lam": self.cfg.dpo.lam, **round_stats, **stats,
-            "time/train": t_train, "time/push": t_push,
-            "time/iteration": time.monotonic() - t_start
+            "iteration": self.iteration,
+            "version": self.version,
+            "algo": "dpo_positive",
+            "dpo/beta": self.beta,
+            "dpo/lam": self.cfg.dpo.lam,
+            **round_stats,
+            **stats,
+            "time/train": t_train,
+            "time/push": t_push,
+            "time/iteration": time.monotonic()
+            - t_start
             + (data.stats["time/generate"] + data.stats["time/ref"] if first else 0.0),
             **memory_stats(self.info.device),
-        }  # fmt: skip
+        }
         row.update(await self.validate())
         return row
 
@@ -328,6 +348,11 @@ class DPOPositive(SelfTrainRun):
         with torch.no_grad():
             kl = masked_mean(kl_k3(logp.detach(), b["ref_logprobs"]), b["response_mask"])
         result = {k: float(v) for k, v in stats.items()}
-        result.update({"loss/dpo": float(loss.detach()), "loss/policy": float(loss.detach()),
-                       "kl/ref": float(kl)})  # fmt: skip
+        result.update(
+            {
+                "loss/dpo": float(loss.detach()),
+                "loss/policy": float(loss.detach()),
+                "kl/ref": float(kl),
+            }
+        )
         return result

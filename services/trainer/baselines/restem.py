@@ -115,8 +115,9 @@ class RestEM(SelfTrainRun):
             stop = False
             if row["restem/kept"]:  # nothing correct: the selected checkpoint stays
                 if self.cfg.restem.stop_on_drop and row["acc/val"] < prev_acc:
-                    log.info("validation dropped (%.4g < %.4g): RestEM stops", row["acc/val"],
-                             prev_acc)  # fmt: skip
+                    log.info(
+                        "validation dropped (%.4g < %.4g): RestEM stops", row["acc/val"], prev_acc
+                    )
                     stop = True
                 else:
                     prev_acc = row["acc/val"]
@@ -134,8 +135,12 @@ class RestEM(SelfTrainRun):
         if self.info.rank != 0:
             return
         selected = load_policy(self.best_dir, "cpu", self.dtype).state_dict()
-        state = {**self.trainer_state(), "prev_acc": prev_acc, "stopped": stopped,
-                 "selected": selected}  # fmt: skip
+        state = {
+            **self.trainer_state(),
+            "prev_acc": prev_acc,
+            "stopped": stopped,
+            "selected": selected,
+        }
         save_checkpoint(self.ckpt_root, self.iteration, {}, state)
 
     async def _select(self, version: int) -> None:
@@ -181,27 +186,40 @@ class RestEM(SelfTrainRun):
         t_gen = time.monotonic() - t0
         rewards = rewards_of(outs, verdicts)
         p_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
-        rows = keep_correct(p_ids, outs, rewards, int(self.tokenizer.eos_token_id),
-                            rc.max_per_prompt)  # fmt: skip
+        rows = keep_correct(
+            p_ids, outs, rewards, int(self.tokenizer.eos_token_id), rc.max_per_prompt
+        )
         self.iteration += 1
         # 3) finetune the base model epoch by epoch, 4) validate each epoch, select
         t0 = time.monotonic()
-        fit: dict[str, Any] = await self._fit(rows) if rows else {
-            "acc/val": None, "time/eval": 0.0, "restem/selected_version": self.version,
-            "restem/epochs_run": 0}  # fmt: skip
+        fit: dict[str, Any] = (
+            await self._fit(rows)
+            if rows
+            else {
+                "acc/val": None,
+                "time/eval": 0.0,
+                "restem/selected_version": self.version,
+                "restem/epochs_run": 0,
+            }
+        )
         t_fit = time.monotonic() - t0
         if fit["acc/val"] is None:  # nothing correct: keep serving the selected checkpoint
             fit.update(await self.validate())
         sampled = sum(len(c.token_ids) for per in outs for c in per)
         return {
-            "iteration": self.iteration, "version": self.version, "algo": "restem",
-            "reward/mean": sum(rewards) / len(rewards), "restem/kept": len(rows),
+            "iteration": self.iteration,
+            "version": self.version,
+            "algo": "restem",
+            "reward/mean": sum(rewards) / len(rewards),
+            "restem/kept": len(rows),
             "response/tokens_mean": sampled / len(rewards),
-            **fit, "time/generate": t_gen, "time/train": t_fit - fit["time/eval"],
+            **fit,
+            "time/generate": t_gen,
+            "time/train": t_fit - fit["time/eval"],
             "time/iteration": time.monotonic() - t_start - fit["time/eval"],
             "rollout/tokens_per_s": sampled / max(t_gen, 1e-9),
             "mem/peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        }  # fmt: skip
+        }
 
     async def _fit(self, rows: list[tuple[list[int], list[int]]]) -> dict[str, Any]:
         """Epochs from the base model; each epoch pushed + validated; stop at the first drop."""
@@ -222,22 +240,32 @@ class RestEM(SelfTrainRun):
             if select_checkpoint(accs) < len(accs) - 1:
                 break  # validation dropped: the previous checkpoint is selected
         pick = select_checkpoint(accs)
-        return {"acc/val": accs[pick], "time/eval": t_eval, "restem/selected_epoch": pick + 1,
-                "restem/selected_version": versions[pick], "restem/epochs_run": len(accs),
-                "loss/sft": losses[pick], "acc/val_epochs": accs}  # fmt: skip
+        return {
+            "acc/val": accs[pick],
+            "time/eval": t_eval,
+            "restem/selected_epoch": pick + 1,
+            "restem/selected_version": versions[pick],
+            "restem/epochs_run": len(accs),
+            "loss/sft": losses[pick],
+            "acc/val_epochs": accs,
+        }
 
     def _engine(self, total_steps: int) -> Any:
         from services.trainer.runtime.distributed import wrap
 
         cfg, rc = self.cfg, self.cfg.restem
         return wrap(
-            self._load_base(), lr=rc.lr, betas=cfg.optim.betas,
-            weight_decay=cfg.optim.weight_decay, grad_clip=cfg.optim.grad_clip,
-            zero_stage=cfg.dist.zero_stage, total_steps=total_steps,
+            self._load_base(),
+            lr=rc.lr,
+            betas=cfg.optim.betas,
+            weight_decay=cfg.optim.weight_decay,
+            grad_clip=cfg.optim.grad_clip,
+            zero_stage=cfg.dist.zero_stage,
+            total_steps=total_steps,
             warmup_steps=math.ceil(cfg.optim.warmup_ratio * total_steps),
             micro_batch_size=rc.micro_batch_size,
             grad_accum_steps=rc.batch_size // (rc.micro_batch_size * self.info.world_size),
-        )  # fmt: skip
+        )
 
     def _epoch(self, engine: Any, rows: list[tuple[list[int], list[int]]]) -> float:
         """One shuffled pass (padded to whole batches by wrapping around); mean NLL."""

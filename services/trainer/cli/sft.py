@@ -44,8 +44,12 @@ def sft_cmd(
         import yaml
 
         data = merge_dicts(data, yaml.safe_load(config.read_text(encoding="utf-8")) or {})
-    flags = {"dataset": dataset, "model": model, "from_scratch": from_scratch,
-             "output_dir": output_dir}  # fmt: skip
+    flags = {
+        "dataset": dataset,
+        "model": model,
+        "from_scratch": from_scratch,
+        "output_dir": output_dir,
+    }
     data = merge_dicts(data, {k: v for k, v in flags.items() if v is not None})
     try:
         data = merge_dicts(data, parse_overrides(set_))

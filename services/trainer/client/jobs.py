@@ -125,8 +125,9 @@ async def _settle(
     else:
         return
     if len(c.job_ids) >= options.max_attempts:
-        raise JobsFailed(f"job chunk {c.index} got no result in {len(c.job_ids)} attempt(s): "
-                         f"{c.errors}")  # fmt: skip
+        raise JobsFailed(
+            f"job chunk {c.index} got no result in {len(c.job_ids)} attempt(s): {c.errors}"
+        )
     c.job = _attempt(c.job, c.job.attempt + 1, f"{batch}-c{c.index}")
     c.job_ids.append(c.job.job_id)
     c.deadline = time.monotonic() + options.timeout_s
@@ -150,8 +151,9 @@ async def run_value_jobs(
     """MC value of every item by policy ``version``; result[i] belongs to items[i]."""
 
     def job(r: range) -> Job:
-        request = ValueRequest(items=[items[i] for i in r], k=k, sampling=sampling,
-                               stream_offset=r.start)  # fmt: skip
+        request = ValueRequest(
+            items=[items[i] for i in r], k=k, sampling=sampling, stream_offset=r.start
+        )
         return Job(kind="value", policy_version=version, value=request)
 
     options = options or JobOptions(desc="value jobs")
@@ -170,8 +172,9 @@ async def run_generate_jobs(
     """``n`` completions of every prompt by policy ``version``, in input order."""
 
     def job(r: range) -> Job:
-        request = GenerateRequest(prompts=[prompts[i] for i in r], n=n, sampling=sampling,
-                                  stream_offset=r.start)  # fmt: skip
+        request = GenerateRequest(
+            prompts=[prompts[i] for i in r], n=n, sampling=sampling, stream_offset=r.start
+        )
         return Job(kind="generate", policy_version=version, generate=request)
 
     options = options or JobOptions(desc="generate jobs")
@@ -224,8 +227,12 @@ async def wait_for_replicas(
         for r in replicas:
             if r.state == "failed" and r.failed_version == version and r.replica_id not in warned:
                 warned.add(r.replica_id)
-                log.warning("replica %s failed to load policy v%d and is excluded: %s",
-                            r.replica_id, version, r.error)  # fmt: skip
+                log.warning(
+                    "replica %s failed to load policy v%d and is excluded: %s",
+                    r.replica_id,
+                    version,
+                    r.error,
+                )
         if len(ready) >= min_replicas:
             return ready
         if time.monotonic() >= deadline:

@@ -90,8 +90,13 @@ async def run_services(
             config = WorkerConfig(replica_id=f"local-{i}", checkpoint_root=checkpoint_root)
             workers.append(asyncio.create_task(run_worker(queue, eng, grader, config, stop)))
         try:
-            yield Services(queue=queue, grader=grader, min_replicas=max(1, local_replicas),
-                           job_size=job_size, policy_root=checkpoint_root)  # fmt: skip
+            yield Services(
+                queue=queue,
+                grader=grader,
+                min_replicas=max(1, local_replicas),
+                job_size=job_size,
+                policy_root=checkpoint_root,
+            )
         finally:
             stop.set()
             await asyncio.gather(*workers, return_exceptions=True)

@@ -80,11 +80,19 @@ def build_episodes(
         spans = split_steps(c.text, step_rules) or [(0, 0)]
         ranges = token_step_ranges(spans, char_offsets(c.token_ids, decode), len(c.token_ids))
         episodes.append(
-            Episode(group=g, prompt=prompts[g], example=examples[g], prompt_ids=prompt_ids[g],
-                    response_ids=list(c.token_ids), response=c.text,
-                    finish_reason=c.finish_reason, reward=float(reward), spans=spans,
-                    step_ranges=ranges)
-        )  # fmt: skip
+            Episode(
+                group=g,
+                prompt=prompts[g],
+                example=examples[g],
+                prompt_ids=prompt_ids[g],
+                response_ids=list(c.token_ids),
+                response=c.text,
+                finish_reason=c.finish_reason,
+                reward=float(reward),
+                spans=spans,
+                step_ranges=ranges,
+            )
+        )
     return episodes
 
 

@@ -162,8 +162,7 @@ def plot_analysis(
     # 1) predicted vs ground truth, one panel per method, two per row (Figure 9)
     cols = min(2, len(methods))
     rows = -(-len(methods) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.3 * rows), dpi=110,
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.3 * rows), dpi=110, squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i >= len(methods):
             ax.set_visible(False)
@@ -171,8 +170,12 @@ def plot_analysis(
         name = methods[i]
         ax.scatter(records["truth"], records["preds"][name], s=12, alpha=0.4)
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-        ax.set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), xlabel="ground-truth V(s)",
-               ylabel="predicted V̂(s)")  # fmt: skip
+        ax.set(
+            xlim=(-0.05, 1.05),
+            ylim=(-0.05, 1.05),
+            xlabel="ground-truth V(s)",
+            ylabel="predicted V̂(s)",
+        )
         ax.set_title(f"{name} (MAE {metrics[name]['mae']:.3f})", fontsize="medium")
     paths = [_save(fig, plt, prefix.with_name(prefix.name + "scatter.png"))]
     # 2) MAE per reasoning-step index (Figure 10)
@@ -188,8 +191,9 @@ def plot_analysis(
     # 3) accuracy vs tolerance (Figure 11)
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
     for name in methods:
-        ax.plot(CURVE_TOLERANCES, metrics[name]["accuracy_curve"], label=name,
-                **_style(name, methods))  # fmt: skip
+        ax.plot(
+            CURVE_TOLERANCES, metrics[name]["accuracy_curve"], label=name, **_style(name, methods)
+        )
     ax.axvline(TOLERANCE, color="grey", lw=0.8, ls="--")
     ax.set(xlabel="tolerance |V̂ − V|", ylabel="share of states within tolerance", ylim=(0, 1.02))
     _finish(ax, "lower right")
@@ -205,8 +209,12 @@ def _finish(ax: Any, loc: str) -> None:
 def _style(name: str, methods: list[str]) -> dict[str, Any]:
     """Distinct marker and dash per method, so methods with equal numbers stay visible."""
     i = methods.index(name)
-    return {"marker": "osD^v"[i % 5], "ls": ["-", "--", "-.", ":"][i % 4], "alpha": 0.85,
-            "markersize": 7 - i}  # fmt: skip
+    return {
+        "marker": "osD^v"[i % 5],
+        "ls": ["-", "--", "-.", ":"][i % 4],
+        "alpha": 0.85,
+        "markersize": 7 - i,
+    }
 
 
 def _save(fig: Any, plt: Any, path: Path) -> Path:

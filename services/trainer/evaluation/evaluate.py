@@ -69,9 +69,13 @@ async def evaluate(
         temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
     )
     outs = await run_generate_jobs(
-        queue, prompts, version=version, n=seeds, sampling=sampling,
+        queue,
+        prompts,
+        version=version,
+        n=seeds,
+        sampling=sampling,
         options=JobOptions(job_size=32, desc="eval", progress=progress),  # 32 prompts × S rows
-    )  # fmt: skip
+    )
     items = [
         GradeItem(response=c.text, gold=ex.answer, dataset=ex.dataset)
         for ex, per in zip(examples, outs, strict=True)
@@ -112,10 +116,22 @@ async def validation_metrics(
         t0 = time.monotonic()
         ev = cfg.eval
         res = await evaluate(
-            services.queue, services.grader, examples, prompts, version=version,
-            seeds=ev.seeds, temperature=ev.temperature, max_tokens=ev.max_response_tokens,
-            seed=stream_seed(cfg.seed, VALIDATION_STREAM), top_p=ev.top_p, progress=progress,
-        )  # fmt: skip
-        row = {"acc/val": res.mean, "acc/val_spread": res.spread, "acc/val_se": res.stderr,
-               "time/eval": time.monotonic() - t0}  # fmt: skip
+            services.queue,
+            services.grader,
+            examples,
+            prompts,
+            version=version,
+            seeds=ev.seeds,
+            temperature=ev.temperature,
+            max_tokens=ev.max_response_tokens,
+            seed=stream_seed(cfg.seed, VALIDATION_STREAM),
+            top_p=ev.top_p,
+            progress=progress,
+        )
+        row = {
+            "acc/val": res.mean,
+            "acc/val_spread": res.spread,
+            "acc/val_se": res.stderr,
+            "time/eval": time.monotonic() - t0,
+        }
     return await asyncio.to_thread(broadcast_from_main, row)

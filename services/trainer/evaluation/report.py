@@ -63,8 +63,10 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
     command = cmd_file.read_text().strip() if cmd_file.is_file() else ""
     analysis_file = Path(run_dir) / "value-analysis" / "analysis.json"
     analysis = json.loads(analysis_file.read_text()) if analysis_file.is_file() else None
-    evals = {p.stem.removeprefix("eval-"): json.loads(p.read_text())
-             for p in sorted(Path(run_dir).glob("eval-*.json"))}  # fmt: skip
+    evals = {
+        p.stem.removeprefix("eval-"): json.loads(p.read_text())
+        for p in sorted(Path(run_dir).glob("eval-*.json"))
+    }
     return Run(name or Path(run_dir).name, rows, command, analysis=analysis, evals=evals)
 
 
@@ -92,9 +94,13 @@ def _plot(runs: Sequence[Run], x_of: str, out: Path, xlabel: str, key: str = "ac
         (line,) = ax.plot(xs, acc, marker="o", ms=3, label=run.name)
         se_its, se = run.series(f"{key}_se")
         if key == "acc/val" and se_its == its:
-            ax.fill_between(xs, [a - e for a, e in zip(acc, se, strict=True)],
-                            [a + e for a, e in zip(acc, se, strict=True)],
-                            color=line.get_color(), alpha=0.2)  # fmt: skip
+            ax.fill_between(
+                xs,
+                [a - e for a, e in zip(acc, se, strict=True)],
+                [a + e for a, e in zip(acc, se, strict=True)],
+                color=line.get_color(),
+                alpha=0.2,
+            )
     if x_of == "iteration":
         from matplotlib.ticker import MaxNLocator
 
@@ -131,8 +137,15 @@ def write_report(
     critics = [r for r in runs if r.series("value/critic_mae")[0]]
     for key in ("value/critic_mae", "value/critic_ev") if critics else ():
         name = key.split("/")[1].replace("_", "-")
-        plots.append(_plot(critics, "iteration", out_html.with_name(f"{stem}-{name}.png"),
-                           "RL iteration", key=key))  # fmt: skip
+        plots.append(
+            _plot(
+                critics,
+                "iteration",
+                out_html.with_name(f"{stem}-{name}.png"),
+                "RL iteration",
+                key=key,
+            )
+        )
     rows = list(summary) or [_final_numbers(r) for r in runs]
     keys = list(dict.fromkeys(k for row in rows for k in row))
     table = "".join(
@@ -173,10 +186,12 @@ def _final_numbers(run: Run) -> dict[str, Any]:
         "best acc/val": max(acc) if acc else "",
         "final acc/val": acc[-1] if acc else "",
         "wall-clock (s)": wall[max(wall)],
-        **{f"{split} Pass@1": f"{e['pass@1']:.4f} ± {e['spread']:.4f}"
-           for split, e in run.evals.items()},
+        **{
+            f"{split} Pass@1": f"{e['pass@1']:.4f} ± {e['spread']:.4f}"
+            for split, e in run.evals.items()
+        },
         **run.extra,
-    }  # fmt: skip
+    }
 
 
 VALUE_COLUMNS = {"mae": "MAE", "accuracy": "accuracy (±0.05)",
@@ -190,10 +205,12 @@ def value_analysis_section(runs: Sequence[Run], out_html: Path) -> str:
     parts = [_value_block(i, run, out_html) for i, run in enumerate(runs) if run.analysis]
     if not parts:
         return ""
-    note = ("<p>Ground truth V(s) = mean return of many Monte Carlo continuations of the same "
-            "policy; accuracy = share of states with |V̂ − V| ≤ 0.05; top-action = how often "
-            "the method ranks a truly best of the candidate next steps first (ties broken at "
-            "random, so a shared baseline scores chance).</p>")  # fmt: skip
+    note = (
+        "<p>Ground truth V(s) = mean return of many Monte Carlo continuations of the same "
+        "policy; accuracy = share of states with |V̂ − V| ≤ 0.05; top-action = how often "
+        "the method ranks a truly best of the candidate next steps first (ties broken at "
+        "random, so a shared baseline scores chance).</p>"
+    )
     return "<h2>Value prediction</h2>" + note + "".join(parts)
 
 
@@ -213,13 +230,17 @@ def _value_block(i: int, run: Run, out_html: Path) -> str:
     images = "".join(f'<img src="{p.name}" alt="{p.stem}">' for p in plots)
     cfg = records.get("config", {})
     n_top = len((records.get("top") or {}).get("states", []))
-    about = (f"<p>Policy <code>{html.escape(str(run.analysis.get('policy', '')))}</code>; "
-             f"ground truth from {cfg.get('truth_k', '?')} MC samples per state; "
-             f"{cfg.get('responses', '?')} trajectories per prompt at temperature "
-             f"{cfg.get('temperature', '?')}; top-action over {cfg.get('candidates', '?')} "
-             f"candidate next steps at {n_top} states.</p>")  # fmt: skip
-    return (f"<h3>{html.escape(run.name)}</h3>{about}<table><tr>{head}</tr>{body}</table>"
-            f"<div>{images}</div>")  # fmt: skip
+    about = (
+        f"<p>Policy <code>{html.escape(str(run.analysis.get('policy', '')))}</code>; "
+        f"ground truth from {cfg.get('truth_k', '?')} MC samples per state; "
+        f"{cfg.get('responses', '?')} trajectories per prompt at temperature "
+        f"{cfg.get('temperature', '?')}; top-action over {cfg.get('candidates', '?')} "
+        f"candidate next steps at {n_top} states.</p>"
+    )
+    return (
+        f"<h3>{html.escape(run.name)}</h3>{about}<table><tr>{head}</tr>{body}</table>"
+        f"<div>{images}</div>"
+    )
 
 
 def _fmt(v: Any) -> str:

@@ -39,8 +39,9 @@ def select_checkpoint(run_dir: Path) -> dict[str, Any]:
     cfg = run_config(run_dir)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
     acc = {int(r["version"]): float(r["acc/val"]) for r in rows if "acc/val" in r}
-    paths: dict[int, Path] = {v: policy_dir(run_dir / "policies", v)
-                              for v in list_policies(run_dir / "policies")}  # fmt: skip
+    paths: dict[int, Path] = {
+        v: policy_dir(run_dir / "policies", v) for v in list_policies(run_dir / "policies")
+    }
     if Path(cfg.model.policy).is_dir():
         paths.setdefault(0, Path(cfg.model.policy))
     best_meta = run_dir / "best" / "best.json"
@@ -51,9 +52,14 @@ def select_checkpoint(run_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{run_dir}: no validated version has weights left")
     chosen = candidates[0]
     overall = min(acc, key=lambda v: (-acc[v], v))
-    return {"version": chosen, "path": str(paths[chosen]), "acc/val": acc[chosen],
-            "best_validated_version": overall, "best_is_available": overall == chosen,
-            "candidates": {str(v): acc[v] for v in sorted(paths) if v in acc}}  # fmt: skip
+    return {
+        "version": chosen,
+        "path": str(paths[chosen]),
+        "acc/val": acc[chosen],
+        "best_validated_version": overall,
+        "best_is_available": overall == chosen,
+        "candidates": {str(v): acc[v] for v in sorted(paths) if v in acc},
+    }
 
 
 def prompts_for(tokenizer: Any, examples: list[Any], shots: Sequence[Any] = ()) -> list[str]:
@@ -61,8 +67,12 @@ def prompts_for(tokenizer: Any, examples: list[Any], shots: Sequence[Any] = ()) 
     from shared.prompts import format_prompt, style_for
 
     style = style_for(tokenizer)
-    return [format_prompt(x.question, style=style, dataset=x.dataset, tokenizer=tokenizer,
-                          few_shot=shots) for x in examples]  # fmt: skip
+    return [
+        format_prompt(
+            x.question, style=style, dataset=x.dataset, tokenizer=tokenizer, few_shot=shots
+        )
+        for x in examples
+    ]
 
 
 def _services(checkpoint: Path, svc: dict[str, Any]) -> Any:
@@ -73,10 +83,18 @@ def _services(checkpoint: Path, svc: dict[str, Any]) -> Any:
 
 
 async def eval_checkpoint(
-    checkpoint: Path, examples: list[Any], *, seeds: int, temperature: float, max_tokens: int,
-    seed: int = 1234, top_p: float = 1.0, progress: bool = True, shots: Sequence[Any] = (),
+    checkpoint: Path,
+    examples: list[Any],
+    *,
+    seeds: int,
+    temperature: float,
+    max_tokens: int,
+    seed: int = 1234,
+    top_p: float = 1.0,
+    progress: bool = True,
+    shots: Sequence[Any] = (),
     **svc: Any,
-) -> Any:  # fmt: skip
+) -> Any:
     """Pass@1 (``evaluate.PassAt1``) of ``checkpoint`` through freshly started services;
     ``svc`` goes to ``run_services`` (redis_url, reward_url, local_replicas, device)."""
     from services.trainer.client.jobs import wait_for_replicas
@@ -86,9 +104,19 @@ async def eval_checkpoint(
     prompts = prompts_for(load_tokenizer(checkpoint), examples, shots)
     async with _services(checkpoint, svc) as s:
         await wait_for_replicas(s.queue, 0, s.min_replicas, s.replica_timeout_s)
-        return await evaluate(s.queue, s.grader, examples, prompts, version=0, seeds=seeds,
-                              temperature=temperature, max_tokens=max_tokens, seed=seed,
-                              top_p=top_p, progress=progress)  # fmt: skip
+        return await evaluate(
+            s.queue,
+            s.grader,
+            examples,
+            prompts,
+            version=0,
+            seeds=seeds,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed,
+            top_p=top_p,
+            progress=progress,
+        )
 
 
 def run_policy(run_dir: Path) -> tuple[Path, Path | None]:
@@ -125,9 +153,15 @@ def load_critic(policy: Path, critic_file: Path | None = None) -> Any:
 
 
 async def analyze_checkpoint(
-    policy: Path, examples: list[Any], cfg: Any, out_dir: Path, *, critic: Any = None,
-    shots: Sequence[Any] = (), **svc: Any,
-) -> dict[str, Any]:  # fmt: skip
+    policy: Path,
+    examples: list[Any],
+    cfg: Any,
+    out_dir: Path,
+    *,
+    critic: Any = None,
+    shots: Sequence[Any] = (),
+    **svc: Any,
+) -> dict[str, Any]:
     """Probe values (``value_probe.probe_values``), summarize, write ``analysis.json`` and
     ``values-*.png`` into ``out_dir``; return the JSON document."""
     from services.trainer.client.jobs import wait_for_replicas

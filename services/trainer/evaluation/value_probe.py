@@ -99,24 +99,34 @@ class _Probe:
         self.s, self.tok, self.version, self.cfg = services, tokenizer, version, cfg
 
     def sampling(self, offset: int) -> SamplingParams:
-        return SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                              max_tokens=self.cfg.max_tokens,
-                              seed=self.cfg.seed * 1009 + offset)  # fmt: skip
+        return SamplingParams(
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            max_tokens=self.cfg.max_tokens,
+            seed=self.cfg.seed * 1009 + offset,
+        )
 
     def options(self, desc: str) -> JobOptions:
         return JobOptions(job_size=self.cfg.job_size, desc=desc, progress=self.cfg.progress)
 
     async def values(self, items: list[ValueItem], k: int, offset: int) -> list[Any]:
-        return await run_value_jobs(self.s.queue, items, version=self.version, k=k,
-                                    sampling=self.sampling(offset),
-                                    options=self.options(f"values k={k}"))  # fmt: skip
+        return await run_value_jobs(
+            self.s.queue,
+            items,
+            version=self.version,
+            k=k,
+            sampling=self.sampling(offset),
+            options=self.options(f"values k={k}"),
+        )
 
     async def estimate(self, items: list[ValueItem], critic: Any) -> dict[str, Any]:
         """Ground truth, VinePPO and (optionally) the critic for each item."""
         cfg = self.cfg
         truth = await self.values(items, cfg.truth_k, 2)
-        out: dict[str, Any] = {"truth": [v.value for v in truth],
-                               "terminal": [v.terminal for v in truth]}  # fmt: skip
+        out: dict[str, Any] = {
+            "truth": [v.value for v in truth],
+            "terminal": [v.terminal for v in truth],
+        }
         if cfg.vine_k:
             vine = await self.values(items, cfg.vine_k, 3)
             out[f"VinePPO K={cfg.vine_k}"] = [v.value for v in vine]
@@ -141,11 +151,19 @@ async def probe_values(
     """The records of the module docstring (see ``analysis.summarize`` for their use)."""
     probe = _Probe(services, tokenizer, version, cfg)
     # 1) trajectories, graded
-    outs = await run_generate_jobs(services.queue, list(prompts), version=version,
-                                   n=cfg.responses, sampling=probe.sampling(1),
-                                   options=probe.options("trajectories"))  # fmt: skip
-    items = [GradeItem(response=c.text, gold=ex.answer, dataset=ex.dataset)
-             for ex, per in zip(examples, outs, strict=True) for c in per]  # fmt: skip
+    outs = await run_generate_jobs(
+        services.queue,
+        list(prompts),
+        version=version,
+        n=cfg.responses,
+        sampling=probe.sampling(1),
+        options=probe.options("trajectories"),
+    )
+    items = [
+        GradeItem(response=c.text, gold=ex.answer, dataset=ex.dataset)
+        for ex, per in zip(examples, outs, strict=True)
+        for c in per
+    ]
     verdicts = await services.grader.grade(items)
     episodes = build_episodes(examples, prompts, outs, verdicts, tokenizer, cfg.step_rules)
     # 2) one record per (trajectory, step-boundary state); MC on the distinct states
@@ -157,9 +175,15 @@ async def probe_values(
             rec_step.append(i)
             rec_ep.append(b)
     owner = {u: rec_ep[r] for r, u in reversed(list(enumerate(rec_state)))}  # state -> episode
-    state_items = [ValueItem(prompt=p, partial_response=r, gold=episodes[owner[u]].example.answer,
-                             dataset=episodes[owner[u]].example.dataset)
-                   for (p, r), u in unique.items()]  # fmt: skip
+    state_items = [
+        ValueItem(
+            prompt=p,
+            partial_response=r,
+            gold=episodes[owner[u]].example.answer,
+            dataset=episodes[owner[u]].example.dataset,
+        )
+        for (p, r), u in unique.items()
+    ]
     # 3) every method's estimate
     est = await probe.estimate(state_items, critic)
     rewards = torch.tensor([e.reward for e in episodes])
@@ -169,11 +193,14 @@ async def probe_values(
     preds: dict[str, list[float]] = {m: [est[m][u] for u in rec_state] for m in methods}
     preds[GROUP_BASELINE] = [float(baseline[b]) for b in rec_ep]
     records: dict[str, Any] = {
-        "truth": [est["truth"][u] for u in rec_state], "step": rec_step, "preds": preds,
-        "episode": rec_ep, "group": [e.group for e in episodes],
+        "truth": [est["truth"][u] for u in rec_state],
+        "step": rec_step,
+        "preds": preds,
+        "episode": rec_ep,
+        "group": [e.group for e in episodes],
         "reward": [e.reward for e in episodes],
         "config": {k: v for k, v in cfg.__dict__.items() if k != "progress"},
-    }  # fmt: skip
+    }
     # 4) top-action identification
     records["top"] = await _top_actions(probe, state_items, est, owner, baseline, critic)
     return records
@@ -195,16 +222,25 @@ async def _top_actions(
     if not picked or cfg.candidates < 2:
         return {}
     parents = [state_items[u] for u in picked]
-    outs = await run_generate_jobs(probe.s.queue, [p.prompt + p.partial_response for p in parents],
-                                   version=probe.version, n=cfg.candidates,
-                                   sampling=probe.sampling(4),
-                                   options=probe.options("candidate steps"))  # fmt: skip
+    outs = await run_generate_jobs(
+        probe.s.queue,
+        [p.prompt + p.partial_response for p in parents],
+        version=probe.version,
+        n=cfg.candidates,
+        sampling=probe.sampling(4),
+        options=probe.options("candidate steps"),
+    )
     eos = str(probe.tok.eos_token or "")
     children = [
-        p.model_copy(update={"partial_response": p.partial_response
-                             + first_step(c.text, c.finish_reason == "stop", cfg.step_rules, eos)})
-        for p, per in zip(parents, outs, strict=True) for c in per
-    ]  # fmt: skip
+        p.model_copy(
+            update={
+                "partial_response": p.partial_response
+                + first_step(c.text, c.finish_reason == "stop", cfg.step_rules, eos)
+            }
+        )
+        for p, per in zip(parents, outs, strict=True)
+        for c in per
+    ]
     child = await probe.estimate(children, critic)
 
     def rows(flat: list[float]) -> list[list[float]]:

@@ -92,12 +92,24 @@ def update_critic(t: RLTrainer, batch: Batch, extra: dict[str, Tensor]) -> dict[
     dev = t.info.device
     batch = batch.to(dev)
     empty = torch.zeros(0)
-    inputs = UpdateInputs(batch=batch, advantages=torch.zeros_like(batch.response_mask),
-                          old_logprobs=empty, ref_logprobs=empty,
-                          old_values=extra["old_values"].to(dev),
-                          returns=extra["returns"].to(dev))  # fmt: skip
-    return ppo_epochs(None, t.critic, inputs, t.cfg.ppo, t.cfg.rollout.temperature, t.gen,
-                      rank=t.info.rank, world_size=t.info.world_size)  # fmt: skip
+    inputs = UpdateInputs(
+        batch=batch,
+        advantages=torch.zeros_like(batch.response_mask),
+        old_logprobs=empty,
+        ref_logprobs=empty,
+        old_values=extra["old_values"].to(dev),
+        returns=extra["returns"].to(dev),
+    )
+    return ppo_epochs(
+        None,
+        t.critic,
+        inputs,
+        t.cfg.ppo,
+        t.cfg.rollout.temperature,
+        t.gen,
+        rank=t.info.rank,
+        world_size=t.info.world_size,
+    )
 
 
 async def warmup_critic(t: RLTrainer) -> dict[str, float]:
@@ -132,19 +144,33 @@ async def probe_values_now(t: RLTrainer) -> dict[str, float]:
         start = time.monotonic()
         examples = t.val[: cfg.eval.value_probe_prompts]
         probe = ProbeConfig(
-            responses=max(2, cfg.rollout.responses_per_prompt), truth_k=cfg.eval.value_probe_k,
-            vine_k=0, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-            max_tokens=cfg.rollout.max_response_tokens, top_action_states=0,
+            responses=max(2, cfg.rollout.responses_per_prompt),
+            truth_k=cfg.eval.value_probe_k,
+            vine_k=0,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            max_tokens=cfg.rollout.max_response_tokens,
+            top_action_states=0,
             step_rules="math" if cfg.dataset == "math" else "gsm8k",
-            seed=stream_seed(cfg.seed, "probe"), job_size=t.services.job_size, progress=False,
-        )  # fmt: skip
+            seed=stream_seed(cfg.seed, "probe"),
+            job_size=t.services.job_size,
+            progress=False,
+        )
         critic = t.critic.module if t.critic is not None else None
-        records = await probe_values(t.services, t.tokenizer, examples,
-                                     [t.prompt(x) for x in examples], probe, critic=critic,
-                                     version=t.version)  # fmt: skip
+        records = await probe_values(
+            t.services,
+            t.tokenizer,
+            examples,
+            [t.prompt(x) for x in examples],
+            probe,
+            critic=critic,
+            version=t.version,
+        )
         metrics = summarize(records)
-        row = {"value/probe_states": float(metrics[GROUP_BASELINE]["num_states"]),
-               "time/value_probe": time.monotonic() - start}  # fmt: skip
+        row = {
+            "value/probe_states": float(metrics[GROUP_BASELINE]["num_states"]),
+            "time/value_probe": time.monotonic() - start,
+        }
         for name, key in ((CRITIC, "critic"), (GROUP_BASELINE, "group")):
             for metric, short in (("mae", "mae"), ("explained_variance", "ev")):
                 value = metrics.get(name, {}).get(metric)

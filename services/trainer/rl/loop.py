@@ -91,12 +91,17 @@ class RLTrainer:
             else torch.float32
         )
         common: dict[str, Any] = dict(
-            betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
-            grad_clip=cfg.optim.grad_clip, zero_stage=cfg.dist.zero_stage,
-            total_steps=cfg.total_steps, warmup_steps=cfg.warmup_steps,
-            lr_end_ratio=cfg.optim.lr_end / cfg.optim.lr, decay_power=cfg.optim.decay_power,
-            micro_batch_size=cfg.ppo.micro_batch_size, grad_accum_steps=cfg.grad_accum_steps,
-        )  # fmt: skip
+            betas=cfg.optim.betas,
+            weight_decay=cfg.optim.weight_decay,
+            grad_clip=cfg.optim.grad_clip,
+            zero_stage=cfg.dist.zero_stage,
+            total_steps=cfg.total_steps,
+            warmup_steps=cfg.warmup_steps,
+            lr_end_ratio=cfg.optim.lr_end / cfg.optim.lr,
+            decay_power=cfg.optim.decay_power,
+            micro_batch_size=cfg.ppo.micro_batch_size,
+            grad_accum_steps=cfg.grad_accum_steps,
+        )
         policy = load_policy(cfg.model.policy, self.info.device, dtype)
         self.policy = wrap(policy, lr=cfg.optim.lr, **common)
         self.ref = load_policy(cfg.model.policy, self.info.device, dtype).eval()
@@ -119,26 +124,37 @@ class RLTrainer:
 
     # -- helpers ----------------------------------------------------------------------
     def prompt(self, ex: Example) -> str:
-        return format_prompt(ex.question, style=self.style, dataset=ex.dataset,
-                             tokenizer=self.tokenizer, few_shot=self.shots)  # fmt: skip
+        return format_prompt(
+            ex.question,
+            style=self.style,
+            dataset=ex.dataset,
+            tokenizer=self.tokenizer,
+            few_shot=self.shots,
+        )
 
     def engines(self) -> dict[str, Any]:
         return {"policy": self.policy} | ({"critic": self.critic} if self.critic else {})
 
     def sampling(self, seed: int) -> SamplingParams:
         r = self.cfg.rollout
-        return SamplingParams(temperature=r.temperature, top_p=r.top_p,
-                              max_tokens=r.max_response_tokens, seed=seed)  # fmt: skip
+        return SamplingParams(
+            temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_response_tokens, seed=seed
+        )
 
     def job_options(self, desc: str) -> JobOptions:
         return JobOptions(job_size=self.services.job_size, desc=desc, progress=self.progress)
 
     async def push(self) -> None:
         """Save policy v_N, announce it, wait until enough replicas serve it."""
-        await push_policy(self.services.queue, self.policy.module, self.tokenizer,
-                          self.policy_root, self.version)  # fmt: skip
-        await wait_for_replicas(self.services.queue, self.version, self.services.min_replicas,
-                                self.services.replica_timeout_s)  # fmt: skip
+        await push_policy(
+            self.services.queue, self.policy.module, self.tokenizer, self.policy_root, self.version
+        )
+        await wait_for_replicas(
+            self.services.queue,
+            self.version,
+            self.services.min_replicas,
+            self.services.replica_timeout_s,
+        )
 
     # -- resume -----------------------------------------------------------------------
     def resume(self) -> bool:
@@ -198,8 +214,14 @@ class RLTrainer:
     async def validate(self) -> dict[str, float]:
         """Validation Pass@1 of the current policy: rank 0 evaluates, every rank gets the row."""
         prompts = [self.prompt(x) for x in self.val]
-        row = await validation_metrics(self.services, self.val, prompts, version=self.version,
-                                       cfg=self.cfg, progress=self.progress)  # fmt: skip
+        row = await validation_metrics(
+            self.services,
+            self.val,
+            prompts,
+            version=self.version,
+            cfg=self.cfg,
+            progress=self.progress,
+        )
         if self.cfg.eval.value_probe_prompts:
             row.update(await probe_values_now(self))
         return row
@@ -241,13 +263,19 @@ class RLTrainer:
         if self.info.rank == 0:
             t0 = time.monotonic()
             outs = await run_generate_jobs(
-                self.services.queue, prompts, version=self.version,
-                n=cfg.rollout.responses_per_prompt, sampling=self.sampling(seed),
+                self.services.queue,
+                prompts,
+                version=self.version,
+                n=cfg.rollout.responses_per_prompt,
+                sampling=self.sampling(seed),
                 options=self.job_options(desc),
-            )  # fmt: skip
+            )
             t_gen = time.monotonic() - t0
-            items = [GradeItem(response=c.text, gold=ex.answer, dataset=ex.dataset)
-                     for ex, per in zip(examples, outs, strict=True) for c in per]  # fmt: skip
+            items = [
+                GradeItem(response=c.text, gold=ex.answer, dataset=ex.dataset)
+                for ex, per in zip(examples, outs, strict=True)
+                for c in per
+            ]
             rank0_sample = (outs, await self.services.grader.grade(items), t_gen)
         outs, verdicts, t_gen = await asyncio.to_thread(broadcast_from_main, rank0_sample)
         rules = "math" if cfg.dataset == "math" else "gsm8k"  # deterministic on every rank
@@ -284,33 +312,51 @@ class RLTrainer:
         await self.push()
         mask = batch.response_mask.bool()
         return {
-            "iteration": self.iteration, "version": self.version, "algo": cfg.algo,
-            "reward/mean": float(batch.rewards.mean()), "grade/errors": error_rate(verdicts),
-            "adv/mean": float(adv[mask].mean()), "adv/std": float(adv[mask].std()),
+            "iteration": self.iteration,
+            "version": self.version,
+            "algo": cfg.algo,
+            "reward/mean": float(batch.rewards.mean()),
+            "grade/errors": error_rate(verdicts),
+            "adv/mean": float(adv[mask].mean()),
+            "adv/std": float(adv[mask].std()),
             "response/tokens_mean": float(batch.response_mask.sum(1).mean()),
             "response/truncated": sum(e.finish_reason != "stop" for e in episodes) / len(episodes),
-            **value_stats, **stats,
-            "time/generate": t_gen, "time/values": t_values, "time/train": t_train,
-            "time/push": time.monotonic() - t0, "time/iteration": time.monotonic() - t_start,
+            **value_stats,
+            **stats,
+            "time/generate": t_gen,
+            "time/values": t_values,
+            "time/train": t_train,
+            "time/push": time.monotonic() - t0,
+            "time/iteration": time.monotonic() - t_start,
             "time/cpu_iteration": time.process_time() - cpu_start,
             "rollout/tokens_per_s": sampled / max(t_gen, 1e-9),
             **memory_stats(self.info.device),  # host RSS; peak CUDA memory on a GPU
-        }  # fmt: skip
+        }
 
     async def advantages(
         self, episodes: list[Episode], batch: Batch, seed: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
         cfg = self.cfg
-        inputs = AdvantageInputs(rewards=batch.rewards, response_mask=batch.response_mask,
-                                 step_ids=batch.step_ids.clamp(min=0), group_ids=batch.group_ids,
-                                 gamma=cfg.ppo.gamma, lam=cfg.ppo.lam)  # fmt: skip
+        inputs = AdvantageInputs(
+            rewards=batch.rewards,
+            response_mask=batch.response_mask,
+            step_ids=batch.step_ids.clamp(min=0),
+            group_ids=batch.group_ids,
+            gamma=cfg.ppo.gamma,
+            lam=cfg.ppo.lam,
+        )
         stats: dict[str, float] = {}
         if cfg.algo == "vine":
             values = await mc_step_values(
-                self.services.queue, episodes, batch.rewards, vine=cfg.vine,
-                version=self.version, sampling=self.sampling, seed=seed,
+                self.services.queue,
+                episodes,
+                batch.rewards,
+                vine=cfg.vine,
+                version=self.version,
+                sampling=self.sampling,
+                seed=seed,
                 options=self.job_options("mc values"),
-            )  # fmt: skip
+            )
             inputs.step_values, inputs.next_step_values = (
                 values.step_values,
                 values.next_step_values,
@@ -338,8 +384,21 @@ class RLTrainer:
         self.policy.eval()  # dropout is off anyway; eval keeps it so
         old = policy_logprobs(self.policy, batch, t, micro)
         ref = policy_logprobs(self.ref, batch, t, micro)
-        inputs = UpdateInputs(batch=batch, advantages=adv.to(dev), old_logprobs=old,
-                              ref_logprobs=ref, old_values=extra.get("old_values"),
-                              returns=extra.get("returns"))  # fmt: skip
-        return ppo_epochs(self.policy, self.critic, inputs, cfg.ppo, t, self.gen,
-                          rank=self.info.rank, world_size=self.info.world_size)  # fmt: skip
+        inputs = UpdateInputs(
+            batch=batch,
+            advantages=adv.to(dev),
+            old_logprobs=old,
+            ref_logprobs=ref,
+            old_values=extra.get("old_values"),
+            returns=extra.get("returns"),
+        )
+        return ppo_epochs(
+            self.policy,
+            self.critic,
+            inputs,
+            cfg.ppo,
+            t,
+            self.gen,
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+        )

@@ -140,9 +140,11 @@ def ppo_epochs(
         for mb in _micro(perm, cfg.mini_batch_size):
             mine = rank_rows(mb, rank, world_size)
             adv = minibatch_advantages(
-                inputs.advantages[mine], b.response_mask[mine], bool(cfg.whiten_advantages),
+                inputs.advantages[mine],
+                b.response_mask[mine],
+                bool(cfg.whiten_advantages),
                 distributed=world_size > 1,
-            )  # fmt: skip
+            )
             for part in _micro(torch.arange(len(mine)), cfg.micro_batch_size):
                 rows = mine[part]
                 stats: dict[str, float] = {}
@@ -168,18 +170,29 @@ def _mean_over_ranks(stats: dict[str, float], world_size: int) -> dict[str, floa
 
 
 def _policy_step(
-    policy: Any, b: Batch, rows: Tensor, adv: Tensor, inputs: UpdateInputs, cfg: PPOConfig,
+    policy: Any,
+    b: Batch,
+    rows: Tensor,
+    adv: Tensor,
+    inputs: UpdateInputs,
+    cfg: PPOConfig,
     temperature: float,
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     mask = b.response_mask[rows]
     out = policy(input_ids=b.input_ids[rows], attention_mask=b.attention_mask[rows])
     logits = out.logits[:, :-1].float()  # (b, L-1, V)
     logp = logprobs_from_logits(logits, b.input_ids[rows, 1:], temperature)
     loss, stats = policy_loss(
-        logp, inputs.old_logprobs[rows], adv, mask, cfg.clip_eps,
-        ref_logprobs=inputs.ref_logprobs[rows], kl_coef=cfg.kl_coef, kl_clamp=cfg.kl_clamp,
+        logp,
+        inputs.old_logprobs[rows],
+        adv,
+        mask,
+        cfg.clip_eps,
+        ref_logprobs=inputs.ref_logprobs[rows],
+        kl_coef=cfg.kl_coef,
+        kl_clamp=cfg.kl_clamp,
         kl_reduction=cfg.kl_reduction,
-    )  # fmt: skip
+    )
     skipped = should_skip_update(stats["ratio/mean"], cfg.ratio_skip)
     if skipped:  # the authors skip an update whose mean ratio explodes
         loss = loss * 0.0
@@ -200,9 +213,12 @@ def _critic_step(
     assert inputs.old_values is not None and inputs.returns is not None
     values = critic(b.input_ids[rows], b.attention_mask[rows])[:, :-1]  # (b, L-1)
     loss, stats = value_loss(
-        values, inputs.old_values[rows], inputs.returns[rows], b.response_mask[rows],
+        values,
+        inputs.old_values[rows],
+        inputs.returns[rows],
+        b.response_mask[rows],
         cfg.value_clip_eps,
-    )  # fmt: skip
+    )
     critic.backward(loss)
     critic.step()
     result = {k: float(v) for k, v in stats.items()}

@@ -101,9 +101,12 @@ def _fsync_tree(path: Path) -> None:
 
 
 def save_checkpoint(
-    root: Path, iteration: int, engines: dict[str, Any], trainer_state: dict[str, Any],
+    root: Path,
+    iteration: int,
+    engines: dict[str, Any],
+    trainer_state: dict[str, Any],
     keep: int = 2,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write ``iter-<iteration>`` atomically, point ``latest`` at it, prune older ones.
     Every rank calls it; rank 0 writes the trainer state and renames."""
     rank, world = _rank_world()

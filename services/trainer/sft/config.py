@@ -77,9 +77,14 @@ SFT_PRESETS: dict[str, dict[str, Any]] = {
         "eval_max_tokens": 96,
     },
 }
-SFT_PRESETS["demo"] = {**SFT_PRESETS["tiny-cpu"], "arithmetic": {"max_steps": 4},
-                       "slip_rate": 0.4, "eval_every": 400, "max_steps": 4800,
-                       "train_problems": 20_000}  # fmt: skip
+SFT_PRESETS["demo"] = {
+    **SFT_PRESETS["tiny-cpu"],
+    "arithmetic": {"max_steps": 4},
+    "slip_rate": 0.4,
+    "eval_every": 400,
+    "max_steps": 4800,
+    "train_problems": 20_000,
+}
 LENGTH_BANDS: dict[str, dict[str, Any]] = {
     "2-4": {"min_steps": 2, "max_steps": 4, "slip_rate": 0.4, "max_tokens": 96},
     "4-6": {"min_steps": 4, "max_steps": 6, "slip_rate": 0.31, "max_tokens": 128},
@@ -94,9 +99,11 @@ T = 1, 0.26 and 0.20, gave 0.44 and 0.48 at T = 0.6, as this formula predicts.) 
 is the demo's."""
 for _band, _b in list(LENGTH_BANDS.items())[1:]:
     SFT_PRESETS[f"length-{_band}"] = {
-        **SFT_PRESETS["demo"], "slip_rate": _b["slip_rate"], "eval_max_tokens": _b["max_tokens"],
+        **SFT_PRESETS["demo"],
+        "slip_rate": _b["slip_rate"],
+        "eval_max_tokens": _b["max_tokens"],
         "arithmetic": {"min_steps": _b["min_steps"], "max_steps": _b["max_steps"]},
-    }  # fmt: skip
+    }
 """SFT starting points. ``demo``: the demo's careless π_ref (2–4 step problems; in the SFT
 targets a result carried into the next line is copied one too high 40 % of the time;
 docs/demo.md says why), 4,800 steps on 20,000 problems: greedy validation Pass@1 0.93 (the

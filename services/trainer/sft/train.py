@@ -51,8 +51,9 @@ def prompt_for(tokenizer: Any, ex: Example) -> str:
     """The prompt the RL loop will use too: chat template for instruct tokenizers, else plain."""
     from shared.prompts import format_prompt, style_for
 
-    return format_prompt(ex.question, style=style_for(tokenizer), dataset=ex.dataset,
-                         tokenizer=tokenizer)  # fmt: skip
+    return format_prompt(
+        ex.question, style=style_for(tokenizer), dataset=ex.dataset, tokenizer=tokenizer
+    )
 
 
 def encode_example(tokenizer: Any, ex: Example, max_len: int) -> tuple[list[int], list[int]]:
@@ -73,8 +74,10 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[st
     mask = torch.zeros((len(rows), t), dtype=torch.long)
     for i, (x, y) in enumerate(rows):
         ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = (
-            torch.tensor(x), torch.tensor(y), 1,
-        )  # fmt: skip
+            torch.tensor(x),
+            torch.tensor(y),
+            1,
+        )
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -90,12 +93,16 @@ def greedy_accuracy(
     correct = 0.0
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
-        enc = tokenizer([prompt_for(tokenizer, e) for e in chunk], return_tensors="pt",
-                        padding=True).to(device)  # fmt: skip
+        enc = tokenizer(
+            [prompt_for(tokenizer, e) for e in chunk], return_tensors="pt", padding=True
+        ).to(device)
         out = model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )  # fmt: skip
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
         texts = tokenizer.batch_decode(
             out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
         )
@@ -123,8 +130,9 @@ def _examples(cfg: SFTConfig, split: str, n: int | None, data_dir: Path | None) 
     """``split`` of the dataset; the built-in task honours ``cfg.arithmetic``."""
     from shared.datasets import load_examples
 
-    return load_examples(cfg.dataset, split, data_dir=data_dir, seed=cfg.seed, n=n,
-                         arithmetic=cfg.arithmetic)  # fmt: skip
+    return load_examples(
+        cfg.dataset, split, data_dir=data_dir, seed=cfg.seed, n=n, arithmetic=cfg.arithmetic
+    )
 
 
 def _with_slips(train: list[Example], cfg: SFTConfig) -> list[Example]:
@@ -137,8 +145,9 @@ def _with_slips(train: list[Example], cfg: SFTConfig) -> list[Example]:
     if cfg.dataset != "arithmetic":
         raise ValueError("slip_rate applies to the built-in arithmetic task only")
     rng = random.Random(f"slips/{cfg.seed}")
-    return [dataclasses.replace(e, solution=with_slips(e.solution, cfg.slip_rate, rng))
-            for e in train]  # fmt: skip
+    return [
+        dataclasses.replace(e, solution=with_slips(e.solution, cfg.slip_rate, rng)) for e in train
+    ]
 
 
 def _budget_spent(budget_s: float | None, start: float) -> bool:
@@ -184,11 +193,16 @@ def run_sft(cfg: SFTConfig, *, data_dir: Path | None = None, progress: bool = Tr
         return max(step, int(total * (time.monotonic() - start) / cfg.time_budget_s))
 
     engine = wrap(
-        model, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-        zero_stage=cfg.zero_stage, total_steps=total,
+        model,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+        zero_stage=cfg.zero_stage,
+        total_steps=total,
         warmup_steps=math.ceil(cfg.warmup_ratio * total),
-        micro_batch_size=cfg.batch_size // info.world_size, schedule_step=schedule_step,
-    )  # fmt: skip
+        micro_batch_size=cfg.batch_size // info.world_size,
+        schedule_step=schedule_step,
+    )
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path, best_dir = out / "metrics.jsonl", out / "best"

@@ -54,8 +54,16 @@ def assert_healthy(base: str) -> None:
 
 
 def test_grade_returns_verdicts_in_order(url: str) -> None:
-    r = post(url, {"items": [item("\\boxed{\\frac12}", "0.5"), item("#### 5", "6", "gsm8k"),
-                             item("no answer", "6", "gsm8k")]})  # fmt: skip
+    r = post(
+        url,
+        {
+            "items": [
+                item("\\boxed{\\frac12}", "0.5"),
+                item("#### 5", "6", "gsm8k"),
+                item("no answer", "6", "gsm8k"),
+            ]
+        },
+    )
     assert r.status_code == 200
     assert [v["status"] for v in r.json()["verdicts"]] == ["correct", "incorrect", "no_answer"]
 
@@ -78,8 +86,9 @@ def test_grade_returns_verdicts_in_order(url: str) -> None:
     ],
 )
 def test_bad_bodies_get_typed_4xx(url: str, content: bytes, status: int) -> None:
-    r = httpx.post(f"{url}/v1/grade", content=content, timeout=10,
-                   headers={"content-type": "application/json"})  # fmt: skip
+    r = httpx.post(
+        f"{url}/v1/grade", content=content, timeout=10, headers={"content-type": "application/json"}
+    )
     assert r.status_code == status, r.text
     ErrorBody.model_validate(r.json())
 
@@ -102,8 +111,12 @@ def test_oversize_body_sent_chunked_gets_413(url: str) -> None:
             yield b"x" * 65536  # 5 MiB in all, over the 4 MiB limit
         yield b'"}]}'
 
-    r = httpx.post(f"{url}/v1/grade", content=chunks(), timeout=30,
-                   headers={"content-type": "application/json"})  # fmt: skip
+    r = httpx.post(
+        f"{url}/v1/grade",
+        content=chunks(),
+        timeout=30,
+        headers={"content-type": "application/json"},
+    )
     assert "content-length" not in r.request.headers
     assert r.status_code == 413, r.text
     assert ErrorBody.model_validate(r.json()).error == "payload_too_large"
@@ -177,8 +190,7 @@ def test_lone_surrogates_and_invalid_utf8_leave_the_service_healthy(url: str) ->
 
 def test_hung_item_is_killed_at_the_default_limit(uncapped_url: str) -> None:
     t0 = time.monotonic()
-    r = post(uncapped_url, {"items": [item("#### 1", "1", "gsm8k"),
-                                      item("\\boxed{1000000!}")]})  # fmt: skip
+    r = post(uncapped_url, {"items": [item("#### 1", "1", "gsm8k"), item("\\boxed{1000000!}")]})
     assert time.monotonic() - t0 < LIMIT_S + 1.0
     assert [v["status"] for v in r.json()["verdicts"]] == ["correct", "timeout"]
     assert_healthy(uncapped_url)
@@ -200,12 +212,14 @@ def test_metrics_health_and_docs(url: str) -> None:
 
 
 async def test_client_batches_and_keeps_order(url: str) -> None:
-    items = [GradeItem(response=f"#### {i}", gold=str(i + i % 2), dataset="gsm8k")
-             for i in range(150)]  # fmt: skip
+    items = [
+        GradeItem(response=f"#### {i}", gold=str(i + i % 2), dataset="gsm8k") for i in range(150)
+    ]
     async with RewardClient(url, batch_size=64) as rc:
         verdicts = await rc.grade(items)
-    assert [v.status for v in verdicts] == ["correct" if i % 2 == 0 else "incorrect"
-                                            for i in range(150)]  # fmt: skip
+    assert [v.status for v in verdicts] == [
+        "correct" if i % 2 == 0 else "incorrect" for i in range(150)
+    ]
 
 
 async def test_client_retries_then_fails_on_connect_errors() -> None:
@@ -241,7 +255,7 @@ async def test_client_retries_5xx_with_backoff() -> None:
             }
             for it in body["items"]
         ]
-        return JSONResponse({"verdicts": verdicts})  # fmt: skip
+        return JSONResponse({"verdicts": verdicts})
 
     with serve_app(flaky) as base:
         async with RewardClient(base, retries=3, backoff_s=0.05) as rc:

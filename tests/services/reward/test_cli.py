@@ -29,6 +29,11 @@ def test_grade_cli_writes_one_verdict_per_line(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     verdicts = [json.loads(line) for line in out.read_text().splitlines()]
     assert [v["status"] for v in verdicts] == [
-        "correct", "error", "correct", "incorrect", "error", "incorrect",
-    ]  # fmt: skip
+        "correct",
+        "error",
+        "correct",
+        "incorrect",
+        "error",
+        "incorrect",
+    ]
     assert "bad input line" in verdicts[1]["detail"]

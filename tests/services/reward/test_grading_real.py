@@ -46,8 +46,11 @@ async def test_math500_solutions_do_not_match_other_answers(data_dir: Path, shif
     # A generous limit: this test is about verdicts; the limit itself is tested in test_sandbox.
     async with GraderPool(workers=2, timeout_s=10.0) as pool:
         verdicts = await pool.grade_batch(items)
-    wrong = [(r["answer"], o, v.status) for (r, o), v in zip(pairs, verdicts, strict=True)
-             if v.status != "incorrect"]  # fmt: skip
+    wrong = [
+        (r["answer"], o, v.status)
+        for (r, o), v in zip(pairs, verdicts, strict=True)
+        if v.status != "incorrect"
+    ]
     assert not wrong, wrong
 
 

@@ -44,8 +44,12 @@ async def test_pool_matches_pure_grader_in_order() -> None:
     expected = [grade(it.response, it.gold, it.dataset) for it in items]
     assert [v.model_dump() for v in verdicts] == [v.model_dump() for v in expected]
     assert [v.status for v in verdicts[:5]] == [
-        "correct", "incorrect", "no_answer", "incorrect", "incorrect",
-    ]  # fmt: skip
+        "correct",
+        "incorrect",
+        "no_answer",
+        "incorrect",
+        "incorrect",
+    ]
 
 
 async def test_default_limit_kills_a_hung_item_and_spares_the_rest() -> None:

@@ -23,9 +23,12 @@ SAMPLING = {"temperature": 0.5, "max_tokens": 48, "seed": 1}
 
 def _settings(model_dir: Path, root: Path, reward_url: str) -> RolloutSettings:
     return RolloutSettings(
-        model_dir=model_dir, checkpoint_root=root, api_token=TOKEN, reward_url=reward_url,
+        model_dir=model_dir,
+        checkpoint_root=root,
+        api_token=TOKEN,
+        reward_url=reward_url,
         max_batch=64,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")
@@ -267,9 +270,14 @@ def test_readyz_fails_while_loading_not_after_refused_weights(
         assert httpx.get(f"{url}/readyz").status_code == 200
         # 1) while weights load, not ready (the engine's lock held here keeps the load going)
         with engine._lock:
-            push = threading.Thread(target=lambda: httpx.post(
-                f"{url}/v1/weights", json={"version": 1, "path": "policy-v1"}, headers=auth,
-                timeout=60))  # fmt: skip
+            push = threading.Thread(
+                target=lambda: httpx.post(
+                    f"{url}/v1/weights",
+                    json={"version": 1, "path": "policy-v1"},
+                    headers=auth,
+                    timeout=60,
+                )
+            )
             push.start()
             deadline = time.monotonic() + 20
             while True:
@@ -284,12 +292,14 @@ def test_readyz_fails_while_loading_not_after_refused_weights(
         assert httpx.get(f"{url}/readyz").json()["version"] == 1
         # 2) refused weights (checked before anything is copied): still v1, still ready (an
         # engine failing mid-swap is the unready case: test_weight_pushes.py)
-        resp = httpx.post(f"{url}/v1/weights", json={"version": 2, "path": "policy-v2"},
-                          headers=auth, timeout=60)  # fmt: skip
+        resp = httpx.post(
+            f"{url}/v1/weights", json={"version": 2, "path": "policy-v2"}, headers=auth, timeout=60
+        )
         assert _error(resp, 400).error == "bad_weights"
         assert httpx.get(f"{url}/readyz").json()["version"] == 1
-        resp = httpx.post(f"{url}/v1/weights", json={"version": 3, "path": "policy-v3"},
-                          headers=auth, timeout=60)  # fmt: skip
+        resp = httpx.post(
+            f"{url}/v1/weights", json={"version": 3, "path": "policy-v3"}, headers=auth, timeout=60
+        )
         assert resp.status_code == 200
         assert httpx.get(f"{url}/readyz").json()["version"] == 3
 

@@ -67,8 +67,9 @@ def test_vllm_engine_core_killed_raises_engine_dead(tiny_model_dir: Path) -> Non
 def test_http_app_with_a_dead_engine_is_503_and_not_live(
     tiny_model_dir: Path, reward_url: str, tmp_path: Path
 ) -> None:
-    settings = RolloutSettings(model_dir=tiny_model_dir, checkpoint_root=tmp_path,
-                               reward_url=reward_url)  # fmt: skip
+    settings = RolloutSettings(
+        model_dir=tiny_model_dir, checkpoint_root=tmp_path, reward_url=reward_url
+    )
     app = create_app(settings, engine=DeadEngine(tiny_model_dir, version=0))
     with serve_app(app) as url:
         assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
@@ -91,9 +92,13 @@ def test_http_app_whose_queue_worker_stops_is_not_live(
     a string, WRONGTYPE) leaves a replica that serves no queue jobs: it must not stay
     "ready" but fail its liveness probe, naming the error, so that it is restarted."""
     asyncio.run(_set_key(redis_url, f"{key_prefix}jobs:v0", "not a stream"))
-    settings = RolloutSettings(model_dir=tiny_model_dir, checkpoint_root=tmp_path,
-                               reward_url=reward_url, redis_url=redis_url,
-                               queue_prefix=key_prefix)  # fmt: skip
+    settings = RolloutSettings(
+        model_dir=tiny_model_dir,
+        checkpoint_root=tmp_path,
+        reward_url=reward_url,
+        redis_url=redis_url,
+        queue_prefix=key_prefix,
+    )
     app = create_app(settings, engine=TorchEngine(tiny_model_dir, version=0))
     with serve_app(app) as url:
         for _ in range(100):

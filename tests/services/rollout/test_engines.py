@@ -39,8 +39,12 @@ async def test_greedy_equals_transformers_generate(
     ref_model = _hf_model(tiny_model_dir)
     for prompt, comps in zip(PROMPTS, ours, strict=True):
         ids = engine.tokenize(prompt)
-        gen = ref_model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
-                                 dtype=torch.long), do_sample=False, max_new_tokens=24)  # fmt: skip
+        gen = ref_model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=24,
+        )
         ref = gen[0, len(ids) :].tolist()
         for c in comps:
             assert c.token_ids == ref
@@ -87,8 +91,10 @@ async def test_same_seed_same_samples_other_seed_differs(
     assert len({tuple(x.token_ids) for x in a[0]}) == 3  # the k samples differ
     alone = await engine.generate(PROMPTS[:1], 3, sp)  # a row does not depend on the batch
     assert _tokens(alone)[0] == _tokens(a)[0]
-    unseeded = [await engine.generate(PROMPTS[:1], 2, sp.model_copy(update={"seed": None}))
-                for _ in range(2)]  # fmt: skip
+    unseeded = [
+        await engine.generate(PROMPTS[:1], 2, sp.model_copy(update={"seed": None}))
+        for _ in range(2)
+    ]
     assert _tokens(unseeded[0]) != _tokens(unseeded[1])
 
 
@@ -145,9 +151,11 @@ async def test_token_ids_prefix_is_continued_exactly(
     sp = SamplingParams(temperature=0.0, max_tokens=6)
     (per,) = await engine.continue_from([Prefix("ignored", token_ids=tuple(ids))], 1, sp)
     ref = _hf_model(tiny_model_dir).generate(
-        torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-        do_sample=False, max_new_tokens=6,
-    )  # fmt: skip
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=6,
+    )
     assert per[0].token_ids == ref[0, len(ids) :].tolist()
     with pytest.raises(EngineInputError, match="out of range"):
         await engine.continue_from([Prefix("", token_ids=(1, 10**6))], 1, sp)
@@ -281,9 +289,16 @@ def test_auto_chooses_by_model_size_and_head_size(
     assert choose_engine("auto", smollm2_dir) == "vllm"  # 135 M parameters, head size 64
     assert choose_engine("torch", smollm2_dir) == "torch"  # a named engine is kept
     # large enough, but a head size (12) vLLM-CPU has no kernel for: torch
-    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 32000,
-              "hidden_size": 1200, "intermediate_size": 2400, "num_hidden_layers": 2,
-              "num_attention_heads": 100, "num_key_value_heads": 100}  # fmt: skip
+    config = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": 32000,
+        "hidden_size": 1200,
+        "intermediate_size": 2400,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 100,
+        "num_key_value_heads": 100,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert choose_engine("auto", tmp_path) == "torch"
     with pytest.raises(ValueError, match="auto, torch, vllm"):

@@ -57,17 +57,25 @@ def crashable_redis(tmp_path: Path) -> Iterator[RedisProcess]:
         r.stop()
 
 
-async def start_workers(url: str, model: Path, root: Path, ids: list[str],
-                        stop: asyncio.Event) -> list[asyncio.Task[None]]:  # fmt: skip
+async def start_workers(
+    url: str, model: Path, root: Path, ids: list[str], stop: asyncio.Event
+) -> list[asyncio.Task[None]]:
     """Real rollout workers in this process, each with its own queue client and TorchEngine
     on the tiny model (generate jobs only: the reward URL is never called)."""
     tasks = []
     for rid in ids:
-        config = WorkerConfig(replica_id=rid, block_ms=200, heartbeat_s=0.25, heartbeat_ttl_s=3,
-                              claim_idle_ms=CLAIM_IDLE_MS, checkpoint_root=root)  # fmt: skip
+        config = WorkerConfig(
+            replica_id=rid,
+            block_ms=200,
+            heartbeat_s=0.25,
+            heartbeat_ttl_s=3,
+            claim_idle_ms=CLAIM_IDLE_MS,
+            checkpoint_root=root,
+        )
         engine = await asyncio.to_thread(TorchEngine, model, version=0)
-        worker = RolloutWorker(make_queue(url, prefix="crash:"), engine,
-                               RewardClient("http://127.0.0.1:9"), config)  # fmt: skip
+        worker = RolloutWorker(
+            make_queue(url, prefix="crash:"), engine, RewardClient("http://127.0.0.1:9"), config
+        )
         tasks.append(asyncio.create_task(worker.run(stop)))
     return tasks
 
@@ -105,8 +113,9 @@ async def test_sigkill_redis_everysec_mid_batch(
             await queue.submit(job)
         # 3) the v1 batch; then a second copy of 4 of its stream entries (same job id, same
         # body: what an XADD retried after a lost reply leaves behind)
-        batch = asyncio.create_task(run_jobs(queue, jobs, JobOptions(timeout_s=120, poll_s=0.1,
-                                                                     progress=False)))  # fmt: skip
+        batch = asyncio.create_task(
+            run_jobs(queue, jobs, JobOptions(timeout_s=120, poll_s=0.1, progress=False))
+        )
         stream = "crash:jobs:v1"
         while await raw.xlen(stream) < 4:
             await asyncio.sleep(0.005)
@@ -143,9 +152,11 @@ async def test_sigkill_redis_everysec_mid_batch(
         stop.set()
         await asyncio.gather(*tasks)
     dropped = sum(DROPPED in r.getMessage() for r in caplog.records)
-    print(f"\nredis kill -9 with {len(stored)} result(s) stored, ~{depth_at_kill} job(s) open; "
-          f"down {down_s:.2f}s; batch done {batch_s:.2f}s after the kill; "
-          f"{dropped} duplicate deliveries dropped")  # fmt: skip
+    print(
+        f"\nredis kill -9 with {len(stored)} result(s) stored, ~{depth_at_kill} job(s) open; "
+        f"down {down_s:.2f}s; batch done {batch_s:.2f}s after the kill; "
+        f"{dropped} duplicate deliveries dropped"
+    )
     # the batch completes: one ok result per job, every job id exactly once
     assert len(results) == len(jobs) and all(r.ok for r in results)
     ids = [r.job_id for r in results]
@@ -161,8 +172,9 @@ async def test_sigkill_redis_everysec_mid_batch(
     ref = TorchEngine(root / "policy-v1", version=1)
     for job, res in zip(jobs, results, strict=True):
         assert job.generate is not None and res.generate is not None
-        want = await ref.generate(job.generate.prompts, 2, SAMPLING,
-                                  stream_offset=job.generate.stream_offset)  # fmt: skip
+        want = await ref.generate(
+            job.generate.prompts, 2, SAMPLING, stream_offset=job.generate.stream_offset
+        )
         assert [c.token_ids for c in res.generate.outputs[0]] == [c.token_ids for c in want[0]]
     old = TorchEngine(tiny, version=0)
     assert jobs[0].generate is not None
@@ -170,5 +182,7 @@ async def test_sigkill_redis_everysec_mid_batch(
     assert results[0].generate is not None
     assert [c.token_ids for c in v0[0]] != [c.token_ids for c in results[0].generate.outputs[0]]
     assert {b.replica_id: (b.state, b.loaded_version) for b in live} == {
-        "w-1": ("ready", 1), "w-2": ("ready", 1)}  # fmt: skip
+        "w-1": ("ready", 1),
+        "w-2": ("ready", 1),
+    }
     await queue.close()

@@ -27,10 +27,16 @@ from tests.support import RedisProcess, free_port
 def test_sampling_params_to_one_vllm_sample() -> None:
     sp = SamplingParams(temperature=0.6, top_p=0.9, max_tokens=64, stop=["\n\n"], seed=5)
     assert to_vllm_kwargs(sp, 17, 40) == {
-        "n": 1, "temperature": 0.6, "top_p": 0.9, "max_tokens": 40, "stop": ["\n\n"],
-        "include_stop_str_in_output": True, "seed": 17, "logprobs": 0,
+        "n": 1,
+        "temperature": 0.6,
+        "top_p": 0.9,
+        "max_tokens": 40,
+        "stop": ["\n\n"],
+        "include_stop_str_in_output": True,
+        "seed": 17,
+        "logprobs": 0,
         "skip_special_tokens": True,
-    }  # fmt: skip
+    }
     assert to_vllm_kwargs(SamplingParams(), 1, 8)["stop"] is None
 
 
@@ -71,9 +77,12 @@ def _gsm8k_state(model_dir: Path) -> dict[str, str]:
 
 
 def _wait(
-    url: str, path: str, ok: Callable[[httpx.Response], bool], timeout: float,
+    url: str,
+    path: str,
+    ok: Callable[[httpx.Response], bool],
+    timeout: float,
     proc: subprocess.Popen[bytes],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
@@ -161,14 +170,17 @@ def test_serve_rollout_vllm_answers_value_and_follows_a_queue_push(
         assert again == v0  # seeded: the same answer
 
         _push_policy(smollm2_dir, root, 1, private_redis.url)
-        _wait(url, "/readyz", lambda r: r.status_code == 200 and r.json()["version"] == 1, 300,
-              proc)  # fmt: skip
+        _wait(
+            url, "/readyz", lambda r: r.status_code == 200 and r.json()["version"] == 1, 300, proc
+        )
         after = httpx.post(f"{url}/v1/value", json=body, timeout=300)
         assert after.status_code == 200 and after.json()["policy_version"] == 1
         (v1,) = after.json()["values"]
         assert (v1["returns"], v1["num_tokens"], v1["verdicts"]) != (
-            v0["returns"], v0["num_tokens"], v0["verdicts"]
-        )  # fmt: skip
+            v0["returns"],
+            v0["num_tokens"],
+            v0["verdicts"],
+        )
     finally:
         proc.terminate()
         try:

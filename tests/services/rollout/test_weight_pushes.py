@@ -41,8 +41,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def settings(model_dir: Path, root: Path, **kw: object) -> RolloutSettings:
-    return RolloutSettings(model_dir=model_dir, checkpoint_root=root, api_token=TOKEN,
-                           reward_url="http://127.0.0.1:9", **kw)  # fmt: skip
+    return RolloutSettings(
+        model_dir=model_dir,
+        checkpoint_root=root,
+        api_token=TOKEN,
+        reward_url="http://127.0.0.1:9",
+        **kw,
+    )
 
 
 def push(url: str, version: int, path: str, **kw: object) -> httpx.Response:
@@ -122,8 +127,9 @@ def test_an_http_push_racing_a_queue_announcement_never_rolls_back(
     root = tmp_path / "ckpt"
     slow = slow_policy(model_dir, root / "policy-v10", seed=10)
     policy(model_dir, root / "policy-v11", seed=11)
-    digests = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
-               for f in slow.glob("*.safetensors")}  # fmt: skip
+    digests = {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in slow.glob("*.safetensors")
+    }
     announcement = WeightsAnnouncement(version=10, path=str(slow), sha256=digests)
     engine = TorchEngine(model_dir)
     app = create_app(settings(model_dir, root, redis_url=private_redis.url), engine=engine)
@@ -170,8 +176,9 @@ def test_a_fifo_shard_is_refused_at_once_and_changes_nothing(
     with serve_app(create_app(settings(model_dir, root))) as url:
         try:
             for path in ("fifo", "bare.safetensors"):
-                resp = httpx.post(f"{url}/v1/weights", json={"version": 1, "path": path},
-                                  headers=AUTH, timeout=10)  # fmt: skip
+                resp = httpx.post(
+                    f"{url}/v1/weights", json={"version": 1, "path": path}, headers=AUTH, timeout=10
+                )
                 assert error(resp, 415) == "unsupported_weights_format"
                 assert ready(url) == 0
         finally:  # before the fix the open blocked until a writer came: let it go

@@ -160,8 +160,14 @@ def test_check_finite_refuses_nan_and_inf_in_every_float_dtype(tmp_path: Path) -
     def weights(tensors: dict[str, torch.Tensor]) -> VerifiedWeights:
         return VerifiedWeights(tmp_path, {"model.safetensors": save(tensors)})
 
-    dtypes = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn,
-              torch.float8_e5m2]  # fmt: skip
+    dtypes = [
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float8_e4m3fn,
+        torch.float8_e5m2,
+    ]
     for dtype in dtypes:
         fine = {"ids": torch.arange(5), "w": torch.randn(3000).to(dtype), "e": torch.ones(0)}
         check_finite(weights(fine))

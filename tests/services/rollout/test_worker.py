@@ -33,8 +33,14 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def fast_config(replica_id: str, root: Path | None = None) -> WorkerConfig:
-    return WorkerConfig(replica_id=replica_id, block_ms=200, heartbeat_s=0.2,
-                        heartbeat_ttl_s=1.5, claim_idle_ms=1500, checkpoint_root=root)  # fmt: skip
+    return WorkerConfig(
+        replica_id=replica_id,
+        block_ms=200,
+        heartbeat_s=0.2,
+        heartbeat_ttl_s=1.5,
+        claim_idle_ms=1500,
+        checkpoint_root=root,
+    )
 
 
 def gen_job(version: int, prompt: str) -> Job:
@@ -120,8 +126,9 @@ async def test_worker_that_cannot_load_is_excluded_and_named(
         named = [r for r in trainer_log if "broken" in r.getMessage()]
         assert named and named[0].levelno == logging.WARNING
         assert "excluded" in named[0].getMessage()
-        results = await run_jobs(queue, [gen_job(1, "Question: 1+1=?\n")] * 4,
-                                 JobOptions(progress=False))  # fmt: skip
+        results = await run_jobs(
+            queue, [gen_job(1, "Question: 1+1=?\n")] * 4, JobOptions(progress=False)
+        )
         assert {r.worker_id for r in results} == {"good"}
         broken = next(r for r in await queue.list_replicas() if r.replica_id == "broken")
         assert broken.state == "failed" and broken.failed_version == 1 and broken.error
@@ -190,8 +197,9 @@ async def test_dead_engine_leaves_its_job_for_another_replica(
     retry into the same black hole): the job stays pending, the worker stops, and another
     replica reclaims and serves it."""
     stop = asyncio.Event()
-    dead = RolloutWorker(queue, DeadEngine(tiny_dir, version=0), RewardClient(reward_url),
-                         fast_config("dead"))  # fmt: skip
+    dead = RolloutWorker(
+        queue, DeadEngine(tiny_dir, version=0), RewardClient(reward_url), fast_config("dead")
+    )
     dead_task = asyncio.create_task(dead.run(stop))
     await wait_for_replicas(queue, 0, 1, timeout=20)
     job = gen_job(0, "Question: 1+1=?\n")
@@ -200,8 +208,9 @@ async def test_dead_engine_leaves_its_job_for_another_replica(
         await asyncio.wait_for(dead_task, 30)
     assert dead.state == "failed" and dead.served == 0
     assert await queue.get_results([job.job_id]) == {}  # no error stored for the trainer
-    good = RolloutWorker(queue, TorchEngine(tiny_dir, version=0), RewardClient(reward_url),
-                         fast_config("good"))  # fmt: skip
+    good = RolloutWorker(
+        queue, TorchEngine(tiny_dir, version=0), RewardClient(reward_url), fast_config("good")
+    )
     good_task = asyncio.create_task(good.run(stop))
     try:
         results = await asyncio.wait_for(answered, 60)

@@ -33,9 +33,15 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def gc_config(replica_id: str) -> WorkerConfig:
     """Fast beats and a consumer sweep every 0.5 s of consumers idle for 1 s."""
-    return WorkerConfig(replica_id=replica_id, block_ms=200, heartbeat_s=0.2,
-                        heartbeat_ttl_s=1.0, claim_idle_ms=1500, consumer_gc_s=0.5,
-                        consumer_idle_ms=1000)  # fmt: skip
+    return WorkerConfig(
+        replica_id=replica_id,
+        block_ms=200,
+        heartbeat_s=0.2,
+        heartbeat_ttl_s=1.0,
+        claim_idle_ms=1500,
+        consumer_gc_s=0.5,
+        consumer_idle_ms=1000,
+    )
 
 
 async def consumers(queue: JobQueue, redis_url: str, version: int = 0) -> set[str]:
@@ -79,16 +85,21 @@ async def test_dead_replicas_leave_the_consumer_group(
 async def _wait_loaded(worker: RolloutWorker, version: int, generation: int) -> None:
     deadline = asyncio.get_running_loop().time() + 20
     while (worker.engine.version, worker.generation, worker.state) != (
-        version, generation, "ready"
-    ):  # fmt: skip
+        version,
+        generation,
+        "ready",
+    ):
         assert asyncio.get_running_loop().time() < deadline, (worker.state, worker.error)
         await asyncio.sleep(0.05)
 
 
 async def test_a_reannounced_version_is_loaded_unless_its_bytes_are_served(
-    queue: JobQueue, tiny_dir: Path, reward_url: str, tmp_path: Path,
+    queue: JobQueue,
+    tiny_dir: Path,
+    reward_url: str,
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     """A later trainer generation re-announcing the version served: adopted without a load
     when the shards are the ones served (by SHA-256), loaded when they differ (it used to be
     adopted either way, so v1 no longer named the weights served)."""
@@ -128,8 +139,9 @@ async def test_nan_weights_are_refused_over_the_queue(
     tensors = load_file(path / "model.safetensors")
     tensors[sorted(tensors)[0]].view(-1)[0] = torch.nan
     save_file(tensors, path / "model.safetensors")
-    worker = RolloutWorker(queue, TorchEngine(tiny_dir), RewardClient(reward_url),
-                           fast_config("r", root))  # fmt: skip
+    worker = RolloutWorker(
+        queue, TorchEngine(tiny_dir), RewardClient(reward_url), fast_config("r", root)
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:

@@ -46,15 +46,31 @@ def workers(
     ids: list[str], model: Path, redis_url: str, reward_url: str, prefix: str, log_dir: Path
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "VINEPPO_ROLLOUT_QUEUE_PREFIX": prefix, "VINEPPO_ROLLOUT_HEARTBEAT_S": "0.25",
-           "VINEPPO_ROLLOUT_HEARTBEAT_TTL_S": "1.5",
-           "VINEPPO_ROLLOUT_CLAIM_IDLE_MS": str(CLAIM_IDLE_MS)}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "VINEPPO_ROLLOUT_QUEUE_PREFIX": prefix,
+        "VINEPPO_ROLLOUT_HEARTBEAT_S": "0.25",
+        "VINEPPO_ROLLOUT_HEARTBEAT_TTL_S": "1.5",
+        "VINEPPO_ROLLOUT_CLAIM_IDLE_MS": str(CLAIM_IDLE_MS),
+    }
     try:
         for rid in ids:
-            cmd = [sys.executable, "-m", "services.cli", "serve", "rollout", "--worker-only",
-                   "--model", str(model), "--redis-url", redis_url,
-                   "--reward-url", reward_url]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "serve",
+                "rollout",
+                "--worker-only",
+                "--model",
+                str(model),
+                "--redis-url",
+                redis_url,
+                "--reward-url",
+                reward_url,
+            ]
             log = (log_dir / f"{rid}.log").open("wb")
             own = {**env, "VINEPPO_ROLLOUT_REPLICA_ID": rid}
             procs[rid] = subprocess.Popen(cmd, cwd=ROOT, env=own, stdout=log, stderr=log)
@@ -71,10 +87,14 @@ def workers(
 
 
 def value_jobs(n: int) -> list[Job]:
-    items = [ValueItem(prompt=f"Question: {i}+{i}=?\n", partial_response="Answer: ",
-                       gold=str(2 * i)) for i in range(n)]  # fmt: skip
-    return [Job(kind="value", policy_version=0, value=ValueRequest(items=[it], k=4, sampling=SLOW))
-            for it in items]  # fmt: skip
+    items = [
+        ValueItem(prompt=f"Question: {i}+{i}=?\n", partial_response="Answer: ", gold=str(2 * i))
+        for i in range(n)
+    ]
+    return [
+        Job(kind="value", policy_version=0, value=ValueRequest(items=[it], k=4, sampling=SLOW))
+        for it in items
+    ]
 
 
 async def test_kill_9_one_worker_mid_job_loses_and_duplicates_nothing(
@@ -83,16 +103,18 @@ async def test_kill_9_one_worker_mid_job_loses_and_duplicates_nothing(
     queue = make_queue(redis_url, prefix=key_prefix)
     raw = Redis.from_url(redis_url, decode_responses=True)
     jobs = value_jobs(16)
-    with workers(["w-victim", "w-survivor"], tiny_dir, redis_url, reward_url, key_prefix,
-                 tmp_path) as procs:  # fmt: skip
+    with workers(
+        ["w-victim", "w-survivor"], tiny_dir, redis_url, reward_url, key_prefix, tmp_path
+    ) as procs:
         await wait_for_replicas(queue, 0, 2, timeout=60)
         batch = asyncio.create_task(run_jobs(queue, jobs, JobOptions(timeout_s=120, poll_s=0.1)))
         # wait until the victim holds a job (pending in the consumer group), then kill -9 it
         stolen: list[str] = []
         while not stolen:
             assert not batch.done(), "batch finished before the victim took a job"
-            pending = await raw.xpending_range(f"{key_prefix}jobs:v0", "workers", "-", "+", 10,
-                                               consumername="w-victim")  # fmt: skip
+            pending = await raw.xpending_range(
+                f"{key_prefix}jobs:v0", "workers", "-", "+", 10, consumername="w-victim"
+            )
             stolen = [p["message_id"] for p in pending]
             await asyncio.sleep(0.01)
         victim_job = (await raw.xrange(f"{key_prefix}jobs:v0", stolen[0], stolen[0]))[0][1]

@@ -17,8 +17,11 @@ from services.trainer.sft.config import SFTConfig
 def test_defaults_are_table_1() -> None:
     c = RunConfig()
     assert (c.optim.lr, c.optim.betas, c.optim.weight_decay, c.optim.grad_clip) == (
-        1e-6, (0.9, 0.999), 0.0, 1.0,
-    )  # fmt: skip
+        1e-6,
+        (0.9, 0.999),
+        0.0,
+        1.0,
+    )
     assert c.optim.warmup_ratio == 0.03
     assert c.episodes_per_iteration == 512 and c.ppo.mini_batch_size == 64 and c.ppo.epochs == 2
     assert (c.rollout.temperature, c.rollout.max_response_tokens) == (0.6, 1024)

@@ -98,13 +98,26 @@ def test_smollm2_vineppo_iteration_on_real_gsm8k(
     assert numel == SMOLLM2_PARAMS  # dense (dequantised), tied embeddings stored once
     assert gold_nll(smollm2_dir) < 3.0  # a mangled import (e.g. unpermuted Q/K) gives ~10
     out = tmp_path / "run"
-    cfg = load_config(overrides=[
-        "algo=vine", "dataset=gsm8k", "iterations=1", f"model.policy={smollm2_dir}",
-        f"output_dir={out}", "rollout.prompts_per_iteration=2", "rollout.responses_per_prompt=2",
-        "rollout.max_response_tokens=12", "ppo.mini_batch_size=4", "ppo.micro_batch_size=4",
-        "ppo.epochs=1", "vine.k=2", "eval.seeds=1", "eval.num_problems=1",
-        "eval.max_response_tokens=8", "optim.warmup_ratio=0",
-    ])  # fmt: skip
+    cfg = load_config(
+        overrides=[
+            "algo=vine",
+            "dataset=gsm8k",
+            "iterations=1",
+            f"model.policy={smollm2_dir}",
+            f"output_dir={out}",
+            "rollout.prompts_per_iteration=2",
+            "rollout.responses_per_prompt=2",
+            "rollout.max_response_tokens=12",
+            "ppo.mini_batch_size=4",
+            "ppo.micro_batch_size=4",
+            "ppo.epochs=1",
+            "vine.k=2",
+            "eval.seeds=1",
+            "eval.num_problems=1",
+            "eval.max_response_tokens=8",
+            "optim.warmup_ratio=0",
+        ]
+    )
     seen: dict[str, str] = {}
 
     async def train() -> None:

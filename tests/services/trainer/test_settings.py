@@ -124,7 +124,9 @@ def test_bad_env_is_a_usage_error(
 
 
 def test_unreachable_rollout_fails_with_one_line(tmp_path: Path) -> None:
-    w = resolve_wiring(TrainerSettings(rollout_url=f"http://127.0.0.1:{free_port()}",
-                                       rollout_timeout_s=0.5), tmp_path)  # fmt: skip
+    w = resolve_wiring(
+        TrainerSettings(rollout_url=f"http://127.0.0.1:{free_port()}", rollout_timeout_s=0.5),
+        tmp_path,
+    )
     with pytest.raises(RolloutUnavailable, match="not ready after"):
         check_rollout(w, poll_s=0.1)

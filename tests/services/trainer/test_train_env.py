@@ -51,10 +51,24 @@ def redis_with_password(workdir: Path) -> Iterator[int]:
         pytest.fail("redis-server not found on PATH (.ci/run installs it)")
     port = free_port()
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--requirepass", PASSWORD, "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--requirepass",
+            PASSWORD,
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -75,13 +89,22 @@ def stack(model: Path, tmp: Path) -> Iterator[dict[str, str]]:
     shared.mkdir()
     with contextlib.ExitStack() as es:
         port = es.enter_context(redis_with_password(tmp))
-        reward = es.enter_context(serve_app(reward_app(RewardSettings(
-            workers=1, require_token=True, api_token=REWARD_TOKEN))))  # fmt: skip
+        reward = es.enter_context(
+            serve_app(
+                reward_app(RewardSettings(workers=1, require_token=True, api_token=REWARD_TOKEN))
+            )
+        )
         rollout_settings = RolloutSettings(
-            model_dir=model, redis_url=f"redis://127.0.0.1:{port}/0", redis_password=PASSWORD,
-            reward_url=reward, reward_api_token=REWARD_TOKEN, checkpoint_root=shared,
-            api_token=ROLLOUT_TOKEN, require_token=True, max_batch=16,
-        )  # fmt: skip
+            model_dir=model,
+            redis_url=f"redis://127.0.0.1:{port}/0",
+            redis_password=PASSWORD,
+            reward_url=reward,
+            reward_api_token=REWARD_TOKEN,
+            checkpoint_root=shared,
+            api_token=ROLLOUT_TOKEN,
+            require_token=True,
+            max_batch=16,
+        )
         rollout = es.enter_context(serve_app(rollout_app(rollout_settings)))
         yield {
             "VINEPPO_TRAINER_REDIS_URL": f"redis://127.0.0.1:{port}/0",  # no password in it
@@ -97,18 +120,41 @@ def stack(model: Path, tmp: Path) -> Iterator[dict[str, str]]:
 
 
 def _train(model: Path, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    sets = [f"model.policy={model}", "iterations=1", "eval.every=100",
-            "rollout.prompts_per_iteration=4", "rollout.responses_per_prompt=2",
-            "rollout.max_response_tokens=24", "ppo.mini_batch_size=8",
-            "ppo.micro_batch_size=4", "vine.k=2", "eval.num_problems=4",
-            "eval.max_response_tokens=24"]  # fmt: skip
-    args = [sys.executable, "-m", "services.cli", "train", "--algo", "vine", "--preset",
-            "tiny-cpu", "--output-dir", str(out), "--threads", "1"]  # fmt: skip
+    sets = [
+        f"model.policy={model}",
+        "iterations=1",
+        "eval.every=100",
+        "rollout.prompts_per_iteration=4",
+        "rollout.responses_per_prompt=2",
+        "rollout.max_response_tokens=24",
+        "ppo.mini_batch_size=8",
+        "ppo.micro_batch_size=4",
+        "vine.k=2",
+        "eval.num_problems=4",
+        "eval.max_response_tokens=24",
+    ]
+    args = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "train",
+        "--algo",
+        "vine",
+        "--preset",
+        "tiny-cpu",
+        "--output-dir",
+        str(out),
+        "--threads",
+        "1",
+    ]
     for s in sets:
         args += ["--set", s]
     dist_vars = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
-    base = {k: v for k, v in os.environ.items()
-            if k not in dist_vars and not k.startswith("VINEPPO_TRAINER_")}  # fmt: skip
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in dist_vars and not k.startswith("VINEPPO_TRAINER_")
+    }
     full = base | {"OMP_NUM_THREADS": "1"} | env
     return subprocess.run(args, env=full, cwd=ROOT, timeout=600, capture_output=True, text=True)
 

@@ -21,8 +21,9 @@ READ_TTL_S = 1.0
 async def queue(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[JobQueue]:
     q: JobQueue
     if request.param == "redis":
-        q = RedisQueue(request.getfixturevalue("redis_url"), prefix=key_prefix,
-                       read_ttl_s=READ_TTL_S)  # fmt: skip
+        q = RedisQueue(
+            request.getfixturevalue("redis_url"), prefix=key_prefix, read_ttl_s=READ_TTL_S
+        )
     else:
         q = InProcessQueue(prefix=key_prefix, read_ttl_s=READ_TTL_S)
     yield q

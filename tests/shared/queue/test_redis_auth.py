@@ -40,8 +40,11 @@ def redis_server(*args: str) -> Iterator[int]:
     port = free_port()
     listen = ["--port", str(port)] if "--tls-port" not in args else ["--port", "0"]
     argv = [binary, *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *args]
-    proc = subprocess.Popen([a.replace("{port}", str(port)) for a in argv],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [a.replace("{port}", str(port)) for a in argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and proc.poll() is None:
@@ -151,22 +154,46 @@ def test_cli_wrong_password_is_one_line_exit_2(locked: int, tmp_path: Path, comm
         args = ["serve", "rollout", "--worker-only", "--model", str(tmp_path), "--redis-url", url]
         env = {"VINEPPO_ROLLOUT_REDIS_PASSWORD": "not-the-password-42"}
     elif command == "rollout-http":
-        args = ["serve", "rollout", "--model", str(tmp_path), "--port", str(free_port()),
-                "--redis-url", f"redis://:not-the-password-42@127.0.0.1:{locked}/0"]  # fmt: skip
+        args = [
+            "serve",
+            "rollout",
+            "--model",
+            str(tmp_path),
+            "--port",
+            str(free_port()),
+            "--redis-url",
+            f"redis://:not-the-password-42@127.0.0.1:{locked}/0",
+        ]
         env = {}
     elif command == "trainer":
-        args = ["train", "--preset", "tiny-cpu", "--output-dir", str(tmp_path / "run"),
-                "--local-replicas", "0"]  # fmt: skip
-        env = {"VINEPPO_TRAINER_REDIS_URL": f"redis://:not-the-password-42@127.0.0.1:{locked}/0",
-               "VINEPPO_TRAINER_REWARD_URL": "http://127.0.0.1:9"}  # fmt: skip
+        args = [
+            "train",
+            "--preset",
+            "tiny-cpu",
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--local-replicas",
+            "0",
+        ]
+        env = {
+            "VINEPPO_TRAINER_REDIS_URL": f"redis://:not-the-password-42@127.0.0.1:{locked}/0",
+            "VINEPPO_TRAINER_REWARD_URL": "http://127.0.0.1:9",
+        }
     else:
         args = ["serve", "rollout", "--worker-only", "--model", str(tmp_path)]
-        env = {"VINEPPO_ROLLOUT_REDIS_URL": url,
-               "VINEPPO_ROLLOUT_REDIS_PASSWORD": "not-the-password-42"}  # fmt: skip
+        env = {
+            "VINEPPO_ROLLOUT_REDIS_URL": url,
+            "VINEPPO_ROLLOUT_REDIS_PASSWORD": "not-the-password-42",
+        }
     proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", *args], cwd=ROOT, capture_output=True, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=120, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        timeout=120,
+        check=False,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out[-3000:]
     assert "Traceback" not in out and "not-the-password-42" not in out, out[-3000:]
@@ -192,15 +219,53 @@ def make_tls_files(d: Path) -> dict[str, Path]:
         subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
 
     for ca, key, cn in (("ca", "ca_key", "test ca"), ("other_ca", "other_key", "other ca")):
-        ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={cn}",
-            "-keyout", str(f[key]), "-out", str(f[ca]))  # fmt: skip
+        ssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={cn}",
+            "-keyout",
+            str(f[key]),
+            "-out",
+            str(f[ca]),
+        )
     csr = d / "server.csr"
-    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", str(f["key"]), "-out", str(csr))  # fmt: skip
+    ssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        str(f["key"]),
+        "-out",
+        str(csr),
+    )
     ext = d / "san.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    ssl("x509", "-req", "-in", str(csr), "-CA", str(f["ca"]), "-CAkey", str(f["ca_key"]),
-        "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(f["crt"]))  # fmt: skip
+    ssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(f["ca"]),
+        "-CAkey",
+        str(f["ca_key"]),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(f["crt"]),
+    )
     return f
 
 
@@ -212,10 +277,20 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def tls_locked(tls_files: dict[str, Path]) -> Iterator[int]:
     """redis-server speaking only TLS (as the chart runs it with redis.tls.enabled)."""
-    with redis_server("--tls-port", "{port}", "--tls-cert-file", str(tls_files["crt"]),
-                      "--tls-key-file", str(tls_files["key"]),
-                      "--tls-ca-cert-file", str(tls_files["ca"]), "--tls-auth-clients", "no",
-                      "--requirepass", PASSWORD) as port:  # fmt: skip
+    with redis_server(
+        "--tls-port",
+        "{port}",
+        "--tls-cert-file",
+        str(tls_files["crt"]),
+        "--tls-key-file",
+        str(tls_files["key"]),
+        "--tls-ca-cert-file",
+        str(tls_files["ca"]),
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        PASSWORD,
+    ) as port:
         yield port
 
 
@@ -246,8 +321,14 @@ def test_plain_client_cannot_talk_to_the_tls_port(tls_locked: int) -> None:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    client = redis.Redis(host="127.0.0.1", port=tls_locked, password=PASSWORD, socket_timeout=1,
-                         socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))  # fmt: skip
+    client = redis.Redis(
+        host="127.0.0.1",
+        port=tls_locked,
+        password=PASSWORD,
+        socket_timeout=1,
+        socket_connect_timeout=1,
+        retry=Retry(NoBackoff(), 0),
+    )
     with pytest.raises(redis.exceptions.ConnectionError):
         client.ping()
     client.close()

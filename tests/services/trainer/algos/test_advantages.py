@@ -101,9 +101,11 @@ def test_vine_cap_25_estimates_26_states() -> None:
 
 def test_vine_too_few_value_columns() -> None:
     inputs = AdvantageInputs(
-        torch.ones(1), torch.ones(1, 3), step_ids=torch.tensor([[0, 1, 2]]),
+        torch.ones(1),
+        torch.ones(1, 3),
+        step_ids=torch.tensor([[0, 1, 2]]),
         step_values=torch.zeros(1, 2),
-    )  # fmt: skip
+    )
     with pytest.raises(ValueError, match="3 steps"):
         compute_advantages("vine", inputs)
 
@@ -230,8 +232,7 @@ def test_all_wrong_group_gets_zero_push_by_default(algo: str) -> None:
     assert torch.equal(used[:2], torch.zeros(2, 3))  # all-wrong group: no push at all
     # group 1: GRPO ±1/√2 (unbiased std of {1, 0}), RLOO ±1, on every token of the response
     a = 1 / math.sqrt(2) if algo == "grpo" else 1.0
-    torch.testing.assert_close(used[2:], torch.tensor([[a, 0, 0], [-a, -a, -a]]), atol=1e-5,
-                               rtol=0)  # fmt: skip
+    torch.testing.assert_close(used[2:], torch.tensor([[a, 0, 0], [-a, -a, -a]]), atol=1e-5, rtol=0)
     # whitening again (the old behaviour) would push the all-wrong group's 4 tokens:
     # token mean (a − 3a)/8 = −a/4 ≠ 0, so they get +a/4 / std > 0
     again = minibatch_advantages(adv, mask, True)
@@ -262,5 +263,11 @@ def test_ppo_epochs_refuses_unresolved_whitening() -> None:
     from services.trainer.rl.ppo import UpdateInputs, ppo_epochs
 
     with pytest.raises(ValueError, match="RunConfig"):
-        ppo_epochs(None, None, UpdateInputs(None, None, None, None), PPOConfig(), 1.0,  # type: ignore[arg-type]
-                   torch.Generator())  # fmt: skip
+        ppo_epochs(
+            None,
+            None,
+            UpdateInputs(None, None, None, None),
+            PPOConfig(),
+            1.0,  # type: ignore[arg-type]
+            torch.Generator(),
+        )

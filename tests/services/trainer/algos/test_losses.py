@@ -117,14 +117,21 @@ def test_kl_term_of_policy_loss_by_hand_both_reductions() -> None:
     #   token_mean:                 β·(4·k3)/4 = β·k3,      gradient β·(−1)/4 per token
     k3, beta = 1 - math.log(2), 0.1
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    for reduction, want, grad in (("sequence_sum", 2 * beta * k3, -beta / 2),
-                                  ("token_mean", beta * k3, -beta / 4)):  # fmt: skip
+    for reduction, want, grad in (
+        ("sequence_sum", 2 * beta * k3, -beta / 2),
+        ("token_mean", beta * k3, -beta / 4),
+    ):
         lp = torch.full((2, 3), math.log(0.25), requires_grad=True)
         ref = torch.full((2, 3), math.log(0.5))
         loss, stats = L.policy_loss(
-            lp, lp.detach(), torch.zeros(2, 3), mask, ref_logprobs=ref, kl_coef=beta,
+            lp,
+            lp.detach(),
+            torch.zeros(2, 3),
+            mask,
+            ref_logprobs=ref,
+            kl_coef=beta,
             kl_reduction=reduction,
-        )  # fmt: skip
+        )
         assert loss.item() == pytest.approx(want)
         assert stats["kl/ref"].item() == pytest.approx(k3)  # per token, whatever the reduction
         assert stats["kl/ref_seq"].item() == pytest.approx(2 * k3)  # (3 + 1)·k3 / 2 responses

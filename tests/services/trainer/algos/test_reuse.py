@@ -20,8 +20,9 @@ from services.trainer.algos.states import (
 
 def test_pooled_values_by_hand() -> None:
     # three responses to P; two pass through ("P", "a\n"); k = 2 MC samples per state
-    plan = plan_states(["P"] * 3, ["a\nb\n", "a\nc\n", "x\n"],
-                       [[(0, 2), (2, 4)], [(0, 2), (2, 4)], [(0, 2)]])  # fmt: skip
+    plan = plan_states(
+        ["P"] * 3, ["a\nb\n", "a\nc\n", "x\n"], [[(0, 2), (2, 4)], [(0, 2), (2, 4)], [(0, 2)]]
+    )
     assert plan.states == [("P", ""), ("P", "a\n")] and mc_budget(plan, 2) == [0, 1]
     rewards = torch.tensor([1.0, 0.0, 1.0])
     mc_values, mc_k = torch.tensor([0.0, 0.5]), torch.tensor([0, 1])
@@ -52,8 +53,11 @@ N, K, GROUPS = 4, 3, 20_000
 def _exact_gradient() -> torch.Tensor:
     theta = THETA.clone().requires_grad_(True)
     p0, p1 = torch.sigmoid(theta[0]), torch.sigmoid(theta[1:])
-    j = sum((p0 if a0 else 1 - p0) * (p1[a0] if a1 else 1 - p1[a0]) * REWARD[a0, a1]
-            for a0 in (0, 1) for a1 in (0, 1))  # fmt: skip
+    j = sum(
+        (p0 if a0 else 1 - p0) * (p1[a0] if a1 else 1 - p1[a0]) * REWARD[a0, a1]
+        for a0 in (0, 1)
+        for a1 in (0, 1)
+    )
     (grad,) = torch.autograd.grad(j, theta)
     return grad
 

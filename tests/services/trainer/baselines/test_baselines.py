@@ -36,10 +36,20 @@ TASK = {"min_steps": 2, "max_steps": 2}  # two operations: a 120-step SFT gets a
 @pytest.fixture(scope="module")
 def sft_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sft")
-    cfg = SFTConfig(dataset="arithmetic", arithmetic=TASK, from_scratch=True,
-                    output_dir=str(out), lr=3e-3, batch_size=16, max_steps=120,
-                    train_problems=400, val_problems=4, eval_every=120, eval_max_tokens=32,
-                    max_seq_len=96)  # fmt: skip
+    cfg = SFTConfig(
+        dataset="arithmetic",
+        arithmetic=TASK,
+        from_scratch=True,
+        output_dir=str(out),
+        lr=3e-3,
+        batch_size=16,
+        max_steps=120,
+        train_problems=400,
+        val_problems=4,
+        eval_every=120,
+        eval_max_tokens=32,
+        max_seq_len=96,
+    )
     return run_sft(cfg, progress=False).best_dir
 
 
@@ -126,8 +136,21 @@ COMPARED = {
 
 
 def _cmd(model: Path, out: Path, algo: str, *extra: str) -> list[str]:
-    args = [sys.executable, "-m", "services.cli", "train", "--algo", algo, "--preset",
-            "tiny-cpu", "--output-dir", str(out), "--threads", "1", *extra]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "train",
+        "--algo",
+        algo,
+        "--preset",
+        "tiny-cpu",
+        "--output-dir",
+        str(out),
+        "--threads",
+        "1",
+        *extra,
+    ]
     for s in [f"model.policy={model}", f"arithmetic={json.dumps(TASK)}", *COMMON, *RESUME[algo]]:
         args += ["--set", s]
     return args
@@ -140,8 +163,7 @@ def _env() -> dict[str, str]:
 
 
 def _run(args: list[str]) -> None:
-    proc = subprocess.run(args, cwd=ROOT, env=_env(), timeout=600, capture_output=True,
-                          text=True)  # fmt: skip
+    proc = subprocess.run(args, cwd=ROOT, env=_env(), timeout=600, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -158,8 +180,13 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     _run(_cmd(sft_model, straight, algo))
     # 1) the same run, killed with SIGKILL as soon as iteration (epoch) 1 is checkpointed
-    proc = subprocess.Popen(_cmd(sft_model, killed, algo), cwd=ROOT, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _cmd(sft_model, killed, algo),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     latest = killed / "checkpoints" / "latest"
     deadline = time.monotonic() + 600
     while not (latest.is_file() and latest.read_text().strip() == "1"):
@@ -197,15 +224,26 @@ def test_restem_and_dpo_prompts_carry_the_few_shot_examples(
     from shared.prompts import format_prompt
 
     for algo, cls in (("restem", RestEM), ("dpo_positive", DPOPositive)):
-        cfg = load_config(preset="tiny-cpu", overrides=[
-            f"algo={algo}", f"model.policy={sft_model}", f"output_dir={tmp_path / algo}",
-            f"arithmetic={json.dumps(TASK)}", "rollout.few_shot=2",
-        ])  # fmt: skip
+        cfg = load_config(
+            preset="tiny-cpu",
+            overrides=[
+                f"algo={algo}",
+                f"model.policy={sft_model}",
+                f"output_dir={tmp_path / algo}",
+                f"arithmetic={json.dumps(TASK)}",
+                "rollout.few_shot=2",
+            ],
+        )
         run = cls(cfg, services=None, progress=False)
         shots = run.train[:2]
         ex = run.val[0]
         prompt = run.prompt(ex)
-        assert prompt == format_prompt(ex.question, style=run.style, dataset=ex.dataset,
-                                       tokenizer=run.tokenizer, few_shot=shots)  # fmt: skip
+        assert prompt == format_prompt(
+            ex.question,
+            style=run.style,
+            dataset=ex.dataset,
+            tokenizer=run.tokenizer,
+            few_shot=shots,
+        )
         assert prompt.startswith(format_prompt(shots[0].question) + shots[0].solution)
         assert prompt.count("Question:") == 3

@@ -53,9 +53,13 @@ def test_dpo_positive_batch_by_hand() -> None:
     #   -> logits 0.3·2 = 0.6. Pair 1: Δ_w = −3.2 − (−3) = −0.2, Δ_l = −2 − (−2.5) = 0.5,
     #   penalty 0.2 -> logits 0.3·(−0.7 − 50·0.2) = −3.21 (λ outside β would give −10.21).
     loss, stats = dpo_positive_loss(
-        torch.tensor([-4.0, -3.2]), torch.tensor([-7.0, -2.0]),
-        torch.tensor([-5.0, -3.0]), torch.tensor([-6.0, -2.5]), beta=0.3, lam=50.0,
-    )  # fmt: skip
+        torch.tensor([-4.0, -3.2]),
+        torch.tensor([-7.0, -2.0]),
+        torch.tensor([-5.0, -3.0]),
+        torch.tensor([-6.0, -2.5]),
+        beta=0.3,
+        lam=50.0,
+    )
     expected = (-math.log(_sigmoid(0.6)) - math.log(_sigmoid(-3.21))) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert stats["dpo/penalty"].item() == pytest.approx(0.1)
@@ -111,9 +115,13 @@ def test_pair_round_batch_in_the_action_frame() -> None:
         torch.tensor([1, 2, 5, 6, 7], dtype=torch.int32),
         torch.tensor([3, 8], dtype=torch.int32),
     ]
-    data = PairRound(seqs=seqs, prompt_lens=[2, 1],
-                     ref_logprobs=[torch.tensor([-0.5, -1.0, -2.0]), torch.tensor([-3.0])],
-                     chosen=[0], rejected=[1])  # fmt: skip
+    data = PairRound(
+        seqs=seqs,
+        prompt_lens=[2, 1],
+        ref_logprobs=[torch.tensor([-0.5, -1.0, -2.0]), torch.tensor([-3.0])],
+        chosen=[0],
+        rejected=[1],
+    )
     b = data.batch([1, 0], pad_id=0)
     assert b["input_ids"].tolist() == [[3, 8, 0, 0, 0], [1, 2, 5, 6, 7]]
     assert b["attention_mask"].tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]

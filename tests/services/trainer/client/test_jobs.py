@@ -40,18 +40,35 @@ def answer(job: Job, worker: str = "w") -> JobResult:
     """A deterministic answer that encodes the input, so order can be checked."""
     if job.kind == "value":
         assert job.value is not None
-        values = [ValueEstimate(value=min(1.0, len(it.prompt) / 100), returns=[0.0],
-                                verdicts=["incorrect"], num_tokens=len(it.prompt))
-                  for it in job.value.items]  # fmt: skip
-        return JobResult(job_id=job.job_id, policy_version=job.policy_version, worker_id=worker,
-                         ok=True, value=ValueResult(values=values,
-                                                    policy_version=job.policy_version))  # fmt: skip
+        values = [
+            ValueEstimate(
+                value=min(1.0, len(it.prompt) / 100),
+                returns=[0.0],
+                verdicts=["incorrect"],
+                num_tokens=len(it.prompt),
+            )
+            for it in job.value.items
+        ]
+        return JobResult(
+            job_id=job.job_id,
+            policy_version=job.policy_version,
+            worker_id=worker,
+            ok=True,
+            value=ValueResult(values=values, policy_version=job.policy_version),
+        )
     assert job.generate is not None
-    outs = [[Completion(text=p.upper(), token_ids=[], logprobs=[], finish_reason="stop")]
-            for p in job.generate.prompts]  # fmt: skip
+    outs = [
+        [Completion(text=p.upper(), token_ids=[], logprobs=[], finish_reason="stop")]
+        for p in job.generate.prompts
+    ]
     gen = GenerateResult(outputs=outs, policy_version=job.policy_version)
-    return JobResult(job_id=job.job_id, policy_version=job.policy_version, worker_id=worker,
-                     ok=True, generate=gen)  # fmt: skip
+    return JobResult(
+        job_id=job.job_id,
+        policy_version=job.policy_version,
+        worker_id=worker,
+        ok=True,
+        generate=gen,
+    )
 
 
 async def responder(queue: JobQueue, decide: Decide, seen: list[Job]) -> None:
@@ -83,8 +100,10 @@ async def ok(job: Job) -> JobResult:
 async def test_value_jobs_split_and_return_in_input_order() -> None:
     items = [ValueItem(prompt="x" * (i + 1), gold="1") for i in range(23)]
     opts = JobOptions(job_size=5, progress=False)
-    out, seen = await run_with(ok, lambda q: run_value_jobs(
-        q, items, version=0, k=3, sampling=SamplingParams(), options=opts))  # fmt: skip
+    out, seen = await run_with(
+        ok,
+        lambda q: run_value_jobs(q, items, version=0, k=3, sampling=SamplingParams(), options=opts),
+    )
     assert isinstance(out, list)
     assert [v.num_tokens for v in out] == list(range(1, 24))
     assert [len(j.value.items) for j in seen if j.value] == [5, 5, 5, 5, 3]
@@ -96,8 +115,12 @@ async def test_value_jobs_split_and_return_in_input_order() -> None:
 async def test_generate_jobs_in_order() -> None:
     prompts = [f"p{i}" for i in range(7)]
     opts = JobOptions(job_size=2, progress=False)
-    out, seen = await run_with(ok, lambda q: run_generate_jobs(
-        q, prompts, version=0, n=1, sampling=SamplingParams(), options=opts))  # fmt: skip
+    out, seen = await run_with(
+        ok,
+        lambda q: run_generate_jobs(
+            q, prompts, version=0, n=1, sampling=SamplingParams(), options=opts
+        ),
+    )
     assert isinstance(out, list)
     assert [c[0].text for c in out] == [p.upper() for p in prompts]
     assert [j.generate.stream_offset for j in seen if j.generate] == [0, 2, 4, 6]
@@ -108,14 +131,20 @@ async def test_failed_attempt_is_retried_with_attempt_plus_one(
 ) -> None:
     async def fail_first(job: Job) -> JobResult:
         if job.attempt == 0:
-            return JobResult(job_id=job.job_id, policy_version=0, worker_id="w", ok=False,
-                             error="engine exploded")  # fmt: skip
+            return JobResult(
+                job_id=job.job_id,
+                policy_version=0,
+                worker_id="w",
+                ok=False,
+                error="engine exploded",
+            )
         return answer(job)
 
     jobs = [Job(kind="generate", policy_version=0, generate=GenerateRequest(prompts=["a"]))]
     with caplog.at_level(logging.WARNING):
-        out, seen = await run_with(fail_first, lambda q: run_jobs(
-            q, jobs, JobOptions(progress=False, poll_s=0.05)))  # fmt: skip
+        out, seen = await run_with(
+            fail_first, lambda q: run_jobs(q, jobs, JobOptions(progress=False, poll_s=0.05))
+        )
     assert [j.attempt for j in seen] == [0, 1]
     assert isinstance(out, list) and out[0].ok and out[0].job_id.endswith("-a1")
     assert "engine exploded" in caplog.text
@@ -131,8 +160,10 @@ async def test_lost_job_times_out_and_the_first_result_wins() -> None:
         return answer(job, worker="retry")
 
     jobs = [Job(kind="generate", policy_version=0, generate=GenerateRequest(prompts=["a"]))]
-    out, seen = await run_with(lose_first, lambda q: run_jobs(
-        q, jobs, JobOptions(progress=False, timeout_s=0.3, poll_s=0.05)))  # fmt: skip
+    out, seen = await run_with(
+        lose_first,
+        lambda q: run_jobs(q, jobs, JobOptions(progress=False, timeout_s=0.3, poll_s=0.05)),
+    )
     assert [j.attempt for j in seen] == [0, 1]
     assert isinstance(out, list) and len(out) == 1 and out[0].worker_id == "retry"
 
@@ -166,8 +197,10 @@ async def test_gives_up_after_max_attempts() -> None:
 
     jobs = [Job(kind="generate", policy_version=0, generate=GenerateRequest(prompts=["a"]))]
     with pytest.raises(JobsFailed, match="3 attempt"):
-        await run_with(always_fail, lambda q: run_jobs(
-            q, jobs, JobOptions(progress=False, max_attempts=3, poll_s=0.02)))  # fmt: skip
+        await run_with(
+            always_fail,
+            lambda q: run_jobs(q, jobs, JobOptions(progress=False, max_attempts=3, poll_s=0.02)),
+        )
 
 
 async def test_wait_for_replicas_counts_only_ready_at_version(
@@ -175,8 +208,16 @@ async def test_wait_for_replicas_counts_only_ready_at_version(
 ) -> None:
     q = InProcessQueue()
     await q.heartbeat(ReplicaHeartbeat(replica_id="old", state="ready", loaded_version=1), 30)
-    await q.heartbeat(ReplicaHeartbeat(replica_id="bad", state="failed", loaded_version=1,
-                                       failed_version=2, error="OSError: disk"), 30)  # fmt: skip
+    await q.heartbeat(
+        ReplicaHeartbeat(
+            replica_id="bad",
+            state="failed",
+            loaded_version=1,
+            failed_version=2,
+            error="OSError: disk",
+        ),
+        30,
+    )
     with caplog.at_level(logging.WARNING), pytest.raises(ReplicasNotReady, match="0/1"):
         await wait_for_replicas(q, 2, 1, timeout=0.2)
     assert "bad" in caplog.text and "OSError: disk" in caplog.text and "old" not in caplog.text

@@ -67,8 +67,9 @@ def _env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
-async def _replica(redis_url: str, reward_url: str, model: Path, root: Path,
-                   stop: asyncio.Event) -> asyncio.Task[None]:  # fmt: skip
+async def _replica(
+    redis_url: str, reward_url: str, model: Path, root: Path, stop: asyncio.Event
+) -> asyncio.Task[None]:
     """A rollout replica that outlives the trainer: a real worker in this test process."""
     config = WorkerConfig(replica_id="replica", heartbeat_s=0.25, checkpoint_root=root)
     engine = await asyncio.to_thread(TorchEngine, model)
@@ -76,12 +77,36 @@ async def _replica(redis_url: str, reward_url: str, model: Path, root: Path,
     return asyncio.create_task(run_worker(queue, engine, RewardClient(reward_url), config, stop))
 
 
-def _trainer(model: Path, out: Path, redis_url: str, reward_url: str, *extra: str,
-             pause: str | None = None, when: str = "BEFORE") -> subprocess.Popen[str]:  # fmt: skip
-    args = [sys.executable, "-m", "tests.services.trainer.client.push_hook", "train", "--preset",
-            "tiny-cpu", "--output-dir", str(out), "--threads", "1", "--redis-url", redis_url,
-            "--reward-url", reward_url, "--local-replicas", "0", *extra,
-            "--set", f"model.policy={model}"]  # fmt: skip
+def _trainer(
+    model: Path,
+    out: Path,
+    redis_url: str,
+    reward_url: str,
+    *extra: str,
+    pause: str | None = None,
+    when: str = "BEFORE",
+) -> subprocess.Popen[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "tests.services.trainer.client.push_hook",
+        "train",
+        "--preset",
+        "tiny-cpu",
+        "--output-dir",
+        str(out),
+        "--threads",
+        "1",
+        "--redis-url",
+        redis_url,
+        "--reward-url",
+        reward_url,
+        "--local-replicas",
+        "0",
+        *extra,
+        "--set",
+        f"model.policy={model}",
+    ]
     for s in SETS:
         args += ["--set", s]
     env = _env() | ({f"VINEPPO_TEST_PAUSE_{when}_ANNOUNCE": pause} if pause else {})
@@ -99,8 +124,9 @@ async def _straight(model: Path, out: Path, redis_url: str, reward_url: str) -> 
     """The uninterrupted run, in this process (same loop, same replica setup)."""
     sets = [*SETS, f"model.policy={model}", f"output_dir={out}"]
     cfg = load_config(preset="tiny-cpu", overrides=sets)
-    services = run_services(model, out / "policies", redis_url=redis_url,
-                            reward_url=reward_url, local_replicas=0)  # fmt: skip
+    services = run_services(
+        model, out / "policies", redis_url=redis_url, reward_url=reward_url, local_replicas=0
+    )
     async with services as svc:
         await RLTrainer(cfg, svc, progress=False).run()
 
@@ -123,8 +149,10 @@ async def test_kill_9_mid_push_then_resume_gives_the_same_run(
     with ExitStack() as stack:
         reward = stack.enter_context(serve_app(create_reward_app(RewardSettings(workers=1))))
         ra, rb = stack.enter_context(redis_process()), stack.enter_context(redis_process())
-        replicas = [await _replica(r.url, reward, tiny_model, out / "policies", stop)
-                    for r, out in ((ra, straight), (rb, killed))]  # fmt: skip
+        replicas = [
+            await _replica(r.url, reward, tiny_model, out / "policies", stop)
+            for r, out in ((ra, straight), (rb, killed))
+        ]
         try:
             # 1) the run to be killed (a subprocess) and the uninterrupted one, side by side
             b = _trainer(tiny_model, killed, rb.url, reward, pause=f"2:{marker}", when=when)

@@ -24,10 +24,21 @@ def _inputs(
 ) -> tuple[list[Example], list[str], list[list[Completion]], list[Verdict]]:
     ex = Example("e0", "1+1?", "1+1 = 2\n#### 2", "2", "gsm8k")
     text = "1+1 = 2\n#### 2"
-    comps = [[Completion(text=text, token_ids=[ord(c) for c in text], logprobs=[0.0] * len(text),
-                         finish_reason="stop") for _ in statuses]]  # fmt: skip
-    verdicts = [Verdict(status=s, reward=1.0 if s == "correct" else 0.0, detail="pool died")
-                for s in statuses]  # fmt: skip
+    comps = [
+        [
+            Completion(
+                text=text,
+                token_ids=[ord(c) for c in text],
+                logprobs=[0.0] * len(text),
+                finish_reason="stop",
+            )
+            for _ in statuses
+        ]
+    ]
+    verdicts = [
+        Verdict(status=s, reward=1.0 if s == "correct" else 0.0, detail="pool died")
+        for s in statuses
+    ]
     return [ex], ["Q: 1+1?\n"], comps, verdicts
 
 

@@ -29,12 +29,24 @@ def tiny_sft(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _short_run(model: Path, out: Path, algo: str) -> Path:
-    cfg = load_config(preset="tiny-cpu", overrides=[
-        f"algo={algo}", "iterations=1", f"model.policy={model}", f"output_dir={out}",
-        "rollout.prompts_per_iteration=2", "rollout.responses_per_prompt=2",
-        "rollout.max_response_tokens=40", "ppo.mini_batch_size=4", "ppo.micro_batch_size=4",
-        "vine.k=2", "eval.every=1", "eval.num_problems=2", "eval.max_response_tokens=40",
-    ])  # fmt: skip
+    cfg = load_config(
+        preset="tiny-cpu",
+        overrides=[
+            f"algo={algo}",
+            "iterations=1",
+            f"model.policy={model}",
+            f"output_dir={out}",
+            "rollout.prompts_per_iteration=2",
+            "rollout.responses_per_prompt=2",
+            "rollout.max_response_tokens=40",
+            "ppo.mini_batch_size=4",
+            "ppo.micro_batch_size=4",
+            "vine.k=2",
+            "eval.every=1",
+            "eval.num_problems=2",
+            "eval.max_response_tokens=40",
+        ],
+    )
     out.mkdir(parents=True)
     (out / "config.json").write_text(cfg.model_dump_json())
     (out / "command.txt").write_text(f"vineppo train --algo {algo} --output-dir {out}\n")
@@ -56,20 +68,48 @@ def test_report_of_two_real_runs_references_only_existing_decodable_files(
     ppo = _short_run(tiny_sft, tmp_path / "ppo", "ppo")
     best = json.loads((ppo / "best" / "best.json").read_text())  # the loop kept its best
     assert best["version"] in (0, 1)
-    res = runner.invoke(app, ["eval", "--run", str(ppo), "--select-on", "validation",
-                              "--seeds", "2", "--num-problems", "2"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "--run",
+            str(ppo),
+            "--select-on",
+            "validation",
+            "--seeds",
+            "2",
+            "--num-problems",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     ev = json.loads((ppo / "eval-test.json").read_text())
     assert ev["selection"]["version"] == best["version"] and len(ev["per_seed"]) == 2
-    res = runner.invoke(app, ["analyze-values", "--run", str(ppo), "--num-prompts", "2",
-                              "--responses", "2", "--truth-k", "4", "--top-action-states", "1",
-                              "--candidates", "2"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "analyze-values",
+            "--run",
+            str(ppo),
+            "--num-prompts",
+            "2",
+            "--responses",
+            "2",
+            "--truth-k",
+            "4",
+            "--top-action-states",
+            "1",
+            "--candidates",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     metrics = json.loads((ppo / "value-analysis" / "analysis.json").read_text())["metrics"]
     # the run's critic; GRPO and RLOO share one leave-one-out group baseline
     assert set(metrics) == {"VinePPO K=2", "PPO critic", "GRPO/RLOO"}
-    res = runner.invoke(app, ["report", str(vine), str(ppo), "--out",
-                              str(tmp_path / "site" / "report.html")])  # fmt: skip
+    res = runner.invoke(
+        app, ["report", str(vine), str(ppo), "--out", str(tmp_path / "site" / "report.html")]
+    )
     assert res.exit_code == 0, res.output
     page = (tmp_path / "site" / "report.html").read_text()
     refs = re.findall(r'(?:src|href)="([^"]+)"', page)

@@ -31,21 +31,43 @@ pytestmark = [pytest.mark.slow, pytest.mark.server]
 @pytest.fixture(scope="module")
 def sft_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sft")
-    cfg = SFTConfig(dataset="arithmetic", from_scratch=True, output_dir=str(out), lr=3e-3,
-                    batch_size=16, max_steps=60, train_problems=400, val_problems=8,
-                    eval_every=60, eval_max_tokens=40, max_seq_len=128)  # fmt: skip
+    cfg = SFTConfig(
+        dataset="arithmetic",
+        from_scratch=True,
+        output_dir=str(out),
+        lr=3e-3,
+        batch_size=16,
+        max_steps=60,
+        train_problems=400,
+        val_problems=8,
+        eval_every=60,
+        eval_max_tokens=40,
+        max_seq_len=128,
+    )
     return run_sft(cfg, progress=False).best_dir
 
 
 def tiny_run(model: Path, out: Path, algo: str, iterations: int, *extra: str) -> RunConfig:
-    return load_config(preset="tiny-cpu", overrides=[
-        f"algo={algo}", f"iterations={iterations}", f"model.policy={model}",
-        f"output_dir={out}", "rollout.prompts_per_iteration=4",
-        "rollout.responses_per_prompt=2", "rollout.max_response_tokens=40",
-        "ppo.mini_batch_size=8", "ppo.micro_batch_size=4", "vine.k=2",
-        "eval.every=3", "eval.num_problems=4", "eval.max_response_tokens=40", "optim.lr=1e-4",
-        *extra,
-    ])  # fmt: skip
+    return load_config(
+        preset="tiny-cpu",
+        overrides=[
+            f"algo={algo}",
+            f"iterations={iterations}",
+            f"model.policy={model}",
+            f"output_dir={out}",
+            "rollout.prompts_per_iteration=4",
+            "rollout.responses_per_prompt=2",
+            "rollout.max_response_tokens=40",
+            "ppo.mini_batch_size=8",
+            "ppo.micro_batch_size=4",
+            "vine.k=2",
+            "eval.every=3",
+            "eval.num_problems=4",
+            "eval.max_response_tokens=40",
+            "optim.lr=1e-4",
+            *extra,
+        ],
+    )
 
 
 async def _train(cfg: RunConfig, resume: bool = False) -> list[dict[str, object]]:
@@ -81,9 +103,18 @@ def test_ppo_value_warmup_and_critic_probe(sft_model: Path, tmp_path: Path) -> N
     """The careful-PPO options through the real loop: value warm-up before iteration 1 (its
     time on the iteration-0 row) and the critic's MAE / explained variance against MC truth
     at each validation."""
-    cfg = tiny_run(sft_model, tmp_path / "ppo", "ppo", 3, "ppo.critic_warmup_iterations=2",
-                   "ppo.critic_init=0.5", "ppo.critic_lr=1e-3", "ppo.critic_epochs=3",
-                   "eval.value_probe_prompts=2", "eval.value_probe_k=4")  # fmt: skip
+    cfg = tiny_run(
+        sft_model,
+        tmp_path / "ppo",
+        "ppo",
+        3,
+        "ppo.critic_warmup_iterations=2",
+        "ppo.critic_init=0.5",
+        "ppo.critic_lr=1e-3",
+        "ppo.critic_epochs=3",
+        "eval.value_probe_prompts=2",
+        "eval.value_probe_k=4",
+    )
     rows = asyncio.run(_train(cfg))
     first, last = rows[0], rows[-1]
     assert first["iteration"] == 0 and first["critic/warmup_episodes"] == 2 * 8
@@ -96,13 +127,35 @@ def test_ppo_value_warmup_and_critic_probe(sft_model: Path, tmp_path: Path) -> N
 
 
 def _train_cmd(model: Path, out: Path, iterations: int, *extra: str) -> list[str]:
-    sets = [f"model.policy={model}", f"iterations={iterations}", "eval.every=100",
-            "rollout.prompts_per_iteration=4", "rollout.responses_per_prompt=2",
-            "rollout.max_response_tokens=40", "ppo.mini_batch_size=8",
-            "ppo.micro_batch_size=4", "vine.k=2", "eval.num_problems=4",
-            "eval.max_response_tokens=40", "optim.lr=1e-4"]  # fmt: skip
-    args = [sys.executable, "-m", "services.cli", "train", "--algo", "vine", "--preset",
-            "tiny-cpu", "--output-dir", str(out), "--threads", "1", *extra]  # fmt: skip
+    sets = [
+        f"model.policy={model}",
+        f"iterations={iterations}",
+        "eval.every=100",
+        "rollout.prompts_per_iteration=4",
+        "rollout.responses_per_prompt=2",
+        "rollout.max_response_tokens=40",
+        "ppo.mini_batch_size=8",
+        "ppo.micro_batch_size=4",
+        "vine.k=2",
+        "eval.num_problems=4",
+        "eval.max_response_tokens=40",
+        "optim.lr=1e-4",
+    ]
+    args = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "train",
+        "--algo",
+        "vine",
+        "--preset",
+        "tiny-cpu",
+        "--output-dir",
+        str(out),
+        "--threads",
+        "1",
+        *extra,
+    ]
     for s in sets:
         args += ["--set", s]
     return args
@@ -127,14 +180,17 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(sft_model: Path, tmp_pa
     # 1) start the same run, kill -9 it as soon as iteration 1 is checkpointed
     err = tmp_path / "killed.stderr"
     with err.open("wb") as err_file:
-        proc = subprocess.Popen(_train_cmd(sft_model, killed, 2), env=env,
-                                stdout=subprocess.DEVNULL, stderr=err_file)  # fmt: skip
+        proc = subprocess.Popen(
+            _train_cmd(sft_model, killed, 2), env=env, stdout=subprocess.DEVNULL, stderr=err_file
+        )
     latest = killed / "checkpoints" / "latest"
     deadline = time.monotonic() + 600
     while not (latest.is_file() and latest.read_text().strip() == "1"):
         if proc.poll() is not None:
-            raise AssertionError(f"the run ended before it could be killed (exit "
-                                 f"{proc.returncode}):\n{err.read_text()[-4000:]}")  # fmt: skip
+            raise AssertionError(
+                f"the run ended before it could be killed (exit "
+                f"{proc.returncode}):\n{err.read_text()[-4000:]}"
+            )
         assert time.monotonic() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)

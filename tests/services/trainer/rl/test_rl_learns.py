@@ -45,13 +45,24 @@ CONTROL_TOLERANCE = 0.05
 
 def rl_overrides(model: Path, out: Path, algo: str, *, lr: float = 3e-4) -> list[str]:
     return [
-        f"algo={algo}", "dataset=gsm8k", f"iterations={ITERATIONS}", f"model.policy={model}",
-        f"output_dir={out}", f"optim.lr={lr}", f"rollout.temperature={TEMPERATURE}",
-        "rollout.prompts_per_iteration=16", "rollout.responses_per_prompt=8",
-        "rollout.max_response_tokens=32", "ppo.mini_batch_size=64", "ppo.micro_batch_size=32",
-        "vine.k=4", "eval.every=1000", "eval.num_problems=8", "eval.seeds=1",
+        f"algo={algo}",
+        "dataset=gsm8k",
+        f"iterations={ITERATIONS}",
+        f"model.policy={model}",
+        f"output_dir={out}",
+        f"optim.lr={lr}",
+        f"rollout.temperature={TEMPERATURE}",
+        "rollout.prompts_per_iteration=16",
+        "rollout.responses_per_prompt=8",
+        "rollout.max_response_tokens=32",
+        "ppo.mini_batch_size=64",
+        "ppo.micro_batch_size=32",
+        "vine.k=4",
+        "eval.every=1000",
+        "eval.num_problems=8",
+        "eval.seeds=1",
         "eval.max_response_tokens=32",
-    ]  # fmt: skip
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +73,19 @@ def task(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
     root = tmp_path_factory.mktemp("learnable")
     sft_dir, rl_dir = write_data(root, p_correct=0.35)
-    cfg = SFTConfig(dataset="gsm8k", from_scratch=True, model_preset="tiny",
-                    output_dir=str(root / "sft"), lr=3e-3, batch_size=64, max_steps=400,
-                    val_problems=8, eval_every=400, eval_max_tokens=32, max_seq_len=64)  # fmt: skip
+    cfg = SFTConfig(
+        dataset="gsm8k",
+        from_scratch=True,
+        model_preset="tiny",
+        output_dir=str(root / "sft"),
+        lr=3e-3,
+        batch_size=64,
+        max_steps=400,
+        val_problems=8,
+        eval_every=400,
+        eval_max_tokens=32,
+        max_seq_len=64,
+    )
     model = run_sft(cfg, data_dir=sft_dir, progress=False).best_dir
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VINEPPO_DATA_DIR", str(rl_dir))
@@ -81,11 +102,18 @@ async def _sampled_reward(model: Path, out: Path, samples_per_prompt: int = 8) -
     sampling = SamplingParams(temperature=TEMPERATURE, max_tokens=32, seed=12345)
     async with run_services(model, out / "policies", job_size=32) as services:
         outs = await run_generate_jobs(
-            services.queue, prompts, version=0, n=samples_per_prompt, sampling=sampling,
+            services.queue,
+            prompts,
+            version=0,
+            n=samples_per_prompt,
+            sampling=sampling,
             options=JobOptions(progress=False),
-        )  # fmt: skip
-        items = [GradeItem(response=c.text, gold=ex.answer, dataset="gsm8k")
-                 for ex, per in zip(examples, outs, strict=True) for c in per]  # fmt: skip
+        )
+        items = [
+            GradeItem(response=c.text, gold=ex.answer, dataset="gsm8k")
+            for ex, per in zip(examples, outs, strict=True)
+            for c in per
+        ]
         verdicts = await services.grader.grade(items)
     finished = [c.finish_reason == "stop" for per in outs for c in per]
     rewards = [v.reward if done else 0.0 for v, done in zip(verdicts, finished, strict=True)]
@@ -127,15 +155,19 @@ def test_rl_raises_train_reward(task: Path, start: float, tmp_path: Path, algo: 
     t0 = time.monotonic()
     rewards = _train(rl_overrides(task, tmp_path / algo, algo))
     elapsed = time.monotonic() - t0
-    print(f"{algo}: start {start:.3f} -> last-3 {_last3(rewards):.3f}  rewards "
-          f"{[round(r, 3) for r in rewards]}  {elapsed:.0f}s")  # fmt: skip
+    print(
+        f"{algo}: start {start:.3f} -> last-3 {_last3(rewards):.3f}  rewards "
+        f"{[round(r, 3) for r in rewards]}  {elapsed:.0f}s"
+    )
     assert _last3(rewards) >= start + GAIN, (algo, start, rewards)
 
 
 def test_control_without_learning_rate_stays_put(task: Path, start: float, tmp_path: Path) -> None:
     rewards = _train(rl_overrides(task, tmp_path / "control", "vine", lr=1e-12))
-    print(f"control: start {start:.3f} -> last-3 {_last3(rewards):.3f}  "
-          f"{[round(r, 3) for r in rewards]}")  # fmt: skip
+    print(
+        f"control: start {start:.3f} -> last-3 {_last3(rewards):.3f}  "
+        f"{[round(r, 3) for r in rewards]}"
+    )
     assert abs(_last3(rewards) - start) <= CONTROL_TOLERANCE, (start, rewards)
 
 

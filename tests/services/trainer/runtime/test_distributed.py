@@ -30,8 +30,15 @@ def _run(rank: int, world: int, port: int, stage: int, x: torch.Tensor, out: dic
     from services.trainer.runtime.distributed import all_reduce_mean, is_main, wrap
 
     per = x.shape[0] // world
-    engine = wrap(_model(), lr=LR, grad_clip=CLIP, zero_stage=stage, total_steps=TOTAL,
-                  warmup_steps=0, micro_batch_size=per)  # fmt: skip
+    engine = wrap(
+        _model(),
+        lr=LR,
+        grad_clip=CLIP,
+        zero_stage=stage,
+        total_steps=TOTAL,
+        warmup_steps=0,
+        micro_batch_size=per,
+    )
     mine = x[rank * per : (rank + 1) * per]
     for _ in range(STEPS):
         loss = engine(mine).pow(2).mean()
@@ -82,10 +89,19 @@ B, L, MINI, MICRO, TEMP, STAGES = 8, 12, 4, 2, 0.7, (0, 2, 3)
 def _tiny_llama():  # -> LlamaConfig
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                       tie_word_embeddings=True, pad_token_id=0, bos_token_id=1,
-                       eos_token_id=2)  # fmt: skip
+    return LlamaConfig(
+        vocab_size=40,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
 
 
 def _batch():  # -> Batch: 8 right-padded prompt+response rows, 2-token reasoning steps
@@ -123,9 +139,16 @@ def _engines(algo: str, stage: int, world: int) -> tuple:
         for p in ref.parameters():
             p.add_(0.05 * torch.randn_like(p))
     critic = Critic(LlamaModel(_tiny_llama()), 16) if algo == "ppo" else None
-    common = dict(lr=1e-2, grad_clip=1.0, zero_stage=stage, total_steps=8, warmup_steps=0,
-                  micro_batch_size=MICRO, grad_accum_steps=MINI // (MICRO * world),
-                  zero_extra={"stage3_param_persistence_threshold": 0})  # fmt: skip
+    common = dict(
+        lr=1e-2,
+        grad_clip=1.0,
+        zero_stage=stage,
+        total_steps=8,
+        warmup_steps=0,
+        micro_batch_size=MICRO,
+        grad_accum_steps=MINI // (MICRO * world),
+        zero_extra={"stage3_param_persistence_threshold": 0},
+    )
     # (threshold 0: ZeRO-3 partitions even this tiny model's parameters)
     crit = wrap(critic, **common) if critic is not None else None
     return wrap(policy, **common), crit, ref
@@ -152,8 +175,11 @@ def _update(algo: str, stage: int, rank: int, world: int, root: str) -> dict:
     batch = _batch()
     old = policy_logprobs(engine, batch, TEMP, MICRO)
     ref_lp = policy_logprobs(ref, batch, TEMP, MICRO)
-    inputs = AdvantageInputs(rewards=batch.rewards, response_mask=batch.response_mask,
-                             step_ids=batch.step_ids.clamp(min=0))  # fmt: skip
+    inputs = AdvantageInputs(
+        rewards=batch.rewards,
+        response_mask=batch.response_mask,
+        step_ids=batch.step_ids.clamp(min=0),
+    )
     old_values = returns = None
     if crit is not None:
         old_values = inputs.values = critic_values(crit, batch, MICRO)
@@ -162,11 +188,13 @@ def _update(algo: str, stage: int, rank: int, world: int, root: str) -> dict:
     else:
         inputs.step_values = torch.rand(B, 3, generator=torch.Generator().manual_seed(3))
         adv, _ = compute_advantages("vine", inputs)
-    cfg = PPOConfig(mini_batch_size=MINI, micro_batch_size=MICRO, epochs=2, kl_coef=0.05,
-                    whiten_advantages=True)  # fmt: skip
+    cfg = PPOConfig(
+        mini_batch_size=MINI, micro_batch_size=MICRO, epochs=2, kl_coef=0.05, whiten_advantages=True
+    )
     upd = UpdateInputs(batch, adv, old, ref_lp, old_values=old_values, returns=returns)
-    stats = ppo_epochs(engine, crit, upd, cfg, TEMP, torch.Generator().manual_seed(1),
-                       rank=rank, world_size=world)  # fmt: skip
+    stats = ppo_epochs(
+        engine, crit, upd, cfg, TEMP, torch.Generator().manual_seed(1), rank=rank, world_size=world
+    )
     out = {
         "partitioned": all(p.numel() == 0 for p in engine.module.parameters()),
         "steps": engine.global_steps,
@@ -194,8 +222,9 @@ def _resume(engine, crit, upd, cfg, stage: int, rank: int, world: int, root: Pat
     fresh, fresh_crit, _ = _engines("ppo", stage, world)
     state = load_checkpoint(path, {"policy": fresh, "critic": fresh_crit})
     for eng, c in ((engine, crit), (fresh, fresh_crit)):
-        ppo_epochs(eng, c, upd, cfg, TEMP, torch.Generator().manual_seed(2), rank=rank,
-                   world_size=world)  # fmt: skip
+        ppo_epochs(
+            eng, c, upd, cfg, TEMP, torch.Generator().manual_seed(2), rank=rank, world_size=world
+        )
     return _flat(engine, stage), _flat(fresh, stage), fresh.global_steps, state["mark"]
 
 
@@ -204,8 +233,12 @@ def _update_worker(index: int, ports: tuple[int, int], root: str, out: dict) -> 
     (ZeRO 0), the reference. One spawn, so the slow imports happen once, in parallel."""
     alone = index == 2
     rank, world = (0, 1) if alone else (index, 2)
-    env = {"RANK": rank, "WORLD_SIZE": world, "LOCAL_RANK": rank,
-           "MASTER_PORT": ports[1] if alone else ports[0]}  # fmt: skip
+    env = {
+        "RANK": rank,
+        "WORLD_SIZE": world,
+        "LOCAL_RANK": rank,
+        "MASTER_PORT": ports[1] if alone else ports[0],
+    }
     os.environ.update({k: str(v) for k, v in env.items()}, MASTER_ADDR="127.0.0.1")
     torch.set_num_threads(1)
     import torch.distributed as dist
