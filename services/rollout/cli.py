@@ -36,11 +36,11 @@ def _run_worker_only(settings: RolloutSettings) -> None:
     from services.cli_errors import UserError
     from services.rollout.engine.base import EngineDead
     from services.rollout.replica import BootFailed, run_replica
-    from shared.serve import configure_logging
+    from shared.logs import setup_logging
 
     if not settings.redis_url:
         raise UserError("--worker-only needs --redis-url (or VINEPPO_ROLLOUT_REDIS_URL)")
-    configure_logging(settings.log_level)
+    setup_logging(settings.log_level)
     try:
         asyncio.run(run_replica(settings))
     except BootFailed as exc:

@@ -27,7 +27,7 @@ from services.trainer.evaluation.runs import (
     run_policy,
     select_checkpoint,
 )
-from services.trainer.runtime.logs import setup_logging
+from shared.logs import setup_logging
 
 
 def register_eval(app: typer.Typer) -> None:
