@@ -2,11 +2,12 @@
 
 ``CliGroup`` is the click group class of every ``vineppo`` Typer (``typer.Typer(cls=...)``).
 Every subcommand (option parsing included) runs inside its ``invoke``; there a user error —
-a pydantic ``ValidationError`` (a ``VINEPPO_*`` variable or a config field, also when a
-command wrapped it in ``typer.BadParameter``), a missing config file, malformed YAML/JSON, or
-a ``UserError`` raised by a command or an option callback — is printed as ONE line,
-``Error: <field>: <why>``, on stderr, and the command exits with status 2 (``typer.Exit``).
-Anything else propagates unchanged.
+an option value the parser refused or a missing option (``Invalid value for '--k': ...``,
+naming the option), a pydantic ``ValidationError`` (a ``VINEPPO_*`` variable or a config
+field, also when a command wrapped it in ``typer.BadParameter``), a missing config file,
+malformed YAML/JSON, or a ``UserError`` raised by a command or an option callback — is
+printed as ONE line, ``Error: <field>: <why>``, on stderr, and the command exits with
+status 2 (``typer.Exit``). Anything else propagates unchanged.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def user_message(exc: BaseException) -> str | None:
     cause = exc.__cause__ if isinstance(exc, typer.BadParameter) else exc
     if isinstance(exc, UserError):
         return str(exc)
+    if isinstance(exc, typer.BadParameter) and (exc.param is not None or exc.param_hint):
+        # an option the parser refused (Typer checks types and ranges with pydantic: its
+        # message alone would name a "constrained-int", not the option), a missing one, or
+        # a value a command refused naming the option: "Invalid value for '--k': ..."
+        return exc.format_message()
     if isinstance(cause, ValidationError):
         return f"invalid setting: {describe_validation(cause)}"
     if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):

@@ -4,7 +4,6 @@ port in a background thread (the embedded demo and the tests)."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import socket
 import threading
 import time
@@ -14,6 +13,7 @@ from collections.abc import Callable, Iterator
 
 from fastapi import FastAPI
 
+from shared.logs import setup_logging
 from shared.settings import ServiceSettings
 
 
@@ -22,24 +22,13 @@ def run(app: FastAPI, settings: ServiceSettings) -> None:
     ``should_exit`` to stop itself, e.g. when its model cannot be loaded)."""
     import uvicorn
 
-    configure_logging(settings.log_level)
+    setup_logging(settings.log_level)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level
     )
     server = uvicorn.Server(config)
     app.state.server = server
     server.run()
-
-
-def configure_logging(level: str) -> None:
-    """The service's own log lines (weight loads, dropped duplicates, grader restarts) on
-    stderr at ``level``; uvicorn configures its own loggers. ``trace`` (uvicorn's) = debug."""
-    name = level.upper()
-    levels = logging.getLevelNamesMapping() | {"TRACE": logging.DEBUG}
-    logging.basicConfig(
-        level=levels.get(name, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def free_port() -> int:

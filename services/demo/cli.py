@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from services.trainer.runtime.logs import setup_logging
+from shared.logs import setup_logging
 
 
 def register(app: typer.Typer, serve: typer.Typer) -> None:

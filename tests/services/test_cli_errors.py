@@ -88,3 +88,24 @@ def test_model_dir_that_cannot_load_exits_with_the_reason(tmp_path: Path) -> Non
     proc = vineppo("serve", "rollout", "--model", str(tmp_path), "--port", "0")
     line = one_line_error(proc)
     assert "--model" in line and "could not load" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "needle"),
+    [
+        (["--k", "0"], "'--k'", "greater than or equal to 1"),
+        (["--k", "many"], "'--k'", "valid integer"),
+        (["--temperature", "-1"], "'--temperature'", "greater than or equal to 0"),
+    ],
+)
+def test_bad_option_value_is_one_line_naming_the_option(
+    args: list[str], option: str, needle: str
+) -> None:
+    """Typer checks option types and ranges with pydantic; its error alone named a
+    "constrained-int.(whole model)", not the option (before: `vineppo value --k 0` said
+    ``invalid setting: constrained-int.(whole model): Input should be ...``)."""
+    proc = vineppo("value", "--prompt", "Question: 1 + 1?\nAnswer:\n", "--gold", "2", *args)
+    line = one_line_error(proc)
+    assert option in line and needle in line, line
+    assert "constrained" not in line and "whole model" not in line, line
+    assert proc.stderr.strip() == line  # no usage text, no traceback

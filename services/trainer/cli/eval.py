@@ -27,7 +27,8 @@ from services.trainer.evaluation.runs import (
     run_policy,
     select_checkpoint,
 )
-from services.trainer.runtime.logs import setup_logging
+from shared.logs import setup_logging
+from shared.settings import EngineKind
 
 
 def register_eval(app: typer.Typer) -> None:
@@ -61,6 +62,8 @@ _REWARD = typer.Option(None, envvar="VINEPPO_TRAINER_REWARD_URL", help="Reward s
                        "start one on loopback.")  # fmt: skip
 _REPLICAS = typer.Option(1, min=1, help="Rollout workers (torch engines) in this process.")
 _THREADS = typer.Option(None, min=1, help="torch CPU threads.")
+_ENGINE = typer.Option("auto", envvar="VINEPPO_TRAINER_ENGINE", help="Local replicas' engine: "
+                       "auto (by model size) | torch | vllm.")  # fmt: skip
 
 
 def _start(threads: int | None) -> None:
@@ -114,6 +117,7 @@ def eval_cmd(
     redis_url: str | None = _REDIS,
     reward_url: str | None = _REWARD,
     local_replicas: int = _REPLICAS,
+    engine: EngineKind = _ENGINE,
     threads: int | None = _THREADS,
 ) -> None:
     """Pass@1 averaged over seeds, with its spread, through the rollout and reward services."""
@@ -144,15 +148,17 @@ def eval_cmd(
     res = asyncio.run(eval_checkpoint(
         checkpoint, examples, seeds=seeds, temperature=temperature, max_tokens=max_tokens,
         seed=seed, shots=_shots(dataset, cfg), redis_url=redis_url, reward_url=reward_url,
-        local_replicas=local_replicas,
+        local_replicas=local_replicas, engine=engine,
     ))  # fmt: skip
     doc = {"checkpoint": str(checkpoint), "dataset": dataset, "split": split,
            "pass@1": res.mean, "stderr": res.stderr, "spread": res.spread,
            "per_seed": res.per_seed,
            "num_problems": res.num_problems, "seeds": seeds, "temperature": temperature,
            "max_tokens": max_tokens, "selection": selection,
+           "engine": engine,
            "command": _eval_command(run, checkpoint, select_on, split, dataset, seeds,
-                                    temperature, max_tokens, num_problems, seed)}  # fmt: skip
+                                    temperature, max_tokens, num_problems, seed,
+                                    engine)}  # fmt: skip
     typer.echo(f"{split} Pass@1 {res.mean:.4f} ± {res.stderr:.4f} (standard error over "
                f"{res.num_problems} problems; std over {seeds} seeds {res.spread:.4f}) "
                f"of {checkpoint}")  # fmt: skip
@@ -162,6 +168,7 @@ def eval_cmd(
 def _eval_command(
     run: Path | None, checkpoint: Path, select_on: str, split: str, dataset: str, seeds: int,
     temperature: float, max_tokens: int, num_problems: int | None, seed: int,
+    engine: str = "auto",
 ) -> str:  # fmt: skip
     """The `vineppo eval` command line that reproduces these numbers (all values resolved)."""
     argv = ["vineppo", "eval"]
@@ -169,7 +176,8 @@ def _eval_command(
         ["--run", str(run), "--select-on", select_on] if run else ["--checkpoint", str(checkpoint)]
     )
     argv += ["--split", split, "--dataset", dataset, "--seeds", str(seeds), "--temperature",
-             str(temperature), "--max-tokens", str(max_tokens), "--seed", str(seed)]  # fmt: skip
+             str(temperature), "--max-tokens", str(max_tokens), "--seed", str(seed),
+             "--engine", engine]  # fmt: skip
     argv += ["--num-problems", str(num_problems)] if num_problems else []
     return shlex.join(argv)
 
@@ -193,6 +201,7 @@ def analyze_values_cmd(
     redis_url: str | None = _REDIS,
     reward_url: str | None = _REWARD,
     local_replicas: int = _REPLICAS,
+    engine: EngineKind = _ENGINE,
     threads: int | None = _THREADS,
 ) -> None:
     """Value-prediction analysis: MAE, accuracy, explained variance, per-step error and
@@ -227,8 +236,7 @@ def analyze_values_cmd(
     out = out or ((run or Path(".")) / "value-analysis")
     doc = asyncio.run(analyze_checkpoint(
         checkpoint, examples, probe, out, critic=model, shots=_shots(dataset, cfg),
-        redis_url=redis_url,
-        reward_url=reward_url, local_replicas=local_replicas,
+        redis_url=redis_url, reward_url=reward_url, local_replicas=local_replicas, engine=engine,
     ))  # fmt: skip
     for name, m in doc["metrics"].items():
         typer.echo(f"{name:>14}: MAE {m['mae']:.4f}  acc@0.05 {m['accuracy']:.3f}  "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shlex
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from services.trainer.runtime.logs import setup_logging
+from shared.logs import setup_logging
 
 if TYPE_CHECKING:
     from services.trainer.client.wiring import Wiring
@@ -72,7 +71,7 @@ def train_cmd(
         raise typer.BadParameter(str(e)) from e
     out = Path(cfg.output_dir)
     wiring = _train_wiring(out, redis_url, reward_url, checkpoint_root, local_replicas, engine)
-    logging.getLogger().setLevel(wiring.log_level)  # VINEPPO_TRAINER_LOG_LEVEL
+    setup_logging(wiring.log_level)  # VINEPPO_TRAINER_LOG_LEVEL (the first call: INFO)
     try:
         check_rollout(wiring)
     except RolloutUnavailable as e:

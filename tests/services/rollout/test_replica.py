@@ -118,6 +118,7 @@ def test_every_setting_reaches_engine_grader_queue_and_worker(
     import services.reward.client as reward_client_mod
     import services.rollout.engine as engine_mod
     import services.rollout.worker as worker_mod
+    import shared.logs as logs_mod
     import shared.queue as queue_mod
     import shared.serve as serve_mod
     from shared.serve import serve_in_thread
@@ -150,7 +151,7 @@ def test_every_setting_reaches_engine_grader_queue_and_worker(
     async def worker_run(self: Any, stop: Any = None) -> None:
         seen["config"] = self.config  # the worker was started: stop at once
 
-    def configure_logging(level: str) -> None:
+    def setup_logging(level: str | int = "info") -> None:
         seen["log_level"] = level
 
     def run(api: Any, settings: RolloutSettings) -> None:  # real uvicorn, until the boot ends
@@ -164,7 +165,7 @@ def test_every_setting_reaches_engine_grader_queue_and_worker(
     monkeypatch.setattr(reward_client_mod.RewardClient, "__init__", client_init)
     monkeypatch.setattr(queue_mod, "make_queue", make_queue_spy)
     monkeypatch.setattr(worker_mod.RolloutWorker, "run", worker_run)
-    monkeypatch.setattr(serve_mod, "configure_logging", configure_logging)
+    monkeypatch.setattr(logs_mod, "setup_logging", setup_logging)
     monkeypatch.setattr(serve_mod, "run", run)
     for name in list(os.environ):
         if name.startswith("VINEPPO_ROLLOUT_"):

@@ -95,6 +95,38 @@ def test_eval_of_a_tiny_sft_model_reports_pass_at_1_with_spread(
     assert "Pass@1" in res.output and "±" in res.output
 
 
+@pytest.mark.server
+def test_eval_engine_option_reaches_the_local_replicas_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`vineppo eval --engine torch`: the local replicas are built with that kind (the real
+    make_engine, watched), and the JSON and its command line name it (before, eval had no
+    --engine: `auto` always)."""
+    import services.rollout.engine as engine_mod
+    from tests.services.rollout.tiny import make_tiny_model_dir
+
+    model = make_tiny_model_dir(tmp_path / "model", vocab_texts=["Question: 1 + 2 = 3\n#### 3"])
+    kinds: list[str] = []
+    real_make_engine = engine_mod.make_engine
+
+    def make_engine(kind: str, model_dir: object, **kw: object) -> object:
+        kinds.append(kind)
+        return real_make_engine(kind, model_dir, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine_mod, "make_engine", make_engine)
+    monkeypatch.delenv("VINEPPO_TRAINER_ENGINE", raising=False)
+    out = tmp_path / "eval.json"
+    res = runner.invoke(app, ["eval", "--checkpoint", str(model), "--dataset", "arithmetic",
+                              "--seeds", "1", "--num-problems", "1", "--max-tokens", "4",
+                              "--engine", "torch", "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert kinds == ["torch"]
+    doc = json.loads(out.read_text())
+    assert doc["engine"] == "torch" and "--engine torch" in doc["command"]
+    bad = runner.invoke(app, ["eval", "--checkpoint", str(model), "--engine", "tensorrt"])
+    assert bad.exit_code == 2 and "'--engine'" in bad.output, bad.output
+
+
 def test_pass_at_1_by_hand_with_standard_error_over_problems() -> None:
     def v(r: float) -> Verdict:
         return Verdict(reward=r, status="correct" if r else "incorrect")
