@@ -35,9 +35,13 @@ def demo_cmd(
     if threads:
         torch.set_num_threads(threads)
     try:
-        summary = run_demo(out, budget="quick" if quick else "full", retrain_sft=retrain_sft,
-                           redis_url=os.environ.get("REDIS_URL") or None,
-                           engine=engine)  # fmt: skip
+        summary = run_demo(
+            out,
+            budget="quick" if quick else "full",
+            retrain_sft=retrain_sft,
+            redis_url=os.environ.get("REDIS_URL") or None,
+            engine=engine,
+        )
     except KeyboardInterrupt:
         typer.echo("\ninterrupted: services stopped; run again to continue (the SFT model is kept)")
         raise typer.Exit(130) from None

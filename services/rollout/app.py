@@ -248,9 +248,12 @@ async def weights(
     names = [req.path, *(req.sha256 or {})]
     if any("\x00" in n for n in names) or req.path.startswith("~"):
         svc.check_token(authorization)  # no path check before the token check
-        raise ApiError(400, "path or shard name has a NUL byte, or the path starts with '~'"
-                       " (no home-directory expansion): name it under the checkpoint root",
-                       "bad_path")  # fmt: skip
+        raise ApiError(
+            400,
+            "path or shard name has a NUL byte, or the path starts with '~'"
+            " (no home-directory expansion): name it under the checkpoint root",
+            "bad_path",
+        )
     return await svc.load_weights(req, authorization)
 
 

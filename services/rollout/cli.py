@@ -68,18 +68,26 @@ def serve_rollout(
     host: str | None = typer.Option(None, help="Interface (default VINEPPO_ROLLOUT_HOST)."),
     port: int | None = typer.Option(None, help="Port (default VINEPPO_ROLLOUT_PORT, 8002)."),
     reward_url: str | None = typer.Option(None, help="Reward service base URL."),
-    worker_only: bool = typer.Option(False, "--worker-only",
-                                     help="Run only the queue worker (no HTTP API)."),
+    worker_only: bool = typer.Option(
+        False, "--worker-only", help="Run only the queue worker (no HTTP API)."
+    ),
     redis_url: str | None = typer.Option(None, help="Queue (VINEPPO_ROLLOUT_REDIS_URL)."),
-) -> None:  # fmt: skip
+) -> None:
     """Run the rollout service (generate, MC value, weight push) with uvicorn; with
     --worker-only, only a queue replica. Both take every other setting from the
     VINEPPO_ROLLOUT_* variables (docs/rollout.md, docs/queue.md)."""
     from services.rollout.settings import RolloutSettings
 
-    overrides: dict[str, Any] = {"model_dir": model_path(model), "engine": engine,
-                                 "device": device, "dtype": dtype, "host": host, "port": port,
-                                 "reward_url": reward_url, "redis_url": redis_url}  # fmt: skip
+    overrides: dict[str, Any] = {
+        "model_dir": model_path(model),
+        "engine": engine,
+        "device": device,
+        "dtype": dtype,
+        "host": host,
+        "port": port,
+        "reward_url": reward_url,
+        "redis_url": redis_url,
+    }
     settings = RolloutSettings(**{k: v for k, v in overrides.items() if v is not None})
     if worker_only:
         _run_worker_only(settings)
@@ -102,8 +110,7 @@ def _run_http(settings: RolloutSettings) -> None:
     if getattr(api.state, "engine_dead", False):  # not the user's fault: exit 1
         raise SystemExit(f"vineppo serve rollout: {api.state.boot_error}; restart it")
     if getattr(api.state, "boot_state", None) == "failed":
-        raise UserError(f"--model {settings.model_dir}: could not load it: "
-                        f"{api.state.boot_error}")  # fmt: skip
+        raise UserError(f"--model {settings.model_dir}: could not load it: {api.state.boot_error}")
 
 
 def value_cmd(
@@ -111,8 +118,10 @@ def value_cmd(
         None, help="The problem, formatted as the trainer formats it (needs --model)."
     ),
     model: str | None = typer.Option(
-        None, "--model", help="The served model's directory: its tokenizer picks the prompt "
-        "format of --question (its chat template, else 'Question: ...\\nAnswer:\\n')."
+        None,
+        "--model",
+        help="The served model's directory: its tokenizer picks the prompt "
+        "format of --question (its chat template, else 'Question: ...\\nAnswer:\\n').",
     ),
     prompt: str | None = typer.Option(
         None, help="Instead of --question: an already formatted prompt, sent as it is."
@@ -126,7 +135,7 @@ def value_cmd(
     seed: int | None = typer.Option(None, help="Seed for reproducible samples."),
     url: str = typer.Option("http://127.0.0.1:8002", help="Rollout service base URL."),
     timeout_s: float = typer.Option(600.0, help="HTTP timeout."),
-) -> None:  # fmt: skip
+) -> None:
     """Ask the rollout service for V(s) of one partial solution; prints the JSON result."""
     import json
 
@@ -134,11 +143,10 @@ def value_cmd(
 
     text = value_prompt(question, model, prompt, dataset)
     body = {
-        "items": [{"prompt": text, "partial_response": partial, "gold": gold,
-                   "dataset": dataset}],
+        "items": [{"prompt": text, "partial_response": partial, "gold": gold, "dataset": dataset}],
         "k": k,
         "sampling": {"temperature": temperature, "max_tokens": max_tokens, "seed": seed},
-    }  # fmt: skip
+    }
     try:
         resp = httpx.post(f"{url.rstrip('/')}/v1/value", json=body, timeout=timeout_s)
     except httpx.HTTPError as exc:
@@ -156,13 +164,17 @@ def value_prompt(question: str | None, model: str | None, prompt: str | None, da
     from services.cli_errors import UserError
 
     if (question is None) == (prompt is None):
-        raise UserError("give exactly one of --question (formatted for --model) or --prompt "
-                        "(already formatted, sent as it is)")  # fmt: skip
+        raise UserError(
+            "give exactly one of --question (formatted for --model) or --prompt "
+            "(already formatted, sent as it is)"
+        )
     if question is None:
         return str(prompt)
     if model is None:
-        raise UserError("--question needs --model DIR (the served model's directory): its "
-                        "tokenizer decides the prompt format")  # fmt: skip
+        raise UserError(
+            "--question needs --model DIR (the served model's directory): its "
+            "tokenizer decides the prompt format"
+        )
     from transformers import AutoTokenizer
 
     from shared.prompts import format_prompt, style_for
@@ -173,7 +185,8 @@ def value_prompt(question: str | None, model: str | None, prompt: str | None, da
     except (OSError, ValueError) as exc:
         raise UserError(f"--model {model}: could not load its tokenizer: {exc}") from None
     try:
-        return format_prompt(question, style=style_for(tokenizer), dataset=dataset,
-                             tokenizer=tokenizer)  # fmt: skip
+        return format_prompt(
+            question, style=style_for(tokenizer), dataset=dataset, tokenizer=tokenizer
+        )
     except ValueError as exc:
         raise UserError(f"--dataset: {exc}") from None

@@ -67,8 +67,9 @@ def test_bad_environment_value_names_the_variable() -> None:
 
 
 def test_short_token_names_the_variable_and_never_echoes_it(tmp_path: Path) -> None:
-    proc = vineppo("serve", "rollout", "--model", str(tmp_path),
-                   env={"VINEPPO_ROLLOUT_API_TOKEN": "hunter2"})  # fmt: skip
+    proc = vineppo(
+        "serve", "rollout", "--model", str(tmp_path), env={"VINEPPO_ROLLOUT_API_TOKEN": "hunter2"}
+    )
     line = one_line_error(proc)
     assert "VINEPPO_ROLLOUT_API_TOKEN" in line and "16 characters" in line
     assert "hunter2" not in proc.stderr + proc.stdout

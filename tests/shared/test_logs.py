@@ -31,8 +31,14 @@ if len(sys.argv) > 2:  # a second call changes the level
 
 
 def log_lines(*levels: str) -> str:
-    proc = subprocess.run([sys.executable, "-c", SNIPPET, *levels], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", SNIPPET, *levels],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return proc.stderr
 
 

@@ -46,8 +46,16 @@ def sweep_plan(
     plan = []
     for v in values:
         name = f"{param}-{v}"
-        argv = [sys.executable, "-m", "services.cli", "train", "--algo", algo,
-                "--output-dir", str(Path(out) / name)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "train",
+            "--algo",
+            algo,
+            "--output-dir",
+            str(Path(out) / name),
+        ]
         argv += ["--preset", preset] if preset else []
         for s in [*sets, f"{field}={v}"]:
             argv += ["--set", s]
@@ -145,39 +153,91 @@ def eval_cmd(
     dataset = dataset or (cfg.dataset if cfg else "gsm8k")
     max_tokens = max_tokens or (cfg.eval.max_response_tokens if cfg else 1024)
     examples = _examples(dataset, split, num_problems, cfg.seed if cfg else 0, cfg)
-    res = asyncio.run(eval_checkpoint(
-        checkpoint, examples, seeds=seeds, temperature=temperature, max_tokens=max_tokens,
-        seed=seed, shots=_shots(dataset, cfg), redis_url=redis_url, reward_url=reward_url,
-        local_replicas=local_replicas, engine=engine,
-    ))  # fmt: skip
-    doc = {"checkpoint": str(checkpoint), "dataset": dataset, "split": split,
-           "pass@1": res.mean, "stderr": res.stderr, "spread": res.spread,
-           "per_seed": res.per_seed,
-           "num_problems": res.num_problems, "seeds": seeds, "temperature": temperature,
-           "max_tokens": max_tokens, "selection": selection,
-           "engine": engine,
-           "command": _eval_command(run, checkpoint, select_on, split, dataset, seeds,
-                                    temperature, max_tokens, num_problems, seed,
-                                    engine)}  # fmt: skip
-    typer.echo(f"{split} Pass@1 {res.mean:.4f} ± {res.stderr:.4f} (standard error over "
-               f"{res.num_problems} problems; std over {seeds} seeds {res.spread:.4f}) "
-               f"of {checkpoint}")  # fmt: skip
+    res = asyncio.run(
+        eval_checkpoint(
+            checkpoint,
+            examples,
+            seeds=seeds,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed,
+            shots=_shots(dataset, cfg),
+            redis_url=redis_url,
+            reward_url=reward_url,
+            local_replicas=local_replicas,
+            engine=engine,
+        )
+    )
+    doc = {
+        "checkpoint": str(checkpoint),
+        "dataset": dataset,
+        "split": split,
+        "pass@1": res.mean,
+        "stderr": res.stderr,
+        "spread": res.spread,
+        "per_seed": res.per_seed,
+        "num_problems": res.num_problems,
+        "seeds": seeds,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "selection": selection,
+        "engine": engine,
+        "command": _eval_command(
+            run,
+            checkpoint,
+            select_on,
+            split,
+            dataset,
+            seeds,
+            temperature,
+            max_tokens,
+            num_problems,
+            seed,
+            engine,
+        ),
+    }
+    typer.echo(
+        f"{split} Pass@1 {res.mean:.4f} ± {res.stderr:.4f} (standard error over "
+        f"{res.num_problems} problems; std over {seeds} seeds {res.spread:.4f}) "
+        f"of {checkpoint}"
+    )
     _write_json(out or ((run or Path(".")) / f"eval-{split}.json"), doc)
 
 
 def _eval_command(
-    run: Path | None, checkpoint: Path, select_on: str, split: str, dataset: str, seeds: int,
-    temperature: float, max_tokens: int, num_problems: int | None, seed: int,
+    run: Path | None,
+    checkpoint: Path,
+    select_on: str,
+    split: str,
+    dataset: str,
+    seeds: int,
+    temperature: float,
+    max_tokens: int,
+    num_problems: int | None,
+    seed: int,
     engine: str = "auto",
-) -> str:  # fmt: skip
+) -> str:
     """The `vineppo eval` command line that reproduces these numbers (all values resolved)."""
     argv = ["vineppo", "eval"]
     argv += (
         ["--run", str(run), "--select-on", select_on] if run else ["--checkpoint", str(checkpoint)]
     )
-    argv += ["--split", split, "--dataset", dataset, "--seeds", str(seeds), "--temperature",
-             str(temperature), "--max-tokens", str(max_tokens), "--seed", str(seed),
-             "--engine", engine]  # fmt: skip
+    argv += [
+        "--split",
+        split,
+        "--dataset",
+        dataset,
+        "--seeds",
+        str(seeds),
+        "--temperature",
+        str(temperature),
+        "--max-tokens",
+        str(max_tokens),
+        "--seed",
+        str(seed),
+        "--engine",
+        engine,
+    ]
     argv += ["--num-problems", str(num_problems)] if num_problems else []
     return shlex.join(argv)
 
@@ -225,22 +285,38 @@ def analyze_values_cmd(
     if temperature is None:
         temperature = cfg.rollout.temperature if cfg else 0.6
     probe = ProbeConfig(
-        responses=responses, truth_k=truth_k, vine_k=k or (cfg.vine.k if cfg else 9),
+        responses=responses,
+        truth_k=truth_k,
+        vine_k=k or (cfg.vine.k if cfg else 9),
         temperature=temperature,
         max_tokens=max_tokens or (cfg.rollout.max_response_tokens if cfg else 1024),
-        top_action_states=top_action_states, candidates=candidates,
-        step_rules="math" if dataset == "math" else "gsm8k", seed=seed,
-    )  # fmt: skip
+        top_action_states=top_action_states,
+        candidates=candidates,
+        step_rules="math" if dataset == "math" else "gsm8k",
+        seed=seed,
+    )
     examples = _examples(dataset, split, num_prompts, cfg.seed if cfg else 0, cfg)
     model = load_critic(checkpoint, critic_file) if critic_file or critic else None
     out = out or ((run or Path(".")) / "value-analysis")
-    doc = asyncio.run(analyze_checkpoint(
-        checkpoint, examples, probe, out, critic=model, shots=_shots(dataset, cfg),
-        redis_url=redis_url, reward_url=reward_url, local_replicas=local_replicas, engine=engine,
-    ))  # fmt: skip
+    doc = asyncio.run(
+        analyze_checkpoint(
+            checkpoint,
+            examples,
+            probe,
+            out,
+            critic=model,
+            shots=_shots(dataset, cfg),
+            redis_url=redis_url,
+            reward_url=reward_url,
+            local_replicas=local_replicas,
+            engine=engine,
+        )
+    )
     for name, m in doc["metrics"].items():
-        typer.echo(f"{name:>14}: MAE {m['mae']:.4f}  acc@0.05 {m['accuracy']:.3f}  "
-                   f"top-action {m.get('top_action')}")  # fmt: skip
+        typer.echo(
+            f"{name:>14}: MAE {m['mae']:.4f}  acc@0.05 {m['accuracy']:.3f}  "
+            f"top-action {m.get('top_action')}"
+        )
     typer.echo(f"wrote {out / 'analysis.json'}")
 
 

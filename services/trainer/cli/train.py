@@ -124,9 +124,14 @@ def _train_wiring(
     try:
         settings = TrainerSettings()
         return resolve_wiring(
-            settings, out, redis_url=redis_url, reward_url=reward_url,
-            checkpoint_root=checkpoint_root, local_replicas=local_replicas, engine=engine,
-        )  # fmt: skip
+            settings,
+            out,
+            redis_url=redis_url,
+            reward_url=reward_url,
+            checkpoint_root=checkpoint_root,
+            local_replicas=local_replicas,
+            engine=engine,
+        )
     except (ValidationError, ValueError) as e:
         raise typer.BadParameter(str(e)) from e
 

@@ -43,17 +43,48 @@ def test_serve_rollout_and_value_cli(
     trained_model_dir: Path, reward_url: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    cmd = [sys.executable, "-m", "services.cli", "serve", "rollout", "--model",
-           str(trained_model_dir), "--port", str(port), "--reward-url", reward_url]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "serve",
+        "rollout",
+        "--model",
+        str(trained_model_dir),
+        "--port",
+        str(port),
+        "--reward-url",
+        reward_url,
+    ]
     log = tmp_path / "server.log"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc, log)
-        args = ["value", "--url", url, "--prompt", PROMPT, "--partial", "Tom starts with 3",
-                "--gold", "7", "--k", "4", "--temperature", "0.5", "--max-tokens", "48",
-                "--seed", "0"]  # fmt: skip
+        args = [
+            "value",
+            "--url",
+            url,
+            "--prompt",
+            PROMPT,
+            "--partial",
+            "Tom starts with 3",
+            "--gold",
+            "7",
+            "--k",
+            "4",
+            "--temperature",
+            "0.5",
+            "--max-tokens",
+            "48",
+            "--seed",
+            "0",
+        ]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
         body = json.loads(result.output)
@@ -62,8 +93,16 @@ def test_serve_rollout_and_value_cli(
         assert bad.exit_code == 1 and json.loads(bad.output)["error"] == "validation_error"
         # the question, formatted for the model (no chat template: PROMPT's plain format)
         question = PROMPT.removeprefix("Question: ").removesuffix("\nAnswer:\n")
-        asked = ["value", "--url", url, "--question", question, "--model",
-                 str(trained_model_dir), *args[5:]]  # fmt: skip
+        asked = [
+            "value",
+            "--url",
+            url,
+            "--question",
+            question,
+            "--model",
+            str(trained_model_dir),
+            *args[5:],
+        ]
         result = CliRunner().invoke(app, asked)
         assert result.exit_code == 0, result.output
         assert json.loads(result.output) == body

@@ -125,8 +125,9 @@ def test_every_setting_reaches_engine_grader_queue_and_worker(
 
     url = f"redis://127.0.0.1:{locked}/0"
     values = {f: v for f, (v, _, _) in FIELDS.items()}
-    values.update(redis_url=url, checkpoint_root=str(tmp_path / "ckpt"),
-                  model_dir=str(tiny_model_dir))  # fmt: skip
+    values.update(
+        redis_url=url, checkpoint_root=str(tmp_path / "ckpt"), model_dir=str(tiny_model_dir)
+    )
     seen: Seen = {}
 
     real_make_engine = engine_mod.make_engine
@@ -138,8 +139,11 @@ def test_every_setting_reaches_engine_grader_queue_and_worker(
     real_init = reward_client_mod.RewardClient.__init__
 
     def client_init(self: Any, base_url: str, **kw: Any) -> None:
-        seen["reward"] = {"base_url": base_url, "timeout_s": kw.get("timeout_s"),
-                          "token": kw.get("token")}  # fmt: skip
+        seen["reward"] = {
+            "base_url": base_url,
+            "timeout_s": kw.get("timeout_s"),
+            "token": kw.get("token"),
+        }
         real_init(self, base_url, **kw)
 
     real_make_queue = queue_mod.make_queue
@@ -228,8 +232,9 @@ async def _one_value_job(url: str, prefix: str, proc: Any, log: Path) -> Any:
         # the coin model stops within 16 tokens with probability 1 - 2^-16: graded, not cut
         item = ValueItem(prompt=PROMPT, partial_response="Tom starts with 3", gold="7")
         sampling = SamplingParams(temperature=1.0, max_tokens=16, seed=0)
-        job = Job(kind="value", policy_version=0,
-                  value=ValueRequest(items=[item], k=2, sampling=sampling))  # fmt: skip
+        job = Job(
+            kind="value", policy_version=0, value=ValueRequest(items=[item], k=2, sampling=sampling)
+        )
         await queue.submit(job)
         while time.monotonic() < deadline:
             got = await queue.get_results([job.job_id])
@@ -261,11 +266,21 @@ def test_replica_process_uses_redis_url_flag_password_variable_and_reward_token(
     prefix = "vineppo:"  # the default: `vineppo serve rollout` had no way to change it
     authed = f"redis://:{quote(PASSWORD, safe='')}@127.0.0.1:{locked}/0"
     url = authed if password_in == "url" else f"redis://127.0.0.1:{locked}/0"
-    args = ["--model", str(coin_model_dir), "--engine", "torch", "--redis-url", url,
-            "--reward-url", token_reward_url]  # fmt: skip
+    args = [
+        "--model",
+        str(coin_model_dir),
+        "--engine",
+        "torch",
+        "--redis-url",
+        url,
+        "--reward-url",
+        token_reward_url,
+    ]
     args += ["--worker-only"] if mode == "worker-only" else ["--port", str(free_port())]
-    env = {"VINEPPO_ROLLOUT_REWARD_API_TOKEN": REWARD_TOKEN,
-           "VINEPPO_ROLLOUT_CHECKPOINT_ROOT": str(tmp_path)}  # fmt: skip
+    env = {
+        "VINEPPO_ROLLOUT_REWARD_API_TOKEN": REWARD_TOKEN,
+        "VINEPPO_ROLLOUT_CHECKPOINT_ROOT": str(tmp_path),
+    }
     if password_in == "variable":
         env["VINEPPO_ROLLOUT_REDIS_PASSWORD"] = PASSWORD
     log = tmp_path / "replica.log"

@@ -57,14 +57,16 @@ def test_select_prefers_best_dir_then_falls_back_to_what_exists(tmp_path: Path) 
 
 
 def test_sweep_plan_and_dry_run(tmp_path: Path) -> None:
-    plan = sweep_plan("k", ["1", "3"], tmp_path, algo="vine", preset="tiny-cpu",
-                      sets=["iterations=2"])  # fmt: skip
+    plan = sweep_plan(
+        "k", ["1", "3"], tmp_path, algo="vine", preset="tiny-cpu", sets=["iterations=2"]
+    )
     assert [n for n, _ in plan] == ["k-1", "k-3"]
     argv = plan[1][1]
     assert argv[argv.index("--output-dir") + 1] == str(tmp_path / "k-3")
     assert "vine.k=3" in argv and "iterations=2" in argv
-    res = runner.invoke(app, ["sweep", "--temperature", "0.6,1.0", "--dry-run", "--out",
-                              str(tmp_path)])  # fmt: skip
+    res = runner.invoke(
+        app, ["sweep", "--temperature", "0.6,1.0", "--dry-run", "--out", str(tmp_path)]
+    )
     assert res.exit_code == 0 and "rollout.temperature=1.0" in res.output
     assert runner.invoke(app, ["sweep", "--dry-run"]).exit_code == 2  # neither --k nor --temp
 
@@ -82,9 +84,26 @@ def test_eval_of_a_tiny_sft_model_reports_pass_at_1_with_spread(
     tiny_sft: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "eval.json"
-    res = runner.invoke(app, ["eval", "--checkpoint", str(tiny_sft), "--split", "test",
-                              "--dataset", "arithmetic", "--seeds", "3", "--num-problems", "4",
-                              "--max-tokens", "40", "--out", str(out)])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "--checkpoint",
+            str(tiny_sft),
+            "--split",
+            "test",
+            "--dataset",
+            "arithmetic",
+            "--seeds",
+            "3",
+            "--num-problems",
+            "4",
+            "--max-tokens",
+            "40",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
     assert len(doc["per_seed"]) == 3 and doc["num_problems"] == 4
@@ -116,9 +135,26 @@ def test_eval_engine_option_reaches_the_local_replicas_engine(
     monkeypatch.setattr(engine_mod, "make_engine", make_engine)
     monkeypatch.delenv("VINEPPO_TRAINER_ENGINE", raising=False)
     out = tmp_path / "eval.json"
-    res = runner.invoke(app, ["eval", "--checkpoint", str(model), "--dataset", "arithmetic",
-                              "--seeds", "1", "--num-problems", "1", "--max-tokens", "4",
-                              "--engine", "torch", "--out", str(out)])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "--checkpoint",
+            str(model),
+            "--dataset",
+            "arithmetic",
+            "--seeds",
+            "1",
+            "--num-problems",
+            "1",
+            "--max-tokens",
+            "4",
+            "--engine",
+            "torch",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert kinds == ["torch"]
     doc = json.loads(out.read_text())
