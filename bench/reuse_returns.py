@@ -6,10 +6,12 @@ Both variants are the learning benchmark's VinePPO run (the demo's SFT model and
 band 2-4, K = 3, 16 prompts × 4 responses, `DEMO_RL`'s learning rate and KL); the fixed-K run
 *is* ``bench.learning``'s (``runs/learning/2-4/seed<s>/vine``, reused when finished), the
 reuse run differs only in ``vine.reuse_returns=true`` (``runs/reuse_returns/seed<s>/vine``).
-Seeds may run as parallel processes (``--seeds 0 --variants reuse`` & ...); ``--seeds 0,1,2``
-afterwards reports: per variant the MC continuations, MC tokens and MC wall-clock per
-iteration, the training CPU time, validation curves and test Pass@1 (500 × 4) of the policy
-selected on validation, mean ± SE over seeds.
+Seeds may run as parallel processes (``--seeds 0 --variants reuse`` & ...; ``--values``
+computes only the value-accuracy part, cached); ``--seeds 0,1,2`` afterwards reports: per
+variant the MC continuations, MC tokens and MC wall-clock per iteration, the training CPU
+time, validation curves and test Pass@1 (500 × 4) of the policy selected on validation, mean
+± SE over seeds; and on the same states of the SFT policy, the value MAE against 64-sample
+truth and the MC cost of fixed K and of reuse, for K = 3 and 9.
 """
 
 from __future__ import annotations
@@ -56,6 +58,70 @@ def run(variant: str, seed: int, budget: Any, model: Path) -> dict[str, Any]:
         "cpu_s": sum(float(r.get("time/cpu_iteration", 0.0)) for r in rows),
     }
     return res
+
+
+def value_accuracy(seed: int, k: int) -> dict[str, Any]:
+    """Value MAE against 64-sample truth and MC cost of fixed K and of reuse, on the step
+    states of the SFT policy's responses (16 test prompts × 4 responses at T = 0.6, the
+    rollout setting); cached per seed and K."""
+    from bench.credit_by_length import band_model
+    from services.trainer.evaluation.runs import analyze_checkpoint
+    from services.trainer.evaluation.value_probe import ProbeConfig, reuse_name
+    from shared.datasets import load_examples
+
+    out = RUNS / "reuse_returns" / "values" / f"k{k}-seed{seed}"
+    cache = out / "summary.json"
+    if cache.is_file():
+        return dict(json.loads(cache.read_text()))
+    band = {"min_steps": 2, "max_steps": 4}
+    examples = load_examples("arithmetic", "test", n=16, seed=seed + 1, arithmetic=band)
+    probe = ProbeConfig(
+        responses=4,
+        truth_k=64,
+        vine_k=k,
+        temperature=0.6,
+        top_p=1.0,
+        max_tokens=96,
+        top_action_states=0,
+        seed=seed,
+        progress=False,
+    )
+    doc = asyncio.run(analyze_checkpoint(band_model("2-4"), examples, probe, out))
+    fixed, reuse = f"VinePPO K={k}", reuse_name(k)
+    summary = {
+        name: {"mae": doc["metrics"][name]["mae"], **doc["records"]["mc_cost"][name]}
+        for name in (fixed, reuse)
+    }
+    summary["states"] = doc["metrics"][fixed]["num_states"]
+    cache.write_text(json.dumps(summary))
+    return summary
+
+
+def value_lines(seeds: list[int]) -> list[str]:
+    lines = [
+        "## Value accuracy and MC cost on the same states",
+        "",
+        "Step states of the SFT policy's responses to 16 test prompts × 4 responses "
+        "(T = 0.6), per seed; MAE of each response's baseline V̂(s_i) against 64-sample "
+        "truth, over every (response, step) pair; MC continuations and tokens per batch "
+        "(reuse: the first k_u of the same K samples, its tokens scaled by k_u / K). "
+        "Mean ± SE over seeds.",
+        "",
+        "| K | estimate | value MAE | MC continuations | MC tokens | tokens vs fixed K |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for k in (3, 9):
+        runs = [value_accuracy(s, k) for s in seeds]
+        fixed, reuse = f"VinePPO K={k}", f"VinePPO K={k}, reusing returns"
+        for name in (fixed, reuse):
+            ratio = [r[name]["tokens"] / r[fixed]["tokens"] for r in runs]
+            lines.append(
+                f"| {k} | {'fixed K' if name == fixed else 'reuse_returns'} | "
+                f"{_ms([r[name]['mae'] for r in runs])} | "
+                f"{_ms([r[name]['samples'] for r in runs], 0)} | "
+                f"{_ms([r[name]['tokens'] for r in runs], 0)} | {_ms(ratio, 2)} |"
+            )
+    return lines
 
 
 def _ms(values: list[float], digits: int = 3) -> str:
@@ -109,7 +175,7 @@ def report(seeds: list[int], budget: Any, runs: dict[str, list[dict[str, Any]]])
     val = {v: mean_band([r["curves"]["val"] for r in rs]) for v, rs in runs.items()}
     reward = {v: mean_band([r["curves"]["reward"] for r in rs]) for v, rs in runs.items()}
     plot(val, reward, DOCS / "reuse_returns.png", NAMES)
-    write_doc(DOCS / "reuse_returns.md", lines)
+    write_doc(DOCS / "reuse_returns.md", [*lines, "", *value_lines(seeds)])
     keep = ("seed", "test Pass@1", "test SE", "cost", "curves")
     data = {v: [{k: r[k] for k in keep} for r in rs] for v, rs in runs.items()}
     (DOCS / "reuse_returns.json").write_text(json.dumps(data, indent=1) + "\n")
@@ -123,7 +189,11 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--variants", default="fixed,reuse")
     ap.add_argument("--iterations", type=int, default=32)
+    ap.add_argument("--values", action="store_true", help="only the value-accuracy part")
     args = ap.parse_args()
+    if args.values:
+        print("\n".join(value_lines([int(s) for s in args.seeds.split(",")])))
+        return
     budget = dataclasses.replace(BUDGETS["full"], iterations=args.iterations)
     model = band_model("2-4")
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -6,7 +6,10 @@ Through the rollout queue (policy version ``version``) and the reward service:
 3) ground truth V(s) = mean of ``truth_k`` MC returns; VinePPO's estimate = an independent
    MC mean of ``vine_k`` returns; the PPO critic's V(s) at the state's last token (when a
    critic is given, unclamped); GRPO's / RLOO's shared baseline of the response's group,
-   leave-one-out (the mean reward of the *other* responses to the prompt);
+   leave-one-out (the mean reward of the *other* responses to the prompt); VinePPO with
+   ``vine.reuse_returns``: the baseline that pools the first k_u of VinePPO's MC returns with
+   the other responses' returns through the state (`pooled_state_values`; no extra sampling),
+   and each estimate's MC cost (``mc_cost``: continuations and tokens);
 4) top-action identification: at up to ``top_action_states`` non-terminal states sample
    ``candidates`` next steps, and score every child state with each method and the truth.
 Returns JSON-ready ``records`` for ``analysis.summarize`` and ``analysis.plot_analysis``.
@@ -22,6 +25,7 @@ from typing import Any
 
 import torch
 
+from services.trainer.algos.states import mc_budget, plan_states, pooled_state_values
 from services.trainer.client.jobs import JobOptions, run_generate_jobs, run_value_jobs
 from services.trainer.data.episodes import build_episodes
 from services.trainer.evaluation.analysis import GROUP_BASELINE, group_baseline
@@ -94,6 +98,13 @@ def critic_state_values(
     return out
 
 
+_MC = "_mc"  # key of VinePPO's ValueEstimates (returns, tokens) in `_Probe.estimate`'s output
+
+
+def reuse_name(k: int) -> str:
+    return f"VinePPO K={k}, reusing returns"
+
+
 class _Probe:
     def __init__(self, services: Any, tokenizer: Any, version: int, cfg: ProbeConfig) -> None:
         self.s, self.tok, self.version, self.cfg = services, tokenizer, version, cfg
@@ -130,6 +141,7 @@ class _Probe:
         if cfg.vine_k:
             vine = await self.values(items, cfg.vine_k, 3)
             out[f"VinePPO K={cfg.vine_k}"] = [v.value for v in vine]
+            out[_MC] = vine
         if critic is not None:
             states = [(it.prompt, it.partial_response) for it in items]
             out["PPO critic"] = await asyncio.to_thread(
@@ -189,10 +201,17 @@ async def probe_values(
     rewards = torch.tensor([e.reward for e in episodes])
     groups = torch.tensor([e.group for e in episodes])
     baseline = group_baseline(rewards, groups)  # (B,) leave-one-out: never the own reward
-    methods = [k for k in est if k not in ("truth", "terminal")]
+    methods = [k for k in est if k not in ("truth", "terminal", _MC)]
     preds: dict[str, list[float]] = {m: [est[m][u] for u in rec_state] for m in methods}
     preds[GROUP_BASELINE] = [float(baseline[b]) for b in rec_ep]
+    cost: dict[str, dict[str, float]] = {}
+    if cfg.vine_k:
+        reuse, cost = _reuse_returns(episodes, list(unique), est[_MC], rewards, cfg.vine_k)
+        if reuse is not None:
+            pairs = zip(rec_ep, rec_step, strict=True)
+            preds[reuse_name(cfg.vine_k)] = [float(reuse[b, i]) for b, i in pairs]
     records: dict[str, Any] = {
+        "mc_cost": cost,
         "truth": [est["truth"][u] for u in rec_state],
         "step": rec_step,
         "preds": preds,
@@ -204,6 +223,33 @@ async def probe_values(
     # 4) top-action identification
     records["top"] = await _top_actions(probe, state_items, est, owner, baseline, critic)
     return records
+
+
+def _reuse_returns(
+    episodes: Sequence[Any], states: list[State], mc: Sequence[Any], rewards: torch.Tensor, k: int
+) -> tuple[torch.Tensor | None, dict[str, dict[str, float]]]:
+    """The baselines (B, S) of ``vine.reuse_returns`` from the first k_u of each state's K MC
+    returns, and the MC cost of fixed K and of reuse (continuations, tokens; a state's tokens
+    scaled by k_u / K). Terminal and out-of-budget states cost nothing: their value is exact.
+    None when the trainer's plan would hold other states (a response with no step at all)."""
+    plan = plan_states(
+        [e.prompt for e in episodes], [e.response for e in episodes], [e.spans for e in episodes]
+    )
+    if plan.states != states:
+        return None, {}
+    k_u = mc_budget(plan, k)
+    sampled = [not (v.terminal or v.out_of_budget) for v in mc]
+    means = [
+        sum(v.returns[:n]) / n if s and n else v.value
+        for v, n, s in zip(mc, k_u, sampled, strict=True)
+    ]
+    _, base = pooled_state_values(plan, torch.tensor(means), torch.tensor(k_u), rewards)
+    fixed = {"samples": float(k * sum(sampled)), "tokens": float(sum(v.num_tokens for v in mc))}
+    reuse = {
+        "samples": float(sum(n for n, s in zip(k_u, sampled, strict=True) if s)),
+        "tokens": sum(v.num_tokens * n / k for v, n in zip(mc, k_u, strict=True)),
+    }
+    return base, {f"VinePPO K={k}": fixed, reuse_name(k): reuse}
 
 
 async def _top_actions(
@@ -246,7 +292,7 @@ async def _top_actions(
     def rows(flat: list[float]) -> list[list[float]]:
         return [flat[i : i + cfg.candidates] for i in range(0, len(flat), cfg.candidates)]
 
-    preds = {m: rows(v) for m, v in child.items() if m not in ("truth", "terminal")}
+    preds = {m: rows(v) for m, v in child.items() if m not in ("truth", "terminal", _MC)}
     # GRPO/RLOO have one baseline per response: every candidate of a state gets the same value
     preds[GROUP_BASELINE] = [[float(baseline[owner[u]])] * cfg.candidates for u in picked]
     return {"truth": rows(child["truth"]), "preds": preds, "states": picked}

@@ -142,8 +142,14 @@ def test_greedy_policy_gives_exact_mc_values(tiny_sft: Path, tmp_path: Path) -> 
     rec = doc["records"]
     s0 = [i for i, s in enumerate(rec["step"]) if s == 0]
     assert all(rec["preds"]["GRPO/RLOO"][i] == rec["truth"][i] for i in s0)
-    assert set(rec["preds"]) == {"VinePPO K=2", "GRPO/RLOO"}
-    assert set(rec["top"]["preds"]) == {"VinePPO K=2", "GRPO/RLOO"}
+    reuse = "VinePPO K=2, reusing returns"
+    assert set(rec["preds"]) == {"VinePPO K=2", reuse, "GRPO/RLOO"}
+    assert set(rec["top"]["preds"]) == {"VinePPO K=2", "GRPO/RLOO"}  # reuse: no child passes
+    # both responses pass every state, so reuse samples 1 of K = 2 and is exact all the same
+    assert doc["metrics"][reuse]["mae"] == 0.0
+    cost = rec["mc_cost"]
+    assert cost[reuse]["samples"] == cost["VinePPO K=2"]["samples"] / 2 > 0
+    assert cost[reuse]["tokens"] == pytest.approx(cost["VinePPO K=2"]["tokens"] / 2)
     assert sorted(p.name for p in (tmp_path / "va").iterdir()) == [
         "analysis.json",
         "values-accuracy.png",

@@ -106,7 +106,12 @@ def test_report_of_two_real_runs_references_only_existing_decodable_files(
     assert res.exit_code == 0, res.output
     metrics = json.loads((ppo / "value-analysis" / "analysis.json").read_text())["metrics"]
     # the run's critic; GRPO and RLOO share one leave-one-out group baseline
-    assert set(metrics) == {"VinePPO K=2", "PPO critic", "GRPO/RLOO"}
+    assert set(metrics) == {
+        "VinePPO K=2",
+        "VinePPO K=2, reusing returns",
+        "PPO critic",
+        "GRPO/RLOO",
+    }
     res = runner.invoke(
         app, ["report", str(vine), str(ppo), "--out", str(tmp_path / "site" / "report.html")]
     )
