@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from services.rollout.engine.base import Engine, Prefix
+from services.rollout.value_cache import ValueCache
 from shared.schemas import (
     GradeItem,
     ReturnStatus,
@@ -104,11 +105,14 @@ async def estimate_values(
     *,
     token_ids: Sequence[Sequence[int] | None] | None = None,
     stream_offset: int = 0,
+    cache: ValueCache | None = None,
 ) -> list[ValueEstimate]:
     """One ValueEstimate per item (same order). ``token_ids[i]``, when given, is the exact
     tokenisation of ``items[i].prompt + items[i].partial_response`` to continue from.
     ``sampling.max_tokens`` is the response budget; ``stream_offset`` is the position of
-    ``items[0]`` in the caller's whole batch (see the module docstring)."""
+    ``items[0]`` in the caller's whole batch (see the module docstring). With a ``cache``
+    (`ValueCache`), seeded states already estimated by this policy version are not sampled
+    again."""
     if k < 1:
         raise ValueError("k must be >= 1")
     if token_ids is not None and len(token_ids) != len(items):
@@ -129,12 +133,24 @@ async def estimate_values(
             first.append(i)
             given.append(ids)
     distinct = [items[i] for i in first]
+    version = engine.version
+    caching = cache is not None and sampling.seed is not None
+    cache_keys = (
+        [(key, sampling.model_dump_json(), stream_offset + first[d]) for d, key in enumerate(keys)]
+        if caching
+        else []
+    )
+    hits: dict[int, ValueEstimate] = {}
+    for d, ck in enumerate(cache_keys):
+        assert cache is not None
+        if (est := cache.lookup(version, ck, k)) is not None:
+            hits[d] = est
     # 2) terminal states are graded as they are; the others get their token budget
     terminal = [is_terminal(it.partial_response, it.dataset, eos_text) for it in distinct]
     prefixes: dict[int, Prefix] = {}  # state -> what to continue (budget >= 1)
     prompt_lens: dict[str, int] = {}
     for d, it in enumerate(distinct):
-        if terminal[d]:
+        if terminal[d] or d in hits:
             continue
         ids = given[d]
         if ids is None:
@@ -160,8 +176,10 @@ async def estimate_values(
     grade_items: list[GradeItem] = []
     where: list[list[int | None]] = []  # per state: grade index of each return, None = 0
     for d, it in enumerate(distinct):
-        if terminal[d]:
-            responses: list[str | None] = [_strip_eos(it.partial_response, eos_text)]
+        if d in hits:
+            responses: list[str | None] = []
+        elif terminal[d]:
+            responses = [_strip_eos(it.partial_response, eos_text)]
         elif d in per_state:
             responses = [
                 it.partial_response + c.text if c.finish_reason == "stop" else None
@@ -181,6 +199,9 @@ async def estimate_values(
     # 5) value = mean return
     estimates = []
     for d, slots in enumerate(where):
+        if d in hits:
+            estimates.append(hits[d])
+            continue
         returns = [0.0 if g is None else verdicts[g].reward for g in slots]
         statuses: list[ReturnStatus] = [
             "truncated" if g is None else verdicts[g].status for g in slots
@@ -195,4 +216,8 @@ async def estimate_values(
                 out_of_budget=not terminal[d] and d not in per_state,
             )
         )
+        if caching:
+            assert cache is not None
+            tokens = [len(c.token_ids) for c in per_state.get(d, [])]
+            cache.store(version, cache_keys[d], estimates[-1], tokens)
     return [estimates[o].model_copy(deep=True) for o in owner]
