@@ -94,6 +94,7 @@ def worker_config(settings: RolloutSettings) -> WorkerConfig:
         claim_idle_ms=settings.claim_idle_ms,
         checkpoint_root=settings.checkpoint_root,
         max_weights_bytes=settings.max_weights_bytes,
+        value_cache_entries=settings.value_cache_entries,
     )
 
 

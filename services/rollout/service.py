@@ -17,6 +17,7 @@ from services.rollout.engine.base import Engine, EngineDead, EngineInputError, W
 from services.rollout.engine.weights import WeightsRefused, read_weights
 from services.rollout.policy import PolicyGate
 from services.rollout.settings import RolloutSettings
+from services.rollout.value_cache import ValueCache
 from services.rollout.values import Grader, estimate_values
 from shared.http import ApiError, check_bearer
 from shared.schemas import (
@@ -74,6 +75,10 @@ class RolloutService:
                 "queue_depth": "Requests in flight (waiting for or using the engine).",
                 "policy_version": "Policy version loaded.",
                 "engine_busy_seconds": "Seconds the engine spent computing.",
+                "value_cache_hits": "Value-cache hits (states served without sampling).",
+                "value_cache_misses": "Value-cache misses (seeded states sampled).",
+                "value_cache_entries": "States in the value cache.",
+                "value_cache_evictions": "States evicted from the full value cache.",
             }.items()
         }
 
@@ -110,14 +115,23 @@ class RolloutService:
         )
         return GenerateResult(outputs=outputs, policy_version=version)
 
+    @property
+    def value_cache(self) -> ValueCache:
+        return ValueCache.of(self.engine, self.settings.value_cache_entries)
+
     async def value(self, req: ValueRequest) -> ValueResult:
         self._check_batch(len(req.items), req.k, "k")
         self.requests.labels("value").inc()
         version = self.engine.version
-        offset = req.stream_offset
         values = await self._engine_call(
             estimate_values(
-                self.engine, self.grader, req.items, req.k, req.sampling, stream_offset=offset
+                self.engine,
+                self.grader,
+                req.items,
+                req.k,
+                req.sampling,
+                stream_offset=req.stream_offset,
+                cache=self.value_cache,
             )
         )
         return ValueResult(values=values, policy_version=version)
@@ -162,6 +176,7 @@ class RolloutService:
             "queue_depth": self.in_flight,
             "policy_version": self.engine.version,
             "engine_busy_seconds": st.busy_s,
+            **self.value_cache.stats(),
         }
         for name, v in values.items():
             self.gauges[name].set(v)

@@ -48,6 +48,12 @@ class RolloutSettings(ServiceSettings):
     max_batch: int = Field(default=64, ge=1, le=4096, description="Rows decoded together.")
     min_k: int = Field(default=1, ge=1, description="Smallest k accepted by /v1/value.")
     max_k: int = Field(default=256, ge=1, le=256, description="Largest k accepted by /v1/value.")
+    value_cache_entries: int = Field(
+        default=4096,
+        ge=0,
+        description="States whose MC returns the replica keeps for seeded value requests of "
+        "the policy version it serves (emptied by every weight load); 0 = no cache.",
+    )
     max_items: int = Field(
         default=MAX_BATCH,
         ge=1,

@@ -58,6 +58,7 @@ from services.rollout.engine.weights import (
     read_weights,
 )
 from services.rollout.policy import PolicyGate
+from services.rollout.value_cache import ValueCache
 from shared.queue import Delivery, JobQueue
 from shared.schemas import (
     GenerateResult,
@@ -96,6 +97,7 @@ class WorkerConfig:
     max_weights_bytes: int = 64 * 1024**3
     consumer_gc_s: float = 30.0  # how often dead consumers are removed from the group
     consumer_idle_ms: int = 60_000  # a consumer idle this long, without heartbeat, is dead
+    value_cache_entries: int = 4096  # seeded value estimates kept per policy version
 
 
 class RolloutWorker:
@@ -279,6 +281,7 @@ class RolloutWorker:
                 req.k,
                 req.sampling,
                 stream_offset=req.stream_offset,
+                cache=ValueCache.of(self.engine, self.config.value_cache_entries),
             )
             value = ValueResult(values=values, policy_version=version)
             return JobResult(

@@ -111,6 +111,12 @@ class ValueEstimate(Message):
         description="No token left to continue (response budget or context used up): "
         "value 0, nothing sampled, like a truncated episode.",
     )
+    cached: bool = Field(
+        default=False,
+        description="Served from the replica's value cache (a seeded request this policy "
+        "version has already estimated): the same returns a fresh computation would give, "
+        "nothing sampled (num_tokens 0).",
+    )
 
 
 class ValueResult(Message):

@@ -89,6 +89,7 @@ FIELDS: dict[str, tuple[str, Check, str]] = {
     "heartbeat_s": ("0.5", lambda s: s["config"].heartbeat_s, "both"),
     "heartbeat_ttl_s": ("3.0", lambda s: s["config"].heartbeat_ttl_s, "both"),
     "claim_idle_ms": ("4321", lambda s: s["config"].claim_idle_ms, "both"),
+    "value_cache_entries": ("123", lambda s: s["config"].value_cache_entries, "both"),
 }
 FLAGS = {"model_dir": "--model", "engine": "--engine", "device": "--device", "dtype": "--dtype",
          "host": "--host", "port": "--port", "reward_url": "--reward-url",
