@@ -111,7 +111,7 @@ def compose_containers(compose: dict[str, Any]) -> list[Container]:
     for name, svc in compose["services"].items():
         env = svc.get("environment") or {}
         names = [e.split("=", 1)[0] for e in env] if isinstance(env, list) else list(env)
-        argv = []
+        argv: list[str] = []
         for key in ("entrypoint", "command"):  # an overlay's launcher goes in the entrypoint
             part = svc.get(key) or []
             argv += part.split() if isinstance(part, str) else part
