@@ -111,8 +111,10 @@ def compose_containers(compose: dict[str, Any]) -> list[Container]:
     for name, svc in compose["services"].items():
         env = svc.get("environment") or {}
         names = [e.split("=", 1)[0] for e in env] if isinstance(env, list) else list(env)
-        argv = svc.get("command") or []
-        argv = argv.split() if isinstance(argv, str) else argv
+        argv: list[str] = []
+        for key in ("entrypoint", "command"):  # an overlay's launcher goes in the entrypoint
+            part = svc.get(key) or []
+            argv += part.split() if isinstance(part, str) else part
         out.append(Container(f"compose service {name}", tuple(argv), tuple(names)))
     return out
 
@@ -130,9 +132,26 @@ def chart_containers(docs: list[dict[str, Any]]) -> list[Container]:
     return out
 
 
+def vineppo_argv(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """The `vineppo ...` command each rank runs when a launcher starts it: `torchrun [opts]
+    --no-python vineppo train ...` and `torchrun [opts] -m services.cli train ...` both give
+    ('vineppo', 'train', ...); any other argv is returned as it is."""
+    if not argv or Path(argv[0]).name != "torchrun":
+        return argv
+    words = list(argv[1:])
+    for i, word in enumerate(words):
+        if word in ("--no-python", "--no_python"):
+            return tuple(words[i + 1 :])
+        if word in ("-m", "--module") and words[i + 1 : i + 2] == ["services.cli"]:
+            return ("vineppo", *words[i + 2 :])
+    return argv
+
+
 def service_of(argv: tuple[str, ...]) -> str | None:
-    """Which service's Settings a vineppo command reads: 'serve X' -> X, 'train' -> trainer,
-    'demo' -> '*' (all of them); None for a command that is not vineppo (redis)."""
+    """Which service's Settings a vineppo command reads (under a launcher too: vineppo_argv):
+    'serve X' -> X, 'train' -> trainer, 'demo' -> '*' (all of them); None for a command that
+    is not vineppo (redis)."""
+    argv = vineppo_argv(argv)
     if not argv or Path(argv[0]).name != "vineppo":
         return None
     if len(argv) >= 3 and argv[1] == "serve":
@@ -224,7 +243,7 @@ def unread_variables(containers: list[Container]) -> list[str]:
         service = service_of(c.argv)
         if service is None or service == "*":
             continue  # not vineppo / the demo (which sets none)
-        instantiated, attrs = settings_read(c.argv)
+        instantiated, attrs = settings_read(vineppo_argv(c.argv))
         cls = classes[service]
         for var in c.env:
             field = env_names(cls).get(var.upper())

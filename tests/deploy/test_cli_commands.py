@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from tests.deploy.manifests import chart_containers, compose_containers, load_compose
+from tests.deploy.manifests import chart_containers, compose_containers, load_compose, vineppo_argv
 from tests.deploy.test_dockerfiles import IMAGES, parse
 
 
@@ -19,6 +19,7 @@ def _command_lines(rendered: list[dict[str, Any]]) -> list[tuple[str, list[str]]
         instrs, _ = parse(image)
         cmd = next(i.args for i in reversed(instrs) if i.op == "CMD")
         out.append((f"Dockerfile.{image} CMD", json.loads(cmd)))
+    out = [(where, list(vineppo_argv(tuple(argv)))) for where, argv in out]
     return [(where, argv) for where, argv in out if argv and argv[0] == "vineppo"]
 
 

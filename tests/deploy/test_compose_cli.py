@@ -185,3 +185,50 @@ def test_host_network_overlay_creates_no_network(compose_bin: str) -> None:
     for name in ("rollout", "rollout-2", "trainer"):
         prefix = "VINEPPO_TRAINER_" if name == "trainer" else "VINEPPO_ROLLOUT_"
         assert services[name]["environment"][prefix + "REDIS_URL"].endswith("@redis:16380/0")
+
+
+TRAINER_GPUS = ("deploy/compose/trainer-gpus.yml",)
+
+
+def test_trainer_gpus_overlay_starts_one_rank_per_gpu(compose_bin: str, tmp_path: Path) -> None:
+    """deploy/compose/trainer-gpus.yml with TRAINER_GPUS=4: the base trainer command under
+    torchrun with 4 local ranks, 4 GPUs reserved (the one-GPU reservation replaced, not added
+    to), the rollout still on its one GPU; the checks of the variables see each rank's
+    `vineppo train`."""
+    env = tmp_path / "gpus.env"
+    env.write_text((ROOT / GPU_ENV).read_text() + "TRAINER_GPUS=4\n")
+    base = resolved(compose_bin)["services"]
+    services = resolved(compose_bin, env_file=str(env), overlays=TRAINER_GPUS)["services"]
+    trainer = services["trainer"]
+    assert trainer["entrypoint"] == [
+        "torchrun",
+        "--standalone",
+        "--nnodes=1",
+        "--nproc_per_node=4",
+        "--no-python",
+    ]
+    assert trainer["command"] == base["trainer"]["command"]
+    assert trainer["command"][:2] == ["vineppo", "train"]
+    assert trainer["environment"] == base["trainer"]["environment"]
+    devices = trainer["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 4, "capabilities": ["gpu"]}]
+    assert services["rollout"]["deploy"] == base["rollout"]["deploy"]
+    # one GPU per rank
+    assert devices[0]["count"] == int(trainer["entrypoint"][3].split("=")[1])
+    doc = {"services": services}
+    problems = stray(compose_containers(doc), settings_classes())
+    problems += unread_variables(compose_containers(doc))
+    assert not problems, "\n".join(problems)
+
+
+def test_trainer_gpus_overlay_needs_the_gpu_count(compose_bin: str) -> None:
+    proc = config(compose_bin, "config", "-q", overlays=TRAINER_GPUS)
+    assert proc.returncode != 0
+    assert "TRAINER_GPUS" in proc.stderr
+
+
+def test_without_the_overlay_the_trainer_is_one_process(compose_bin: str) -> None:
+    trainer = resolved(compose_bin)["services"]["trainer"]
+    assert not trainer.get("entrypoint") and trainer["command"][:2] == ["vineppo", "train"]
+    devices = trainer["deploy"]["resources"]["reservations"]["devices"]
+    assert [d["count"] for d in devices] == [1]

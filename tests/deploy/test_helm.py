@@ -48,6 +48,8 @@ VARIANTS = {
         "networkPolicy.rolloutClients[0].namespaceSelector.matchLabels.team=ml",
     ],
     "no-auth-no-netpol": ["redis.auth.enabled=false", "networkPolicy.enabled=false"],
+    "trainer-4-gpus": ["trainer.gpus=4"],
+    "trainer-2-nodes-x-4-gpus": ["trainer.gpus=4", "trainer.nodes=2"],
 }
 
 
@@ -244,6 +246,10 @@ def test_short_token_is_refused_at_render(helm_bin: str, token: str) -> None:
         ("images.cuda.tag=latest", "images.cuda.tag"),
         ("trainer.algo=reinforce", "trainer.algo"),
         ("rollout.extraEnv[0].name=HF_TOKEN", "rollout.extraEnv.0.name"),
+        ("trainer.gpus=0", "trainer.gpus"),
+        ("trainer.nodes=0", "trainer.nodes"),
+        ("trainer.nodes=two", "trainer.nodes"),
+        ("trainer.rendezvousPort=80", "trainer.rendezvousPort"),
     ],
 )
 def test_schema_rejects_bad_values(helm_bin: str, override: str, complaint: str) -> None:
