@@ -48,7 +48,17 @@ def run(variant: str, seed: int, budget: Any, model: Path) -> dict[str, Any]:
         return statistics.mean(float(r.get(key, 0.0)) for r in rows)
 
     k = budget.k
+
+    def share(part: list[dict[str, Any]]) -> float:  # MC samples / (K × states) of fixed K
+        if variant == "fixed":
+            return 1.0
+        return statistics.mean(
+            float(r["value/mc_samples"]) / (k * float(r["value/num_states"])) for r in part
+        )
+
     res["cost"] = {
+        "share_first": share(rows[:4]),
+        "share_last": share(rows[-4:]),
         "samples": per_it("value/mc_samples")
         if variant == "reuse"
         else k * per_it("value/num_states"),
@@ -169,6 +179,15 @@ def report(seeds: list[int], budget: Any, runs: dict[str, list[dict[str, Any]]])
         "",
         f"Reuse spends {_ms(ratio)} of fixed K's MC tokens per iteration (per seed: "
         f"{', '.join(f'{x:.2f}' for x in ratio)}); test Pass@1 reuse − fixed: {_ms(gap)}.",
+        "",
+        "Why the saving grows as the policy learns: a state that n ≥ K + 1 responses of the "
+        "batch pass through needs no continuation at all (its baselines rest on the other "
+        "responses' returns), and the more the policy agrees with itself the more its "
+        "responses to a prompt share prefixes. Reuse's MC continuations as a share of fixed "
+        "K's on the same states: "
+        f"{_ms([r['cost']['share_first'] for r in reuse], 2)} over iterations 1–4, "
+        f"{_ms([r['cost']['share_last'] for r in reuse], 2)} over the last four. On the SFT "
+        "policy's states (below) it is 0.3–0.8×, by K.",
         "",
         "![validation Pass@1 and train reward, fixed K and reuse](reuse_returns.png)",
     ]
