@@ -132,6 +132,7 @@ class RolloutService:
                 req.sampling,
                 stream_offset=req.stream_offset,
                 cache=self.value_cache,
+                target_se=req.target_se,
             )
         )
         return ValueResult(values=values, policy_version=version)

@@ -282,6 +282,7 @@ class RolloutWorker:
                 req.sampling,
                 stream_offset=req.stream_offset,
                 cache=ValueCache.of(self.engine, self.config.value_cache_entries),
+                target_se=req.target_se,
             )
             value = ValueResult(values=values, policy_version=version)
             return JobResult(

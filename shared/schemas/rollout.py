@@ -96,6 +96,15 @@ class ValueRequest(Message):
     )
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     stream_offset: int = Field(default=0, ge=0, le=MAX_STREAM, description=_STREAM_OFFSET_DOC)
+    target_se: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=0.5,
+        description="Adaptive K on demand: each state draws continuations (4, then doubling) "
+        "until the Agresti-Coull standard error of its mean is at most this, with k as the "
+        "ceiling; len(returns) is the K it spent. Stopping on the draws biases the mean a "
+        "little. None = exactly k draws.",
+    )
 
 
 class ValueEstimate(Message):

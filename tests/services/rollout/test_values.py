@@ -14,8 +14,9 @@ from services.rollout.values import (
     estimate_values,
     has_closed_boxed,
     is_terminal,
+    standard_error,
 )
-from shared.schemas import SamplingParams, ValueItem
+from shared.schemas import SamplingParams, ValueItem, ValueRequest
 from tests.services.rollout.conftest import PROMPT, SOLUTION
 
 TERMINAL_CASES = [
@@ -171,3 +172,29 @@ async def test_value_streams_are_keyed_by_global_position(
     assert whole[0].returns != whole[1].returns
     assert unkeyed[0].returns == first[0].returns  # same stream, prompt-blind model
     assert 0.0 < whole[0].value < 1.0 and "correct" in whole[0].verdicts
+
+
+@pytest.mark.server
+async def test_target_standard_error_spends_k_where_the_value_is_uncertain(
+    coin_model_dir: Path, reward_url: str
+) -> None:
+    """A coin-flip state (V = 1/2) and a state no continuation can save (V = 0): with a
+    target SE of 0.08 the second stops at 16 draws (4, 8, 16: Agresti-Coull SE 0.108, then
+    0.067), the first goes on (at 16 draws its SE is about 0.11); every state stops once its
+    SE is met or k is spent, and the first round is the request's own streams."""
+    engine = TorchEngine(coin_model_dir)
+    items = [
+        ValueItem(prompt="Question A:\n", partial_response="#### ", gold="7"),
+        ValueItem(prompt="Question B:\n", partial_response="#### 8", gold="7"),
+    ]
+    sp = SamplingParams(temperature=1.0, max_tokens=8, seed=2)
+    async with RewardClient(reward_url) as grader:
+        adaptive = await estimate_values(engine, grader, items, 64, sp, target_se=0.08)
+        fixed = await estimate_values(engine, grader, items, 4, sp)
+    assert len(adaptive[1].returns) == 16 and len(adaptive[0].returns) in (32, 64)
+    assert all(standard_error(v.returns) <= 0.08 or len(v.returns) == 64 for v in adaptive)
+    assert [v.returns[:4] for v in adaptive] == [v.returns for v in fixed]
+    assert 0.2 < adaptive[0].value < 0.8 and adaptive[1].value == 0.0
+    assert standard_error([1.0] * 16) == pytest.approx(0.067, abs=1e-3)
+    with pytest.raises(ValueError, match="target_se"):
+        ValueRequest(items=items, target_se=0.0)
