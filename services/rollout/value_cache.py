@@ -10,9 +10,11 @@ of (policy version, state, sampling parameters, stream) and a cached one is exac
 fresh computation would return — the first k' of k cached returns included (so a request for
 fewer continuations than cached is a hit, for more a miss). An unseeded request asks for
 fresh samples and is never served from the cache. A hit reports ``cached = True`` and
-``num_tokens = 0`` (nothing sampled for it). The cache holds one version: the first lookup
-under another version (a weight push) empties it; it keeps ``max_entries`` states, least
-recently used out first.
+``num_tokens = 0`` (nothing sampled for it). The cache holds one policy, named by the caller
+(`estimate_values`: the version number and the loaded shards' SHA-256, so a reload of the
+same number with other weights counts as a new policy): the first lookup under another one
+(a weight load) empties it, and an estimate stored under any other policy than the current
+one is dropped. It keeps ``max_entries`` states, least recently used out first.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class ValueCache:
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self.version: int | None = None
+        self.version: Hashable | None = None  # the policy whose estimates are held
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self.hits = self.misses = self.evictions = 0
 
@@ -75,12 +77,12 @@ class ValueCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _at(self, version: int) -> None:
+    def _at(self, version: Hashable) -> None:
         if version != self.version:  # a weight push: nothing cached is this policy's
             self._entries.clear()
             self.version = version
 
-    def lookup(self, version: int, key: Hashable, k: int) -> ValueEstimate | None:
+    def lookup(self, version: Hashable, key: Hashable, k: int) -> ValueEstimate | None:
         """The cached estimate of ``key`` with ``k`` continuations under ``version``."""
         if self.max_entries <= 0:
             return None
@@ -94,12 +96,17 @@ class ValueCache:
         self.hits += 1
         return est
 
-    def store(self, version: int, key: Hashable, est: ValueEstimate, tokens: list[int]) -> None:
-        """Keep ``est`` (its continuations' token counts ``tokens``) for ``version``; an
-        estimate of an older version than the cache holds is dropped."""
-        if self.max_entries <= 0 or (self.version is not None and version < self.version):
+    def store(
+        self, version: Hashable, key: Hashable, est: ValueEstimate, tokens: list[int]
+    ) -> None:
+        """Keep ``est`` (its continuations' token counts ``tokens``) for policy ``version``;
+        one of another policy than the cache holds (a load came in between) is dropped."""
+        if self.max_entries <= 0:
             return
-        self._at(version)
+        if self.version is None:
+            self._at(version)
+        elif version != self.version:
+            return
         old = self._entries.get(key)
         if old is not None and len(old.returns) >= len(est.returns):
             return  # keep the longer sample

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from services.rollout.engine.base import Engine, Prefix
+from services.rollout.policy import PolicyGate
 from services.rollout.value_cache import ValueCache
 from shared.schemas import (
     GradeItem,
@@ -139,7 +140,7 @@ async def estimate_values(
             first.append(i)
             given.append(ids)
     distinct = [items[i] for i in first]
-    version = engine.version
+    version = (engine.version, str(PolicyGate.of(engine).sha256))  # the policy, for the cache
     caching = cache is not None and sampling.seed is not None and target_se is None
     cache_keys = (
         [(key, sampling.model_dump_json(), stream_offset + first[d]) for d, key in enumerate(keys)]

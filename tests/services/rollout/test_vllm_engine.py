@@ -167,7 +167,9 @@ def test_serve_rollout_vllm_answers_value_and_follows_a_queue_push(
         assert before.json()["policy_version"] == 0
         assert len(v0["returns"]) == 4 and 0.0 <= v0["value"] <= 1.0 and v0["num_tokens"] > 0
         again = httpx.post(f"{url}/v1/value", json=body, timeout=300).json()["values"][0]
-        assert again == v0  # seeded: the same answer
+        # seeded: the same answer, now from the replica's value cache (nothing sampled)
+        assert again["cached"] and not v0["cached"] and again["num_tokens"] == 0
+        assert (again["returns"], again["verdicts"]) == (v0["returns"], v0["verdicts"])
 
         _push_policy(smollm2_dir, root, 1, private_redis.url)
         _wait(
