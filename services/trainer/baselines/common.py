@@ -33,7 +33,7 @@ from services.trainer.config import RunConfig
 from services.trainer.data.order import DataOrder
 from services.trainer.evaluation.evaluate import validation_metrics
 from services.trainer.runtime.checkpoint import keep_if_best
-from services.trainer.runtime.distributed import broadcast_from_main
+from services.trainer.runtime.distributed import broadcast_from_main, on_main
 from shared.datasets import load_examples
 from shared.example import Example
 from shared.prompts import format_prompt, style_for
@@ -89,11 +89,13 @@ class SelfTrainRun:
         """Save ``model`` as policy ``version``, announce it, wait until replicas serve it."""
         self.version = version
         await push_policy(self.services.queue, model, self.tokenizer, self.policy_root, version)
-        await wait_for_replicas(
-            self.services.queue,
-            version,
-            self.services.min_replicas,
-            self.services.replica_timeout_s,
+        await on_main(  # rank 0 asks the queue; a timeout there fails every rank
+            lambda: wait_for_replicas(
+                self.services.queue,
+                version,
+                self.services.min_replicas,
+                self.services.replica_timeout_s,
+            )
         )
 
     async def sample(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -65,6 +66,9 @@ def train_cmd(
     if threads:
         torch.set_num_threads(threads)
     overrides = [f"algo={algo}", *set_] + ([f"output_dir={output_dir}"] if output_dir else [])
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # a launcher's ranks: checked with the config
+    if world > 1:
+        overrides.append(f"dist.world_size={world}")
     try:
         cfg = load_config(config, overrides, preset=preset)
     except ValueError as e:

@@ -7,16 +7,23 @@
   tasks of this event loop (required with the in-process queue); with Redis, replicas may also run
   elsewhere (``vineppo serve rollout --worker-only``) and find the run through Redis and the
   checkpoint volume.
+
+Under a launcher (W ranks) rank 0 alone starts or connects to them: the loop sends every
+queue and grader call from rank 0 and broadcasts the results (`runtime.distributed.on_main`).
+Ranks > 0 get `Services` whose queue and grader raise at the first use, naming the caller,
+instead of being services of their own that nobody else writes to (each rank waiting on its
+own queue for weights only rank 0 announces, until a timeout).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from shared.queue import JobQueue, make_queue
 
@@ -31,6 +38,27 @@ class Services:
     replica_timeout_s: float = 600.0
     job_size: int = 16
     policy_root: Path | None = None  # where policy-vN/ go for replicas; None = <out>/policies
+
+
+class RankZeroOnly:
+    """The queue or grader of a rank > 0: every attribute raises (only rank 0 talks to the
+    services; the others get its results by broadcast)."""
+
+    def __init__(self, what: str, rank: int) -> None:
+        self._what, self._rank = what, rank
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(
+            f"rank {self._rank} used {self._what}.{name}: only rank 0 talks to the services "
+            "(ranks > 0 get its results by broadcast)"
+        )
+
+
+def launcher_rank() -> int:
+    """This process's rank: the process group's when it runs, else the launcher's RANK."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
 
 
 @contextlib.asynccontextmanager
@@ -70,6 +98,15 @@ async def run_services(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if redis_url is None and local_replicas < 1:
         raise ValueError("the in-process queue needs at least one local rollout replica")
+    if (rank := launcher_rank()) != 0:  # rank 0 owns the services (module docstring)
+        yield Services(
+            queue=cast(JobQueue, RankZeroOnly("the queue", rank)),
+            grader=RankZeroOnly("the grader", rank),
+            min_replicas=max(1, local_replicas),
+            job_size=job_size,
+            policy_root=checkpoint_root,
+        )
+        return
     with contextlib.ExitStack() as stack:
         if reward_url is None:
             from services.reward.app import create_app

@@ -8,6 +8,13 @@ One iteration (docs/algorithms.md, One iteration):
 5) E epochs of minibatch PPO updates (and critic updates for ``ppo``); 6) save policy v_{N+1}
 atomically, announce it and wait until replicas serve it; 7) validate every few iterations;
 8) write one JSONL line of metrics and a resumable checkpoint.
+
+Under a launcher (W ranks) every rank takes the same path through this loop: rank 0 alone
+talks to the queue and the grader (sampling, grading, MC values, waiting for replicas,
+validation) and broadcasts what it got (`on_main`), so every rank holds the same batch and
+advantages; the critic's forward, the PPO epochs, the weight save and the checkpoint are
+collectives of all ranks. At start-up the ranks check that they agree on the config and on
+the checkpoint they resume from.
 """
 
 from __future__ import annotations
@@ -50,7 +57,11 @@ from services.trainer.runtime.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from services.trainer.runtime.distributed import broadcast_from_main
+from services.trainer.runtime.distributed import (
+    broadcast_from_main,
+    check_same_on_every_rank,
+    on_main,
+)
 from services.trainer.runtime.memory import memory_stats, reset_peak
 from shared.datasets import load_examples
 from shared.example import Example
@@ -81,6 +92,7 @@ class RLTrainer:
                 merge_dicts(cfg.model_dump(), {"dist": {"world_size": self.info.world_size}})
             )
             self.cfg = cfg
+        check_same_on_every_rank("the run config", _flat(cfg.model_dump(mode="json")))
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model.policy)
@@ -145,21 +157,25 @@ class RLTrainer:
         return JobOptions(job_size=self.services.job_size, desc=desc, progress=self.progress)
 
     async def push(self) -> None:
-        """Save policy v_N, announce it, wait until enough replicas serve it."""
+        """Save policy v_N (every rank), announce it and wait until enough replicas serve it
+        (rank 0; a timeout there fails every rank)."""
         await push_policy(
             self.services.queue, self.policy.module, self.tokenizer, self.policy_root, self.version
         )
-        await wait_for_replicas(
-            self.services.queue,
-            self.version,
-            self.services.min_replicas,
-            self.services.replica_timeout_s,
+        await on_main(
+            lambda: wait_for_replicas(
+                self.services.queue,
+                self.version,
+                self.services.min_replicas,
+                self.services.replica_timeout_s,
+            )
         )
 
     # -- resume -----------------------------------------------------------------------
     def resume(self) -> bool:
         """Load the newest complete checkpoint; True when one was found."""
         path = latest_checkpoint(self.ckpt_root)
+        check_same_on_every_rank("the checkpoint to resume from", path and path.name)
         if path is None:
             return False
         state = load_checkpoint(path, self.engines())
@@ -259,8 +275,8 @@ class RLTrainer:
         with every rank, cut into steps: (episodes, batch, verdicts, seconds, tokens)."""
         cfg = self.cfg
         prompts = [self.prompt(x) for x in examples]
-        rank0_sample: Any = None
-        if self.info.rank == 0:
+
+        async def generate_and_grade() -> tuple[list[list[Any]], list[Verdict], float]:
             t0 = time.monotonic()
             outs = await run_generate_jobs(
                 self.services.queue,
@@ -276,8 +292,9 @@ class RLTrainer:
                 for ex, per in zip(examples, outs, strict=True)
                 for c in per
             ]
-            rank0_sample = (outs, await self.services.grader.grade(items), t_gen)
-        outs, verdicts, t_gen = await asyncio.to_thread(broadcast_from_main, rank0_sample)
+            return outs, list(await self.services.grader.grade(items)), t_gen
+
+        outs, verdicts, t_gen = await on_main(generate_and_grade)
         rules = "math" if cfg.dataset == "math" else "gsm8k"  # deterministic on every rank
         episodes = build_episodes(examples, prompts, outs, verdicts, self.tokenizer, rules)
         batch = collate(episodes, int(self.tokenizer.pad_token_id))
@@ -292,14 +309,17 @@ class RLTrainer:
         # 1) sample n responses per prompt from v_N, 2) grade, 3) cut into steps
         seed = stream_seed(cfg.seed, "sample", self.iteration)
         episodes, batch, verdicts, t_gen, sampled = await self.sample(examples, seed)
-        # 4) advantages: on rank 0 (MC values go through the queue), or on every rank when
-        # they need the critic (its forward is a collective under ZeRO-3); rank 0's are used
+        # 4) advantages: on every rank when they need the critic (its forward is a collective
+        # under ZeRO-3; rank 0's are used), else on rank 0 (MC values go through the queue)
         t0 = time.monotonic()
-        result = None
-        if self.info.rank == 0 or cfg.algo == "ppo":
-            mc_seed = stream_seed(cfg.seed, "mc", self.iteration)
+        mc_seed = stream_seed(cfg.seed, "mc", self.iteration)
+        if cfg.algo == "ppo":
             result = await self.advantages(episodes, batch, mc_seed)
-        adv, extra, value_stats = await asyncio.to_thread(broadcast_from_main, result)
+            adv, extra, value_stats = await asyncio.to_thread(broadcast_from_main, result)
+        else:
+            adv, extra, value_stats = await on_main(
+                lambda: self.advantages(episodes, batch, mc_seed)
+            )
         t_values = time.monotonic() - t0
         # 5) PPO epochs (in a thread so replicas' heartbeats keep beating)
         t0 = time.monotonic()
@@ -402,3 +422,14 @@ class RLTrainer:
             rank=self.info.rank,
             world_size=self.info.world_size,
         )
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (names the config keys that differ)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -14,9 +14,10 @@ group starts (about a minute of C++ build, cached in ~/.cache/torch_extensions);
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -120,6 +121,57 @@ def broadcast_from_main(obj: T | None) -> T:
     box = [obj if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return cast(T, box[0])
+
+
+class RankFailed(RuntimeError):
+    """Raised on every rank when work that rank 0 alone did failed there (`on_main`)."""
+
+
+async def on_main(work: Callable[[], Awaitable[T]]) -> T:
+    """Await ``work()`` on rank 0 alone and give every rank its result; alone, just await it.
+
+    Rank 0 broadcasts the outcome, an exception included: it re-raises its own, the other
+    ranks raise `RankFailed` naming it, so no rank is left waiting in a collective for one
+    that has given up (the broadcast runs in a thread: this event loop's replicas and
+    heartbeats keep running meanwhile)."""
+    if world_size() == 1:
+        return await work()
+    outcome: tuple[bool, Any] | None = None
+    error: BaseException | None = None
+    if rank() == 0:
+        try:
+            outcome = (True, await work())
+        except Exception as e:
+            error, outcome = e, (False, f"{type(e).__name__}: {e}")
+    ok, value = await asyncio.to_thread(broadcast_from_main, outcome)
+    if error is not None:
+        raise error
+    if not ok:
+        raise RankFailed(f"rank 0 failed: {value}")
+    return cast(T, value)
+
+
+def check_same_on_every_rank(what: str, value: Any) -> None:
+    """Raise `ValueError` (one line, on every rank) unless ``value`` is rank 0's on all ranks:
+    ranks that disagree about the run (its config, the checkpoint it resumes) would take
+    different paths through the collectives and wait in them for each other until a timeout."""
+    if world_size() == 1:
+        return
+    values: list[Any] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    odd = [r for r, v in enumerate(values) if v != values[0]]
+    if not odd:
+        return
+    mine, main = values[odd[0]], values[0]
+    if isinstance(mine, dict) and isinstance(main, dict):  # name the keys that differ
+        keys = sorted(k for k in mine.keys() | main.keys() if mine.get(k) != main.get(k))
+        detail = ", ".join(f"{k}={mine.get(k)!r} vs {main.get(k)!r}" for k in keys[:3])
+    else:
+        detail = f"{mine!r} vs {main!r}"
+    raise ValueError(
+        f"rank {odd[0]} disagrees with rank 0 about {what} ({detail}): every rank must run "
+        "the same command on the same files"
+    )
 
 
 def gathered_params(model: nn.Module, zero_stage: int) -> AbstractContextManager[Any]:

@@ -308,3 +308,76 @@ def test_checkpoint_round_trip_on_two_ranks(updates: dict, stage: int) -> None:
         assert (steps, mark) == (8, 7)
         assert not torch.equal(original, updates[index][("ppo", stage)]["policy"])
         torch.testing.assert_close(restored, original, rtol=0, atol=0)
+
+
+def _rank_zero_work(rank: int, world: int, port: int, out: dict) -> None:
+    env = {"RANK": rank, "WORLD_SIZE": world, "LOCAL_RANK": rank, "MASTER_PORT": port}
+    os.environ.update({k: str(v) for k, v in env.items()}, MASTER_ADDR="127.0.0.1")
+    import asyncio
+
+    import torch.distributed as dist
+
+    from services.trainer.client.local_services import run_services
+    from services.trainer.runtime.distributed import (
+        RankFailed,
+        check_same_on_every_rank,
+        init_distributed,
+        on_main,
+    )
+
+    init_distributed()
+    calls: list[int] = []
+
+    async def answer() -> int:
+        calls.append(rank)
+        return 42
+
+    async def fail() -> int:
+        raise TimeoutError("0/1 replicas ready with v1")
+
+    async def services_of_rank_1() -> str:
+        if rank != 1:
+            return ""
+        async with run_services("no-model-loads-here", Path("unused")) as svc:
+            try:
+                await svc.queue.list_replicas()
+            except RuntimeError as e:
+                return str(e)
+        return "no error"
+
+    res: dict[str, object] = {"value": asyncio.run(on_main(answer)), "calls": calls}
+    try:
+        asyncio.run(on_main(fail))
+    except (TimeoutError, RankFailed) as e:
+        res["failure"] = f"{type(e).__name__}: {e}"
+    try:
+        check_same_on_every_rank("the run config", {"seed": 1 + rank, "algo": "vine"})
+    except ValueError as e:
+        res["mismatch"] = str(e)
+    check_same_on_every_rank("the run config", {"seed": 1})  # agreeing ranks pass
+    res["queue"] = asyncio.run(services_of_rank_1())
+    out[rank] = res
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_rank_zero_work_reaches_every_rank_and_so_do_its_failures() -> None:
+    """`on_main`: rank 0 alone does the work, both ranks get its value, and its exception is
+    raised on both (rank 1 as `RankFailed` naming it) instead of rank 1 waiting in a
+    collective; `check_same_on_every_rank` fails on both ranks naming the key; a rank > 0's
+    services (`run_services`) start nothing and raise at first use."""
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_rank_zero_work, args=(2, free_port(), out), nprocs=2, join=True)
+        r0, r1 = out[0], out[1]
+    assert r0["value"] == r1["value"] == 42
+    assert r0["calls"] == [0] and r1["calls"] == []
+    assert r0["failure"] == "TimeoutError: 0/1 replicas ready with v1"
+    assert r1["failure"] == "RankFailed: rank 0 failed: TimeoutError: 0/1 replicas ready with v1"
+    want = (
+        "rank 1 disagrees with rank 0 about the run config (seed=2 vs 1): every rank must run "
+        "the same command on the same files"
+    )
+    assert r0["mismatch"] == r1["mismatch"] == want
+    assert r1["queue"].startswith("rank 1 used the queue.list_replicas: only rank 0 talks")
