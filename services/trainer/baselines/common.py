@@ -26,14 +26,14 @@ from typing import Any
 
 import torch
 
-from services.trainer.client.jobs import JobOptions, run_generate_jobs, wait_for_replicas
+from services.trainer.client.jobs import JobOptions, run_generate_jobs
 from services.trainer.client.local_services import Services
-from services.trainer.client.weights import push_policy
+from services.trainer.client.weights import serve_policy
 from services.trainer.config import RunConfig
 from services.trainer.data.order import DataOrder
 from services.trainer.evaluation.evaluate import validation_metrics
 from services.trainer.runtime.checkpoint import keep_if_best
-from services.trainer.runtime.distributed import broadcast_from_main, on_main
+from services.trainer.runtime.distributed import broadcast_from_main
 from shared.datasets import load_examples
 from shared.example import Example
 from shared.prompts import format_prompt, style_for
@@ -47,7 +47,7 @@ class SelfTrainRun:
 
     def __init__(self, cfg: RunConfig, services: Services, *, progress: bool = True) -> None:
         from services.trainer.runtime.distributed import init_distributed
-        from services.trainer.runtime.model import load_tokenizer
+        from services.trainer.runtime.model import load_tokenizer, train_dtype
 
         if not cfg.model.policy:
             raise ValueError("model.policy is empty: point it at the SFT model directory")
@@ -70,11 +70,7 @@ class SelfTrainRun:
         # where policy-vN/ go for replicas (the shared volume), else <out>/policies
         self.policy_root = getattr(services, "policy_root", None) or self.out / "policies"
         self.ckpt_root = self.out / "checkpoints"
-        self.dtype = (
-            torch.bfloat16
-            if cfg.model.dtype == "bfloat16" and self.info.device.type == "cuda"
-            else torch.float32
-        )
+        self.dtype = train_dtype(cfg.model.dtype, self.info.device)
 
     def prompt(self, ex: Example) -> str:
         return format_prompt(
@@ -88,15 +84,7 @@ class SelfTrainRun:
     async def push(self, model: Any, version: int) -> None:
         """Save ``model`` as policy ``version``, announce it, wait until replicas serve it."""
         self.version = version
-        await push_policy(self.services.queue, model, self.tokenizer, self.policy_root, version)
-        await on_main(  # rank 0 asks the queue; a timeout there fails every rank
-            lambda: wait_for_replicas(
-                self.services.queue,
-                version,
-                self.services.min_replicas,
-                self.services.replica_timeout_s,
-            )
-        )
+        await serve_policy(self.services, model, self.tokenizer, self.policy_root, version)
 
     async def sample(
         self, examples: Sequence[Example], n: int, seed: int

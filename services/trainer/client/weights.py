@@ -25,12 +25,15 @@ import tempfile
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
 from shared.queue import JobQueue
 from shared.schemas import WeightsAnnouncement
+
+if TYPE_CHECKING:
+    from services.trainer.client.local_services import Services
 
 _POLICY_DIR = re.compile(r"^policy-v(\d+)$")
 
@@ -196,3 +199,20 @@ async def push_policy(
     for v in sorted(stale):
         await queue.drop_version(v)
     return ann
+
+
+async def serve_policy(
+    services: Services, model: Any, tokenizer: Any, root: Path, version: int
+) -> None:
+    """`push_policy`, then wait until ``services.min_replicas`` replicas serve ``version``.
+    Every rank calls it; rank 0 alone waits, and a timeout there fails every rank
+    (`on_main`)."""
+    from services.trainer.client.jobs import wait_for_replicas
+    from services.trainer.runtime.distributed import on_main
+
+    await push_policy(services.queue, model, tokenizer, root, version)
+    await on_main(
+        lambda: wait_for_replicas(
+            services.queue, version, services.min_replicas, services.replica_timeout_s
+        )
+    )

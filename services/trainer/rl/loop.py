@@ -34,10 +34,9 @@ from services.trainer.algos.advantages import AdvantageInputs, compute_advantage
 from services.trainer.client.jobs import (
     JobOptions,
     run_generate_jobs,
-    wait_for_replicas,
 )
 from services.trainer.client.local_services import Services
-from services.trainer.client.weights import push_policy
+from services.trainer.client.weights import serve_policy
 from services.trainer.config import RunConfig
 from services.trainer.data.episodes import Batch, Episode, build_episodes, collate, error_rate
 from services.trainer.data.order import DataOrder, stream_seed
@@ -78,7 +77,12 @@ class RLTrainer:
         self, cfg: RunConfig, services: Services, *, progress: bool = True, keep_best: bool = True
     ) -> None:
         from services.trainer.runtime.distributed import init_distributed, wrap
-        from services.trainer.runtime.model import Critic, load_policy, load_tokenizer
+        from services.trainer.runtime.model import (
+            Critic,
+            load_policy,
+            load_tokenizer,
+            train_dtype,
+        )
 
         if not cfg.model.policy:
             raise ValueError("model.policy is empty: point it at the SFT model directory")
@@ -97,11 +101,7 @@ class RLTrainer:
         random.seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model.policy)
         self.style = style_for(self.tokenizer)
-        dtype = (
-            torch.bfloat16
-            if cfg.model.dtype == "bfloat16" and self.info.device.type == "cuda"
-            else torch.float32
-        )
+        dtype = train_dtype(cfg.model.dtype, self.info.device)
         common: dict[str, Any] = dict(
             betas=cfg.optim.betas,
             weight_decay=cfg.optim.weight_decay,
@@ -159,16 +159,8 @@ class RLTrainer:
     async def push(self) -> None:
         """Save policy v_N (every rank), announce it and wait until enough replicas serve it
         (rank 0; a timeout there fails every rank)."""
-        await push_policy(
-            self.services.queue, self.policy.module, self.tokenizer, self.policy_root, self.version
-        )
-        await on_main(
-            lambda: wait_for_replicas(
-                self.services.queue,
-                self.version,
-                self.services.min_replicas,
-                self.services.replica_timeout_s,
-            )
+        await serve_policy(
+            self.services, self.policy.module, self.tokenizer, self.policy_root, self.version
         )
 
     # -- resume -----------------------------------------------------------------------

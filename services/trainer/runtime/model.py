@@ -132,6 +132,11 @@ def load_tokenizer(model_dir: Path | str) -> PreTrainedTokenizerBase:
     return tok
 
 
+def train_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype models train in: ``model.dtype`` (bfloat16) on CUDA, float32 on CPU."""
+    return torch.bfloat16 if name == "bfloat16" and device.type == "cuda" else torch.float32
+
+
 def load_policy(
     model_dir: Path | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> PreTrainedModel:
