@@ -16,7 +16,6 @@ run continues exactly as an uninterrupted one.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import shutil
@@ -34,6 +33,7 @@ from services.trainer.data.order import DataOrder
 from services.trainer.evaluation.evaluate import validation_metrics
 from services.trainer.runtime.checkpoint import keep_if_best
 from services.trainer.runtime.distributed import broadcast_from_main
+from services.trainer.runtime.metrics_log import MetricsLog
 from shared.datasets import load_examples
 from shared.example import Example
 from shared.prompts import format_prompt, style_for
@@ -66,7 +66,9 @@ class SelfTrainRun:
         self.shots = self.train[: cfg.rollout.few_shot]  # worked examples before each prompt
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.iteration, self.version = 0, 0
-        self.metrics_path = self.out / "metrics.jsonl"
+        keys = ("iteration", "reward/mean", "acc/val", "time/iteration")
+        self.metrics = MetricsLog(self.out, rank=self.info.rank, progress=keys if progress else ())
+        self.metrics_path = self.metrics.path
         # where policy-vN/ go for replicas (the shared volume), else <out>/policies
         self.policy_root = getattr(services, "policy_root", None) or self.out / "policies"
         self.ckpt_root = self.out / "checkpoints"
@@ -138,7 +140,7 @@ class SelfTrainRun:
         """Forget a previous run in ``output_dir``: metrics, checkpoints, ``best/`` (rank 0)."""
         if self.info.rank != 0:
             return
-        self.metrics_path.unlink(missing_ok=True)
+        self.metrics.reset()
         shutil.rmtree(self.ckpt_root, ignore_errors=True)
         shutil.rmtree(self.out / "best", ignore_errors=True)
 
@@ -156,10 +158,7 @@ class SelfTrainRun:
         self.iteration, self.version = int(state["iteration"]), int(state["version"])
         self.data.position = int(state["data_position"])
         self.gen.set_state(state["generator"])
-        if self.info.rank == 0 and self.metrics_path.is_file():
-            rows = [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x]
-            kept = [r for r in rows if r["iteration"] <= self.iteration]
-            self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.metrics.truncate(self.iteration)
 
     def save_best(self, row: dict[str, Any], model: Any) -> None:
         """Keep ``model`` in ``best/`` when ``row``'s ``acc/val`` is the best so far (the RL
@@ -169,14 +168,8 @@ class SelfTrainRun:
             keep_if_best(self.out, row, model, self.tokenizer, info)
 
     def log_row(self, row: dict[str, Any]) -> None:
-        """One JSONL line per iteration; rank 0 alone writes."""
-        if self.info.rank != 0:
-            return
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self.progress:
-            keys = ("iteration", "reward/mean", "acc/val", "time/iteration")
-            log.info("  ".join(f"{k}={row[k]:.4g}" for k in keys if k in row))
+        """One JSONL line per iteration (`MetricsLog`); rank 0 alone writes."""
+        self.metrics.write(row)
 
 
 def rng_state() -> tuple[Any, torch.Tensor]:

@@ -20,7 +20,6 @@ the checkpoint they resume from.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import shutil
@@ -41,7 +40,7 @@ from services.trainer.config import RunConfig
 from services.trainer.data.episodes import Batch, Episode, build_episodes, collate, error_rate
 from services.trainer.data.order import DataOrder, stream_seed
 from services.trainer.evaluation.evaluate import validation_metrics
-from services.trainer.overrides import merge_dicts
+from services.trainer.overrides import flatten, merge_dicts
 from services.trainer.rl.critic import (
     critic_schedule,
     probe_values_now,
@@ -62,6 +61,7 @@ from services.trainer.runtime.distributed import (
     on_main,
 )
 from services.trainer.runtime.memory import memory_stats, reset_peak
+from services.trainer.runtime.metrics_log import MetricsLog
 from shared.datasets import load_examples
 from shared.example import Example
 from shared.prompts import format_prompt, style_for
@@ -96,7 +96,7 @@ class RLTrainer:
                 merge_dicts(cfg.model_dump(), {"dist": {"world_size": self.info.world_size}})
             )
             self.cfg = cfg
-        check_same_on_every_rank("the run config", _flat(cfg.model_dump(mode="json")))
+        check_same_on_every_rank("the run config", flatten(cfg.model_dump(mode="json")))
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model.policy)
@@ -129,8 +129,11 @@ class RLTrainer:
         self.shots = self.train[: cfg.rollout.few_shot]  # worked examples before each prompt
         self.iteration, self.version = 0, 0
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.metrics_path = self.out / "metrics.jsonl"
-        self._tb: Any = None  # TensorBoard writer, opened on the first metrics row
+        keys = ("iteration", "reward/mean", "acc/val", "kl/ref", "time/iteration")
+        self.metrics = MetricsLog(
+            self.out, rank=self.info.rank, tensorboard=True, progress=keys if progress else ()
+        )
+        self.metrics_path = self.metrics.path
         self.ckpt_root = self.out / "checkpoints"
         self.policy_root = services.policy_root or self.out / "policies"
 
@@ -174,17 +177,9 @@ class RLTrainer:
         self.iteration, self.version = state["iteration"], state["version"]
         self.data.position = state["data_position"]
         self.gen.set_state(state["generator"])
-        self._truncate_metrics(self.iteration)
+        self.metrics.truncate(self.iteration)
         log.info("resumed from %s (iteration %d)", path, self.iteration)
         return True
-
-    def _truncate_metrics(self, iteration: int) -> None:
-        """Drop metric lines of iterations after the checkpoint (a killed run wrote them)."""
-        if self.info.rank != 0 or not self.metrics_path.is_file():
-            return
-        rows = [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()]
-        kept = [r for r in rows if r["iteration"] <= iteration]
-        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def checkpoint(self) -> None:
         state = {
@@ -198,7 +193,7 @@ class RLTrainer:
     # -- the loop ---------------------------------------------------------------------
     async def run(self, resume: bool = False) -> Path:
         if not (resume and self.resume()):
-            self.metrics_path.unlink(missing_ok=True)
+            self.metrics.reset()
             shutil.rmtree(self.out / "best", ignore_errors=True)  # a fresh run's own best
         await self.push()
         if self.iteration == 0:
@@ -242,23 +237,8 @@ class RLTrainer:
             keep_if_best(self.out, row, self.policy.module, self.tokenizer, info)
 
     def log_row(self, row: dict[str, Any]) -> None:
-        """One JSONL line per iteration, and the same scalars as TensorBoard events (``tb/``);
-        rank 0 alone writes."""
-        if self.info.rank != 0:
-            return
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.out / "tb"))
-        for key, value in row.items():
-            if isinstance(value, int | float) and key not in ("iteration", "version"):
-                self._tb.add_scalar(key, value, global_step=int(row["iteration"]))
-        self._tb.flush()
-        if self.progress:
-            keys = ("iteration", "reward/mean", "acc/val", "kl/ref", "time/iteration")
-            log.info("  ".join(f"{k}={row[k]:.4g}" for k in keys if k in row))
+        """One JSONL line per iteration and TensorBoard scalars (`MetricsLog`; rank 0)."""
+        self.metrics.write(row)
 
     async def sample(
         self, examples: list[Example], seed: int, desc: str = "sample"
@@ -414,14 +394,3 @@ class RLTrainer:
             rank=self.info.rank,
             world_size=self.info.world_size,
         )
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (names the config keys that differ)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -109,3 +109,13 @@ def test_unset_iterations_follow_the_authors(algo: str, dataset: str, iterations
     # the authors' configs: 650 iterations on GSM8K, 1000 on MATH; the paper's RestEM: 10
     assert load_config(overrides=[f"algo={algo}", f"dataset={dataset}"]).iterations == iterations
     assert load_config(overrides=[f"algo={algo}", "iterations=7"]).iterations == 7
+
+
+def test_flatten_names_nested_keys_by_their_dotted_path() -> None:
+    from services.trainer.overrides import flatten
+
+    assert flatten({"a": {"b": 1, "c": {"d": None}}, "e": [1]}) == {
+        "a.b": 1,
+        "a.c.d": None,
+        "e": [1],
+    }
