@@ -142,8 +142,9 @@ async def estimate_values(
     distinct = [items[i] for i in first]
     version = (engine.version, str(PolicyGate.of(engine).sha256))  # the policy, for the cache
     caching = cache is not None and sampling.seed is not None and target_se is None
+    sampling_key = sampling.model_dump_json() if caching else ""
     cache_keys = (
-        [(key, sampling.model_dump_json(), stream_offset + first[d]) for d, key in enumerate(keys)]
+        [(key, sampling_key, stream_offset + first[d]) for d, key in enumerate(keys)]
         if caching
         else []
     )

@@ -45,10 +45,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Protocol
 
 from services.rollout.engine.base import Engine, EngineDead
 from services.rollout.engine.weights import (
@@ -59,23 +57,18 @@ from services.rollout.engine.weights import (
 )
 from services.rollout.policy import PolicyGate
 from services.rollout.value_cache import ValueCache
+from services.rollout.values import Grader, estimate_values
 from shared.queue import Delivery, JobQueue
 from shared.schemas import (
     GenerateResult,
-    GradeItem,
     Job,
     JobResult,
     ReplicaHeartbeat,
     ValueResult,
-    Verdict,
     WeightsAnnouncement,
 )
 
 log = logging.getLogger(__name__)
-
-
-class Grader(Protocol):
-    async def grade(self, items: Sequence[GradeItem]) -> list[Verdict]: ...
 
 
 def default_replica_id() -> str:
@@ -271,8 +264,6 @@ class RolloutWorker:
         t0 = time.perf_counter()
         rid = self.config.replica_id
         if job.kind == "value" and job.value is not None:
-            from services.rollout.values import estimate_values
-
             req = job.value
             values = await estimate_values(
                 self.engine,

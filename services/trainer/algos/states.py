@@ -67,6 +67,15 @@ def plan_states(
     return StatePlan(states=list(seen), index=index, num_steps=num_steps)
 
 
+def index_tensor(plan: StatePlan) -> Tensor:
+    """``plan.index`` as a (B, S) long tensor: the state of each response's step, −1 where
+    capped, −2 past the response's steps."""
+    idx = torch.full((len(plan.index), plan.max_steps), -2, dtype=torch.long)
+    for row, ids in enumerate(plan.index):
+        idx[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return idx
+
+
 def scatter_state_values(plan: StatePlan, estimates: Tensor, rewards: Tensor) -> Tensor:
     """estimates (U,) of ``plan.states`` and rewards (B,) -> step_values (B, S).
 
@@ -79,9 +88,7 @@ def scatter_state_values(plan: StatePlan, estimates: Tensor, rewards: Tensor) ->
             f"got shape {tuple(estimates.shape)}"
         )
     b, s = len(plan.index), plan.max_steps
-    idx = torch.full((b, s), -2, dtype=torch.long)  # -2: past the end
-    for row, ids in enumerate(plan.index):
-        idx[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    idx = index_tensor(plan)
     est = estimates.to(torch.float32)
     gathered = est[idx.clamp(min=0)] if len(plan.states) else torch.zeros(b, s)  # (B, S)
     r = rewards.to(torch.float32)[:, None].expand(b, s)
@@ -134,9 +141,7 @@ def pooled_state_values(
             f"{tuple(mc_values.shape)} and {tuple(mc_k.shape)}"
         )
     b, s = len(plan.index), plan.max_steps
-    idx = torch.full((b, s), -2, dtype=torch.long)  # -1 capped, -2 past the end
-    for row, ids in enumerate(plan.index):
-        idx[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    idx = index_tensor(plan)
     r = rewards.to(torch.float32)[:, None].expand(b, s)  # (B, S)
     seen = idx >= 0
     flat = idx.clamp(min=0)[seen]
