@@ -22,29 +22,14 @@ import pytest
 from services.trainer.client.local_services import run_services
 from services.trainer.config import RunConfig, load_config
 from services.trainer.rl.loop import RLTrainer
-from services.trainer.sft.config import SFTConfig
-from services.trainer.sft.train import run_sft
+from tests.services.trainer.tiny_sft import tiny_sft_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 
 @pytest.fixture(scope="module")
 def sft_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("sft")
-    cfg = SFTConfig(
-        dataset="arithmetic",
-        from_scratch=True,
-        output_dir=str(out),
-        lr=3e-3,
-        batch_size=16,
-        max_steps=60,
-        train_problems=400,
-        val_problems=8,
-        eval_every=60,
-        eval_max_tokens=40,
-        max_seq_len=128,
-    )
-    return run_sft(cfg, progress=False).best_dir
+    return tiny_sft_model(tmp_path_factory)
 
 
 def tiny_run(model: Path, out: Path, algo: str, iterations: int, *extra: str) -> RunConfig:
