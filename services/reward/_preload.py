@@ -7,7 +7,8 @@ before any fork, keeps a freshly restarted worker from timing out on an ordinary
 
 from __future__ import annotations
 
-from services.reward.grading import DEFAULT_LIMITS, grade
+from services.reward.grading import grade
+from services.reward.limits import DEFAULT_LIMITS
 
 _WARM_UP = [
     ("\\boxed{\\frac{1}{2}}", "0.5"),

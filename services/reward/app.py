@@ -26,7 +26,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from services.reward.grading import Limits
+from services.reward.limits import Limits
 from services.reward.sandbox import GraderPool
 from services.reward.settings import RewardSettings
 from shared.http import ApiError, BodySizeLimit, check_bearer, install_error_handlers

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.reward.grading import DEFAULT_LIMITS, Limits
+from services.reward.limits import DEFAULT_LIMITS, Limits
 from shared.schemas import GradeItem, Verdict
 
 FLUSH_S = 0.02

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from services.reward.grading import grade, over_limits
+from services.reward.grading import grade
+from services.reward.limits import over_limits
 from services.reward.sandbox import GraderPool
 from services.reward.textnorm import unwrap_groups
 from shared.schemas import GradeItem
@@ -106,7 +107,7 @@ def test_a_symbolic_check_stops_at_its_cpu_budget() -> None:
     """An input no cap foresaw costs at most ``symbolic_cpu_s`` of CPU (the sandbox sets
     0.5 s): here a tiny budget stops a first parse of a new shape, and the item is answered
     as over a cap (incorrect, with the reason) instead of running on."""
-    from services.reward.grading import Limits
+    from services.reward.limits import Limits
 
     shape = "\\boxed{" + "([{" + "(1+x)" * 7 + "}])" + "}"  # a shape no test parsed before
     tight = Limits(symbolic_cpu_s=0.001)

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from services.reward.grading import Limits, grade
+from services.reward.grading import grade
+from services.reward.limits import Limits
 from services.reward.sandbox import GraderPool
 from shared.schemas import GradeItem
 
