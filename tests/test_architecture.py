@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, ...]] = [
 
 TRAINER_ROOMS: list[tuple[str, ...]] = [
     ("overrides",),
+    ("presets",),
     ("algos", "config", "settings"),
     ("runtime", "data"),
     ("client",),
