@@ -189,6 +189,12 @@ def report(seeds: list[int], budget: Any, runs: dict[str, list[dict[str, Any]]])
         f"{_ms([r['cost']['share_last'] for r in reuse], 2)} over the last four. On the SFT "
         "policy's states (below) it is 0.3–0.8×, by K.",
         "",
+        "Caveats: the reuse runs use fixed K's learning rate and KL (VinePPO's sweep, "
+        "`DEMO_RL`), not a sweep of their own; both variants get the same 32 iterations, and "
+        "reuse's mean validation curve peaks at its last validation, so it may not have "
+        "plateaued — the comparison is at equal budget. MC wall-clock shared the 2 cores with "
+        "the other runs; the CPU seconds and token counts do not depend on that.",
+        "",
         "![validation Pass@1 and train reward, fixed K and reuse](reuse_returns.png)",
     ]
     val = {v: mean_band([r["curves"]["val"] for r in rs]) for v, rs in runs.items()}
