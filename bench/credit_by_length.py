@@ -36,6 +36,7 @@ from bench.runs import (
 )
 
 ALGOS = ("ppo", "grpo", "rloo", "vine")
+SUMMARY = DOCS / "credit_by_length.json"  # each band's numbers, kept between invocations
 
 
 def band_model(band: str) -> Path:
@@ -95,9 +96,9 @@ def gap(runs: dict[str, list[dict[str, Any]]]) -> tuple[str, float, float]:
     return best, mean, se
 
 
-def speed(runs: dict[str, list[dict[str, Any]]]) -> str:
-    """Iterations and training seconds VinePPO's mean curve needs to reach the best
-    baseline's peak (best by the mean validation curve)."""
+def speed(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The best baseline's peak on its mean validation curve (by mean over seeds) and when
+    VinePPO's mean curve first reaches it: iterations and training CPU seconds of each."""
     val = {
         a: {i: v[0] for i, v in mean_band([r["curves"]["val"] for r in rs]).items()}
         for a, rs in runs.items()
@@ -110,16 +111,43 @@ def speed(runs: dict[str, list[dict[str, Any]]]) -> str:
     best = max(peaks, key=lambda b: peaks[b][1])
     it, peak = peaks[best]
     hit = first_reach(val["vine"], peak)
-    if hit is None:
-        return f"{NAMES[best]} {peak:.3f} @ {it} | never | |"
-    return (
-        f"{NAMES[best]} {peak:.3f} @ {it} ({clock[best][it]:.0f} CPU s) | {hit} "
-        f"({clock['vine'][hit]:.0f} CPU s) | {hit / it:.2f}× / "
-        f"{clock['vine'][hit] / max(clock[best][it], 1e-9):.2f}× |"
-    )
+    return {
+        "baseline": best,
+        "peak": peak,
+        "iteration": it,
+        "cpu_s": clock[best][it],
+        "vine_iteration": hit,
+        "vine_cpu_s": None if hit is None else clock["vine"][hit],
+    }
 
 
-def plot(bands: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> None:
+def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The numbers one band contributes to the report (kept in credit_by_length.json, so a
+    band run once is reported again without its run directories)."""
+    best, g, se = gap(runs)
+    return {
+        "seeds": len(runs["vine"]),
+        "sft": cell(runs["vine"], "sft"),
+        **{a: cell(runs[a]) for a in ALGOS},
+        "gap": {"baseline": best, "mean": g, "se": se},
+        "speed": speed(runs),
+    }
+
+
+def length_slope(bands: dict[str, dict[str, Any]]) -> tuple[float, float]:
+    """Least-squares slope of the gap against the band's mean number of steps, per step,
+    with its standard error from the bands' own gap SEs (the bands are independent runs):
+    slope = Σ wᵢ gᵢ with wᵢ = (xᵢ − x̄) / Σ (x − x̄)², SE = √(Σ wᵢ² seᵢ²)."""
+    xs = [statistics.mean(map(int, b.split("-"))) for b in bands]
+    mx = statistics.mean(xs)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    w = [(x - mx) / sxx for x in xs]
+    gaps = [s["gap"] for s in bands.values()]
+    slope = sum(wi * g["mean"] for wi, g in zip(w, gaps, strict=True))
+    return slope, math.sqrt(sum((wi * g["se"]) ** 2 for wi, g in zip(w, gaps, strict=True)))
+
+
+def plot(bands: dict[str, dict[str, Any]], path: Path) -> None:
     """Left: test Pass@1 per method and band (mean ± SE over seeds); right: the gap VinePPO −
     best baseline per band (± SE, paired by seed)."""
     import matplotlib
@@ -131,8 +159,7 @@ def plot(bands: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> None:
     xs = list(range(len(names)))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
     for i, a in enumerate(("sft", *ALGOS)):
-        src = "vine" if a == "sft" else a
-        stats = [cell(bands[b][src], "sft" if a == "sft" else "test") for b in names]
+        stats = [bands[b][a] for b in names]
         axes[0].errorbar(
             [x + 0.06 * (i - 2) for x in xs],
             [m for m, _ in stats],
@@ -141,15 +168,20 @@ def plot(bands: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> None:
             capsize=3,
             label=NAMES[a],
         )
-    gaps = [gap(bands[b]) for b in names]
+    gaps = [bands[b]["gap"] for b in names]
     axes[1].errorbar(
-        xs, [g[1] for g in gaps], yerr=[g[2] for g in gaps], marker="o", capsize=4, color="black"
+        xs,
+        [g["mean"] for g in gaps],
+        yerr=[g["se"] for g in gaps],
+        marker="o",
+        capsize=4,
+        color="black",
     )
     axes[1].axhline(0, color="grey", lw=0.8, ls="--")
     for x, g in zip(xs, gaps, strict=True):
         axes[1].annotate(
-            f"vs {NAMES[g[0]]}",
-            (x, g[1]),
+            f"vs {NAMES[g['baseline']]}",
+            (x, g["mean"]),
             textcoords="offset points",
             xytext=(6, 6),
             fontsize="small",
@@ -168,7 +200,19 @@ def plot(bands: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> None:
     plt.close(fig)
 
 
-def report(args: argparse.Namespace, budget: Any, bands: dict[str, Any]) -> None:
+def speed_row(sp: dict[str, Any]) -> str:
+    head = f"{NAMES[sp['baseline']]} {sp['peak']:.3f} @ {sp['iteration']}"
+    if sp["vine_iteration"] is None:
+        return f"{head} | never | |"
+    return (
+        f"{head} ({sp['cpu_s']:.0f} CPU s) | {sp['vine_iteration']} "
+        f"({sp['vine_cpu_s']:.0f} CPU s) | {sp['vine_iteration'] / sp['iteration']:.2f}× / "
+        f"{sp['vine_cpu_s'] / max(sp['cpu_s'], 1e-9):.2f}× |"
+    )
+
+
+def report(args: argparse.Namespace, budget: Any, bands: dict[str, dict[str, Any]]) -> None:
+    """Writes docs/benchmarks/credit_by_length.md/.png from the bands' summaries."""
     from services.demo.run import DEMO_RL
     from services.trainer.sft.config import LENGTH_BANDS
 
@@ -179,7 +223,8 @@ def report(args: argparse.Namespace, budget: Any, bands: dict[str, Any]) -> None
         "",
         f"Command: `.venv/bin/python -m bench.credit_by_length --seeds {args.seeds} "
         f"--bands {args.bands} --iterations {budget.iterations} --eval-every "
-        f"{budget.eval_every}`",
+        f"{budget.eval_every}` (a band absent from `--bands` is reported from "
+        "`credit_by_length.json`, where each band's numbers are kept when it is run)",
         "",
         f"{machine()}. Per band: its own SFT model by the same recipe (the `demo` SFT "
         "preset for 2-4, `length-4-6` and `length-6-8`: 4,800 steps on 20,000 problems, "
@@ -200,15 +245,22 @@ def report(args: argparse.Namespace, budget: Any, bands: dict[str, Any]) -> None
         + " | VinePPO − best baseline |",
         "|---|" + "---:|" * (len(ALGOS) + 3),
     ]
-    for band, runs in bands.items():
-        sft = cell(runs["vine"], "sft")
-        cells = [cell(runs[a]) for a in ALGOS]
-        best, g, se = gap(runs)
+    for band, sm in bands.items():
+        g = sm["gap"]
         lines.append(
-            f"| {band} | {len(runs['vine'])} | {sft[0]:.3f} ± {sft[1]:.3f} | "
-            + " | ".join(f"{m:.3f} ± {e:.3f}" for m, e in cells)
-            + f" | {g:+.3f} ± {se:.3f} (vs {NAMES[best]}) |"
+            f"| {band} | {sm['seeds']} | "
+            + " | ".join(f"{m:.3f} ± {e:.3f}" for m, e in (sm[a] for a in ("sft", *ALGOS)))
+            + f" | {g['mean']:+.3f} ± {g['se']:.3f} (vs {NAMES[g['baseline']]}) |"
         )
+    if len(bands) > 1:
+        slope, se = length_slope(bands)
+        lines += [
+            "",
+            f"Trend: the gap changes by {slope:+.4f} ± {se:.4f} per reasoning step "
+            "(least-squares slope against the band's mean length, SE from the bands' gap "
+            f"SEs): {'a growth' if slope > 2 * se else 'no growth'} of VinePPO's edge with "
+            "length at 2 standard errors.",
+        ]
     lines += [
         "",
         "Speed: the best baseline's peak on its mean validation curve, and when "
@@ -218,7 +270,7 @@ def report(args: argparse.Namespace, budget: Any, bands: dict[str, Any]) -> None
         "| band | best baseline's peak (iteration) | VinePPO reaches it at | ratio "
         "(iterations / seconds) |",
         "|---|---:|---:|---:|",
-        *(f"| {band} | {speed(runs)}" for band, runs in bands.items()),
+        *(f"| {band} | {speed_row(sm['speed'])}" for band, sm in bands.items()),
         "",
         f"![test Pass@1 per band, VinePPO − best baseline]({png.name})",
     ]
@@ -237,18 +289,28 @@ def main() -> None:
     )
     ap.add_argument("--iterations", type=int, default=32)
     ap.add_argument("--eval-every", type=int, default=4)
-    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="Run nothing: report the bands kept in credit_by_length.json.",
+    )
     args = ap.parse_args()
     budget = dataclasses.replace(
         BUDGETS["full"], iterations=args.iterations, eval_every=args.eval_every
     )
     seeds = [int(s) for s in args.seeds.split(",")]
-    bands = {}
+    kept = json.loads(SUMMARY.read_text()) if SUMMARY.is_file() else {}
     for spec in args.bands.split(","):  # "6-8:0" = band 6-8 with seed 0 only
         band, _, only = spec.partition(":")
-        bands[band] = run_band(band, [int(x) for x in only.split("+")] if only else seeds, budget)
-    if len(seeds) > 1:
-        report(args, budget, bands)
+        if args.report_only:
+            if band not in kept:
+                raise SystemExit(f"--report-only: band {band} is not in {SUMMARY.name}; run it")
+            continue
+        runs = run_band(band, [int(x) for x in only.split("+")] if only else seeds, budget)
+        kept[band] = summarise(runs)
+        SUMMARY.write_text(json.dumps(kept, indent=1) + "\n")
+    bands = {b: kept[b] for b in sorted(kept, key=lambda b: int(b.split("-")[0]))}
+    report(args, budget, bands)
 
 
 if __name__ == "__main__":

@@ -161,8 +161,11 @@ class DistConfig(_Section):
 class ModelConfig(_Section):
     policy: str = ""
     """Directory of the SFT model (π_ref and the initial policy), saved with save_pretrained."""
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"
-    """Training dtype on CUDA; CPU always trains in float32."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Training precision. ``auto``: bfloat16 on CUDA, float32 on CPU. ``bfloat16``: also on a
+    CPU with native bfloat16 (AVX-512 BF16 or AMX), as float32 weights with bfloat16 autocast;
+    a CPU without it trains in float32. Local rollout replicas serve in the same dtype
+    (services.trainer.runtime.model.precision)."""
 
 
 class RestEMConfig(_Section):

@@ -47,7 +47,7 @@ class SelfTrainRun:
 
     def __init__(self, cfg: RunConfig, services: Services, *, progress: bool = True) -> None:
         from services.trainer.runtime.distributed import init_distributed
-        from services.trainer.runtime.model import load_tokenizer, train_dtype
+        from services.trainer.runtime.model import load_tokenizer, precision
 
         if not cfg.model.policy:
             raise ValueError("model.policy is empty: point it at the SFT model directory")
@@ -72,7 +72,7 @@ class SelfTrainRun:
         # where policy-vN/ go for replicas (the shared volume), else <out>/policies
         self.policy_root = getattr(services, "policy_root", None) or self.out / "policies"
         self.ckpt_root = self.out / "checkpoints"
-        self.dtype = train_dtype(cfg.model.dtype, self.info.device)
+        self.precision = precision(cfg.model.dtype, self.info.device)
 
     def prompt(self, ex: Example) -> str:
         return format_prompt(

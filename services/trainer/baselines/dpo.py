@@ -136,7 +136,7 @@ class DPOPositive(SelfTrainRun):
         super().__init__(cfg, services, progress=progress)
         self.beta = cfg.dpo.resolved_beta(cfg.dataset)
         self.temperature = cfg.rollout.temperature
-        self.ref = load_policy(cfg.model.policy, self.info.device, self.dtype).eval()
+        self.ref = load_policy(cfg.model.policy, self.info.device, self.precision).eval()
         self.ref.requires_grad_(False)
         self.policy: Any = None  # built once the round's size (the LR schedule) is known
         self.round_path = self.out / ROUND_FILE
@@ -264,7 +264,7 @@ class DPOPositive(SelfTrainRun):
         cfg, d = self.cfg, self.cfg.dpo
         total = max(1, d.epochs * math.ceil(num_pairs / d.batch_size))
         return wrap(
-            load_policy(cfg.model.policy, self.info.device, self.dtype),
+            load_policy(cfg.model.policy, self.info.device, self.precision),
             lr=cfg.optim.lr,
             betas=cfg.optim.betas,
             weight_decay=cfg.optim.weight_decay,
@@ -276,6 +276,7 @@ class DPOPositive(SelfTrainRun):
             decay_power=cfg.optim.decay_power,
             micro_batch_size=d.micro_batch_size,
             grad_accum_steps=d.batch_size // (d.micro_batch_size * self.info.world_size),
+            bf16=self.precision.weights == torch.bfloat16,
         )
 
     async def epoch(self, data: PairRound) -> dict[str, Any]:

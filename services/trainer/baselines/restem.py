@@ -134,7 +134,7 @@ class RestEM(SelfTrainRun):
 
         if self.info.rank != 0:
             return
-        selected = load_policy(self.best_dir, "cpu", self.dtype).state_dict()
+        selected = load_policy(self.best_dir, "cpu", self.precision).state_dict()
         state = {
             **self.trainer_state(),
             "prev_acc": prev_acc,
@@ -149,13 +149,13 @@ class RestEM(SelfTrainRun):
         if version != self.version:  # a later epoch was pushed: serve the selected one again
             from services.trainer.runtime.model import load_policy
 
-            model = load_policy(self.best_dir, self.info.device, self.dtype)
+            model = load_policy(self.best_dir, self.info.device, self.precision)
             await self.push(model, self.version + 1)
 
     def _load_base(self) -> Any:
         from services.trainer.runtime.model import load_policy
 
-        return load_policy(self.cfg.model.policy, self.info.device, self.dtype)
+        return load_policy(self.cfg.model.policy, self.info.device, self.precision)
 
     def _save_best_model(self, model: Any) -> None:
         tmp = self.out / ".best.src"
@@ -265,6 +265,7 @@ class RestEM(SelfTrainRun):
             warmup_steps=math.ceil(cfg.optim.warmup_ratio * total_steps),
             micro_batch_size=rc.micro_batch_size,
             grad_accum_steps=rc.batch_size // (rc.micro_batch_size * self.info.world_size),
+            bf16=self.precision.weights == torch.bfloat16,
         )
 
     def _epoch(self, engine: Any, rows: list[tuple[list[int], list[int]]]) -> float:

@@ -61,6 +61,7 @@ def train_cmd(
     from services.trainer.client.wiring import RolloutUnavailable, check_rollout
     from services.trainer.config import load_config
     from services.trainer.rl.loop import RLTrainer
+    from services.trainer.runtime.model import precision
 
     setup_logging()
     if threads:
@@ -85,6 +86,8 @@ def train_cmd(
     (out / "command.txt").write_text(shlex.join(["vineppo", *sys.argv[1:]]) + "\n")
     (out / "config.json").write_text(cfg.model_dump_json(indent=2))
 
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
     async def main() -> None:
         services = run_services(
             cfg.model.policy,
@@ -94,6 +97,7 @@ def train_cmd(
             reward_token=wiring.reward_token,
             local_replicas=wiring.local_replicas,
             engine=wiring.engine,
+            dtype=precision(cfg.model.dtype, device).compute,  # replicas sample as it trains
         )
         async with services as svc:
             if cfg.algo in ("restem", "dpo_positive"):  # the RL-free baselines (issue 7)

@@ -75,6 +75,7 @@ async def run_services(
     queue_prefix: str = "vineppo:",
     job_size: int = 16,
     max_batch: int = 64,
+    dtype: str | None = None,
 ) -> AsyncIterator[Services]:
     """Start (or connect to) the services of a run; yields the `Services` the loop uses.
 
@@ -87,6 +88,8 @@ async def run_services(
     ``cpu`` (float32).
     ``max_batch``: rows one engine decodes together (raise it to fill a GPU: e.g. 256-512
     for a 135 M model on an 80 GB card).
+    ``dtype`` of the local replicas (None = the engine's default for its device); the train
+    command passes the trainer's compute dtype, so replicas sample in the precision it trains.
     """
     import torch
 
@@ -121,7 +124,7 @@ async def run_services(
         engines = []
         for i in range(local_replicas):
             eng = await asyncio.to_thread(
-                make_engine, engine, model_dir, max_batch=max_batch, device=device
+                make_engine, engine, model_dir, max_batch=max_batch, device=device, dtype=dtype
             )
             engines.append(eng)
             config = WorkerConfig(replica_id=f"local-{i}", checkpoint_root=checkpoint_root)

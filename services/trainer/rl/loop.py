@@ -81,7 +81,7 @@ class RLTrainer:
             Critic,
             load_policy,
             load_tokenizer,
-            train_dtype,
+            precision,
         )
 
         if not cfg.model.policy:
@@ -101,7 +101,7 @@ class RLTrainer:
         random.seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model.policy)
         self.style = style_for(self.tokenizer)
-        dtype = train_dtype(cfg.model.dtype, self.info.device)
+        prec = precision(cfg.model.dtype, self.info.device)
         common: dict[str, Any] = dict(
             betas=cfg.optim.betas,
             weight_decay=cfg.optim.weight_decay,
@@ -113,14 +113,15 @@ class RLTrainer:
             decay_power=cfg.optim.decay_power,
             micro_batch_size=cfg.ppo.micro_batch_size,
             grad_accum_steps=cfg.grad_accum_steps,
+            bf16=prec.weights == torch.bfloat16,  # DeepSpeed's bf16 mode (CUDA only)
         )
-        policy = load_policy(cfg.model.policy, self.info.device, dtype)
+        policy = load_policy(cfg.model.policy, self.info.device, prec)
         self.policy = wrap(policy, lr=cfg.optim.lr, **common)
-        self.ref = load_policy(cfg.model.policy, self.info.device, dtype).eval()
+        self.ref = load_policy(cfg.model.policy, self.info.device, prec).eval()
         self.ref.requires_grad_(False)
         self.critic = None
         if cfg.algo == "ppo":  # VinePPO never builds a critic
-            critic = Critic.from_pretrained(cfg.model.policy, dtype, init=cfg.ppo.critic_init)
+            critic = Critic.from_pretrained(cfg.model.policy, prec, init=cfg.ppo.critic_init)
             self.critic = wrap(critic, **critic_schedule(cfg, common))
         load: dict[str, Any] = {"seed": cfg.seed, "arithmetic": cfg.arithmetic}
         self.train = load_examples(cfg.dataset, "train", **load)

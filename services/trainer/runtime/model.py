@@ -9,7 +9,9 @@ Dropout is off in every model this module returns.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
         PreTrainedTokenizerFast,
     )
 
+log = logging.getLogger(__name__)
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 PRESETS: dict[str, dict[str, int]] = {
     "micro": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -132,22 +135,73 @@ def load_tokenizer(model_dir: Path | str) -> PreTrainedTokenizerBase:
     return tok
 
 
-def train_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The dtype models train in: ``model.dtype`` (bfloat16) on CUDA, float32 on CPU."""
-    return torch.bfloat16 if name == "bfloat16" and device.type == "cuda" else torch.float32
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matmuls natively (AVX-512 BF16 or AMX, as oneDNN
+    reports it). Without it torch emulates bfloat16 on CPU, slower than float32."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the trainer's models hold weights and compute (`precision` picks one).
+
+    ``weights``: the dtype of parameters, gradients and the optimizer's state. ``autocast``:
+    when set, forward and backward run under ``torch.autocast`` in that dtype while the
+    weights stay float32: mixed precision with a float32 master copy, so an update smaller
+    than bfloat16's resolution (8 mantissa bits, e.g. lr 1e-6 on a weight of 0.02) is kept.
+    """
+
+    weights: torch.dtype = torch.float32
+    autocast: torch.dtype | None = None
+
+    @property
+    def compute(self) -> str:
+        """The dtype matmuls run in, by name: what the rollout replicas should serve in."""
+        return str(self.autocast or self.weights).removeprefix("torch.")
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """``model`` with its forward run under autocast (when this precision has one)."""
+        if self.autocast is not None:
+            forward = torch.autocast(device_type="cpu", dtype=self.autocast)(model.forward)
+            model.forward = forward
+        return model
+
+
+def precision(name: str, device: torch.device) -> Precision:
+    """The `Precision` of ``model.dtype`` on ``device``.
+
+    ``auto``: bfloat16 weights on CUDA, float32 on CPU. ``bfloat16``: bfloat16 weights on
+    CUDA (DeepSpeed's bf16 mode); on a CPU with native bfloat16, float32 weights with bfloat16
+    autocast; on a CPU without it, float32 (with a warning: emulated bfloat16 is slower than
+    float32). ``float32``: float32 everywhere.
+    """
+    if name == "float32" or (name == "auto" and device.type != "cuda"):
+        return Precision()
+    if device.type == "cuda":
+        return Precision(torch.bfloat16)
+    if not cpu_has_native_bf16():
+        log.warning(
+            "model.dtype=bfloat16: this CPU has no native bfloat16 (AVX-512 BF16 or AMX), "
+            "training in float32 instead"
+        )
+        return Precision()
+    return Precision(torch.float32, autocast=torch.bfloat16)
+
+
+FP32 = Precision()
 
 
 def load_policy(
-    model_dir: Path | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    model_dir: Path | str, device: str | torch.device = "cpu", precision: Precision = FP32
 ) -> PreTrainedModel:
-    """A causal LM from ``model_dir`` on ``device`` in ``dtype``, dropout off."""
+    """A causal LM from ``model_dir`` on ``device`` in ``precision``, dropout off."""
     from transformers import AutoModelForCausalLM
 
     # SDPA attention (flash/memory-efficient kernels on CUDA), like the rollout engine
     model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), dtype=dtype, attn_implementation="sdpa"
+        str(model_dir), dtype=precision.weights, attn_implementation="sdpa"
     )
-    return cast("PreTrainedModel", disable_dropout(model).to(device))
+    return cast("PreTrainedModel", precision.apply(disable_dropout(model).to(device)))
 
 
 def init_value_head(head: nn.Linear) -> nn.Linear:
@@ -181,17 +235,19 @@ class Critic(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, model_dir: Path | str, dtype: torch.dtype = torch.float32, init: float | None = None
+        cls, model_dir: Path | str, precision: Precision = FP32, init: float | None = None
     ) -> Critic:
         """Body from a causal-LM (or critic) dir; the head from ``value_head.safetensors`` if
-        saved there, else freshly initialised (``init``: see `Critic.__init__`)."""
+        saved there, else freshly initialised (``init``: see `Critic.__init__`); ``precision``:
+        see `precision`."""
         from safetensors.torch import load_file
         from transformers import AutoModel
 
         backbone = AutoModel.from_pretrained(
-            str(model_dir), dtype=dtype, attn_implementation="sdpa"
+            str(model_dir), dtype=precision.weights, attn_implementation="sdpa"
         )
-        critic = cls(backbone, backbone.config.hidden_size, init).to(dtype)
+        critic = cls(backbone, backbone.config.hidden_size, init).to(precision.weights)
+        precision.apply(critic)
         head = Path(model_dir) / VALUE_HEAD_FILE
         if head.is_file():
             critic.value_head.load_state_dict(load_file(str(head)))

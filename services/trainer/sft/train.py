@@ -178,7 +178,7 @@ def run_sft(cfg: SFTConfig, *, data_dir: Path | None = None, progress: bool = Tr
     val = _examples(cfg, "validation", cfg.val_problems, data_dir)
     model_dir = prepare_model(cfg, train)
     tokenizer = load_tokenizer(model_dir)
-    model = load_policy(model_dir, info.device, torch.float32)
+    model = load_policy(model_dir, info.device)
     rows = [encode_example(tokenizer, ex, cfg.max_seq_len) for ex in train]
 
     steps_per_epoch = max(1, len(rows) // cfg.batch_size)

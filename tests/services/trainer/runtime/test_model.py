@@ -46,7 +46,7 @@ def test_digits_split_and_text_round_trips(tiny_dir: Path) -> None:
 
 
 def test_policy_config_and_dropout(tiny_dir: Path) -> None:
-    model = load_policy(tiny_dir, "cpu", torch.float32)
+    model = load_policy(tiny_dir, "cpu")
     tok = load_tokenizer(tiny_dir)
     assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2
     assert model.config.vocab_size == len(tok)

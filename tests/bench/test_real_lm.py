@@ -1,0 +1,43 @@
+"""bench/real_lm.py end to end at the smallest sizes, on a micro model instead of SmolLM2 (the
+path is the same: SFT, each method in its own process through the reward service and a
+rollout replica, test Pass@1, the value analysis and the report)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.runs import ROOT
+from services.trainer.runtime.model import build_tiny_model
+from shared.prompts import format_prompt
+from shared.tasks.arithmetic import ArithmeticConfig, generate
+
+
+@pytest.mark.slow
+def test_pipeline_writes_the_report(tmp_path: Path) -> None:
+    examples = generate(ArithmeticConfig(), "train", 100, seed=0)
+    texts = [format_prompt(e.question) + e.solution for e in examples]
+    model = build_tiny_model(tmp_path / "m", texts, preset="micro", seed=0)
+    doc = tmp_path / "real_lm.md"
+    cmd = [sys.executable, "-m", "bench.real_lm", "--model", str(model),
+           "--out", str(tmp_path / "run"), "--doc", str(doc), "--sft-steps", "2",
+           "--sft-batch", "4", "--iterations", "2", "--prompts", "2", "--responses", "2",
+           "--k", "2", "--eval-every", "1", "--val-problems", "2", "--test-problems", "4",
+           "--test-seeds", "1", "--value-prompts", "1", "--truth-k", "2",
+           "--engine", "torch"]  # fmt: skip
+    subprocess.run(cmd, check=True, cwd=ROOT, timeout=900)
+    text = doc.read_text()
+    for row in ("| SFT |", "| GRPO |", "| PPO |", "| VinePPO |"):
+        assert row in text
+    assert "VinePPO / PPO at K = 2: iteration time" in text
+    assert "| PPO critic |" in text  # the value analysis on the PPO policy's steps
+    assert doc.with_suffix(".png").stat().st_size > 1000
+    for algo in ("grpo", "ppo", "vine"):
+        res = json.loads((tmp_path / "run" / algo / "result.json").read_text())
+        assert 0 <= res["test Pass@1"] <= 1 and res["train peak RSS (MB)"] > 100
+        rows = (tmp_path / "run" / algo / "metrics.jsonl").read_text().splitlines()
+        assert json.loads(rows[-1])["iteration"] == 2
