@@ -37,6 +37,32 @@ from bench.runs import (
 
 ALGOS = ("ppo", "grpo", "rloo", "vine")
 SUMMARY = DOCS / "credit_by_length.json"  # each band's numbers, kept between invocations
+READING = """\
+## Reading (written for the three bands measured 2026-12-05/07; check it against the tables
+when they change)
+
+VinePPO's edge over the best baseline does not grow with reasoning length on this task: the
+gap to PPO is within one standard error of 0 in every band, and the slope is 0. Against the
+trajectory-level critic-free baselines VinePPO is ahead in every band (GRPO by 0.03, 0.01,
+0.03; RLOO by 0.02, 0.01, 0.02), but that edge does not grow either. What we think limits it:
+
+- **Everything ends near the ceiling.** By iteration 32 PPO and VinePPO reach 0.97–0.98 test
+  Pass@1 in every band, so a length effect has little room to show at the end; the speed
+  table is where it could, and there VinePPO reaches PPO's peak in 0.86–0.88× the
+  iterations in every band, but at 0.81×, 1.01× and 1.15× the CPU time: its MC cost grows
+  with the number of steps, PPO's does not.
+- **The task's credit assignment is easy for a trajectory-level signal.** The only error is
+  a slip (a carried result copied one too high). Every other token of a wrong response also
+  appears in right ones, so with 64 episodes per iteration a return-minus-baseline gradient
+  cancels on them and falls on the slip tokens, at any length. PPO's advantage here (GAE
+  λ = 1, the paper's) is of that kind: its critic ends with MAE 0.13–0.17 (below the group
+  mean's 0.16–0.22) but explained variance −0.05 to −0.15 on band 6-8, and PPO still matches
+  VinePPO. The paper's gap on MATH comes from heterogeneous problems, where no such
+  cancellation across samples is available; this task does not reproduce that.
+- **Hyperparameters come from band 2-4.** GRPO's validation curves oscillate on band 6-8
+  (0.79–0.93 after iteration 4), a sign that its learning rate (3e-4) is high for longer
+  responses; a per-band sweep could move the baselines, not VinePPO's gap to PPO.
+"""
 
 
 def band_model(band: str) -> Path:
@@ -273,6 +299,8 @@ def report(args: argparse.Namespace, budget: Any, bands: dict[str, dict[str, Any
         *(f"| {band} | {speed_row(sm['speed'])}" for band, sm in bands.items()),
         "",
         f"![test Pass@1 per band, VinePPO − best baseline]({png.name})",
+        "",
+        READING,
     ]
     write_doc(DOCS / "credit_by_length.md", lines)
 

@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=3, help="VinePPO MC continuations per state")
     p.add_argument("--lr", type=float, default=1e-5, help="RL learning rate (every method)")
     p.add_argument("--kl", type=float, default=1e-4, help="KL coefficient (every method)")
+    p.add_argument("--critic-lr", type=float, default=3e-5, help="PPO's critic learning rate")
+    p.add_argument("--critic-warmup", type=int, default=2, help="PPO: value-only iterations first")
     p.add_argument("--eval-every", type=int, default=4)
     p.add_argument("--val-problems", type=int, default=64)
     p.add_argument("--test-problems", type=int, default=200)
@@ -145,6 +147,8 @@ def run_config(args: argparse.Namespace, algo: str, policy: Path) -> Any:
         f"vine.k={args.k}",
         f"optim.lr={args.lr}",
         f"ppo.kl_coef={args.kl}",
+        f"ppo.critic_lr={args.critic_lr}",
+        f"ppo.critic_warmup_iterations={args.critic_warmup if algo == 'ppo' else 0}",
         f"ppo.mini_batch_size={n // 2 if n >= 16 else n}",
         "ppo.micro_batch_size=4",
         f"eval.every={args.eval_every}",
@@ -220,7 +224,9 @@ def report(
         f"{machine()}. SFT: {args.sft_steps} steps × {args.sft_batch} careless solutions of "
         f"2–4-step problems (lr {args.sft_lr}). RL: {args.iterations} iterations × "
         f"{args.prompts} prompts × {args.responses} responses for every method, lr "
-        f"{args.lr}, KL {args.kl}, VinePPO K = {args.k}, `model.dtype={args.dtype}`, rollouts "
+        f"{args.lr}, KL {args.kl}, VinePPO K = {args.k}, PPO's critic lr {args.critic_lr} "
+        f"after {args.critic_warmup} value-only iterations (counted in its wall-clock), "
+        f"`model.dtype={args.dtype}`, rollouts "
         f"and MC values on the `{args.engine}` engine, grading by the reward service. Test "
         f"Pass@1: {args.test_problems} problems × {args.test_seeds} samples at T = 0.35, ± its "
         "standard error over problems; the RL rows use the best-by-validation policy.",
