@@ -131,35 +131,20 @@ def budget(args: argparse.Namespace) -> Any:
 
 
 def run_config(args: argparse.Namespace, algo: str, policy: Path) -> Any:
-    """The built-in task's ``tiny-cpu`` preset with this run's sizes, model and precision."""
-    from services.demo.run import band_task
-    from services.trainer.config import load_config
+    """The demo's run config (``tiny-cpu`` preset, band 2-4, this budget's sizes; written to
+    the run directory as ``vineppo train`` does) with this benchmark's model, precision and
+    hyperparameters in place of the demo's tuned ones."""
+    from services.demo import run as demo
 
-    n = args.prompts * args.responses
-    overrides = [
-        f"algo={algo}",
-        f"model.policy={policy}",
-        f"model.dtype={args.dtype}",
-        f"output_dir={args.out / algo}",
-        f"iterations={args.iterations}",
-        f"rollout.prompts_per_iteration={args.prompts}",
-        f"rollout.responses_per_prompt={args.responses}",
-        f"vine.k={args.k}",
-        f"optim.lr={args.lr}",
-        f"ppo.kl_coef={args.kl}",
-        f"ppo.critic_lr={args.critic_lr}",
-        f"ppo.critic_warmup_iterations={args.critic_warmup if algo == 'ppo' else 0}",
-        f"ppo.mini_batch_size={n // 2 if n >= 16 else n}",
-        "ppo.micro_batch_size=4",
-        f"eval.every={args.eval_every}",
-        f"eval.num_problems={args.val_problems}",
-        "eval.seeds=2",
-        f"arithmetic={json.dumps(band_task('2-4'), separators=(',', ':'))}",
-    ]
-    cfg = load_config(preset="tiny-cpu", overrides=overrides)
-    (args.out / algo).mkdir(parents=True, exist_ok=True)  # a run directory, as `vineppo train`
-    (args.out / algo / "config.json").write_text(cfg.model_dump_json(indent=2))
-    return cfg
+    own = {
+        "model.dtype": args.dtype,
+        "optim.lr": args.lr,
+        "ppo.kl_coef": args.kl,
+        "ppo.critic_lr": args.critic_lr,
+        "ppo.critic_warmup_iterations": args.critic_warmup if algo == "ppo" else 0,
+        "ppo.micro_batch_size": 4,
+    }
+    return demo.run_config(algo, policy, args.out, budget(args), seed=0, rl=own)
 
 
 def run_method(args: argparse.Namespace, algo: str, policy: Path) -> dict[str, Any]:
