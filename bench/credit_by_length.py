@@ -62,6 +62,9 @@ trajectory-level critic-free baselines VinePPO is ahead in every band (GRPO by 0
 - **Hyperparameters come from band 2-4.** GRPO's validation curves oscillate on band 6-8
   (0.79–0.93 after iteration 4), a sign that its learning rate (3e-4) is high for longer
   responses; a per-band sweep could move the baselines, not VinePPO's gap to PPO.
+- **GRPO and RLOO had not levelled off on band 6-8.** Their best-by-validation policy was at
+  the last validation (iteration 32) in 5 of 6 runs, so their numbers may still rise with
+  more iterations. PPO's best was at 20–28 and VinePPO's at 24.
 """
 
 
