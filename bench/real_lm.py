@@ -59,7 +59,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--value-prompts", type=int, default=4, help="prompts of the value probe")
     p.add_argument("--truth-k", type=int, default=32, help="MC samples of the value truth")
     p.add_argument("--engine", default="vllm", help="rollout engine: vllm | torch | auto")
-    p.add_argument("--dtype", default="bfloat16", help="model.dtype of the RL runs")
+    p.add_argument("--dtype", default="bfloat16", help="model.dtype of SFT and the RL runs")
+    p.add_argument("--timing-k", type=int, default=9, help="K of the VinePPO timing run")
+    p.add_argument(
+        "--timing-iterations",
+        type=int,
+        default=2,
+        help="VinePPO iterations at --timing-k (0: none)",
+    )
     p.add_argument("--doc", type=Path, default=DOCS / "real_lm.md")
     p.add_argument("--only", help=argparse.SUPPRESS)  # internal: one method, in this process
     return p.parse_args(argv)
@@ -107,6 +114,7 @@ def sft(args: argparse.Namespace, model: Path) -> Path:
         eval_every=max(1, args.sft_steps // 3),
         eval_max_tokens=96,
         eval_batch_size=32,
+        dtype=args.dtype,
     )
     return run_sft(cfg).best_dir
 
@@ -147,23 +155,45 @@ def run_config(args: argparse.Namespace, algo: str, policy: Path) -> Any:
     return demo.run_config(algo, policy, args.out, budget(args), seed=0, rl=own)
 
 
+def timing_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The VinePPO timing run's arguments: K = ``--timing-k`` for ``--timing-iterations``,
+    in ``out/k<K>``, otherwise as the learning runs."""
+    return argparse.Namespace(
+        **{
+            **vars(args),
+            "k": args.timing_k,
+            "iterations": args.timing_iterations,
+            "out": args.out / f"k{args.timing_k}",
+        }
+    )
+
+
 def run_method(args: argparse.Namespace, algo: str, policy: Path) -> dict[str, Any]:
-    """One method in this process: train, then test (the SFT model's test Pass@1 too)."""
+    """One method in this process: train, then test (the SFT model's test Pass@1 too, once
+    for all methods). ``vine-timing``: VinePPO at ``--timing-k``, trained and not tested."""
     import torch
 
     from services.demo.run import test_selected_async, train_and_test
     from services.trainer.runtime.memory import memory_stats
+    from services.trainer.runtime.model import precision
 
+    timing = algo == "vine-timing"
+    if timing:
+        args, algo = timing_args(args), "vine"
     cfg = run_config(args, algo, policy)
     result = args.out / algo / "result.json"
     if result.is_file():
         return dict(json.loads(result.read_text()))
     b = budget(args)
-    row = asyncio.run(train_and_test(cfg, b, None, {}, test=False, engine=args.engine))
+    dtype = precision(args.dtype, torch.device("cpu")).compute  # the replicas follow
+    row = asyncio.run(train_and_test(cfg, b, None, {}, test=False, engine=args.engine, dtype=dtype))
     row["train peak RSS (MB)"] = memory_stats(torch.device("cpu"))["mem/peak_mb"]
-    sft_acc: dict[str, float] = {}
-    row.update(asyncio.run(test_selected_async(cfg, b, sft_acc, None, args.engine)))
-    row["sft Pass@1"], row["sft SE"] = sft_acc["test"], sft_acc["test SE"]
+    if not timing:
+        sft_file = args.out / "sft" / "test.json"
+        sft_acc = json.loads(sft_file.read_text()) if sft_file.is_file() else {}
+        row.update(asyncio.run(test_selected_async(cfg, b, sft_acc, None, args.engine)))
+        sft_file.write_text(json.dumps(sft_acc) + "\n")
+        row["sft Pass@1"], row["sft SE"] = sft_acc["test"], sft_acc["test SE"]
     result.write_text(json.dumps(row, indent=1) + "\n")
     return row
 
@@ -186,6 +216,28 @@ def profile(rows: list[dict[str, Any]]) -> dict[str, float]:
         for k in PROFILE
         if any(f"time/{k}" in r for r in steps)
     }
+
+
+def timing_lines(
+    args: argparse.Namespace, ppo_profile: dict[str, float], ppo: dict[str, Any]
+) -> list[str]:
+    """The VinePPO / PPO ratios at ``--timing-k`` from the timing run, when there is one."""
+    from services.trainer.evaluation.report import load_run
+
+    t_args = timing_args(args)
+    result = t_args.out / "vine" / "result.json"
+    if not result.is_file():
+        return []
+    vine = profile(load_run(t_args.out / "vine").rows)
+    rss = json.loads(result.read_text())["train peak RSS (MB)"]
+    per = ", ".join(f"{k} {vine[k]:.1f} s" for k in PROFILE if k in vine)
+    return [
+        "",
+        f"At K = {args.timing_k} ({args.timing_iterations} VinePPO iterations from the SFT "
+        f"model, the same sizes; {per}): iteration time "
+        f"{vine['iteration'] / ppo_profile['iteration']:.2f}× PPO's, trainer peak RSS "
+        f"{rss / ppo['train peak RSS (MB)']:.2f}× PPO's.",
+    ]
 
 
 def _num(v: float | None) -> str:
@@ -250,6 +302,7 @@ def report(
             f"VinePPO / PPO at K = {args.k}: iteration time {t:.2f}× (the paper's Table 4: "
             f"1.87–4.75× at K = 9 on GPUs), trainer peak RSS {m:.2f}× (no critic).",
         ]
+        lines += timing_lines(args, prof["ppo"], results["ppo"])
     if vals:
         lines += [
             "",
@@ -287,6 +340,9 @@ def main(argv: list[str] | None = None) -> None:
         cmd = [sys.executable, "-m", "bench.real_lm", *(argv or sys.argv[1:]), "--only", algo]
         subprocess.run(cmd, check=True)  # its own process: its own peak memory
         results[algo] = json.loads((args.out / algo / "result.json").read_text())
+    if args.timing_iterations and args.timing_k != args.k:
+        cmd = [sys.executable, "-m", "bench.real_lm", *(argv or sys.argv[1:]), "--only"]
+        subprocess.run([*cmd, "vine-timing"], check=True)
     vals = values(args, policy) if "ppo" in results else {}
     report(args, results, vals)
 

@@ -193,10 +193,12 @@ async def train_and_test(
     sft_acc: dict[str, float],
     test: bool = True,
     engine: str = "auto",
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """Train one method through the services, then (``test``) the test Pass@1 of its
     best-by-validation policy and, once per ``sft_acc``, of the SFT model; ``test=False``
-    skips both (a sweep chooses on validation only)."""
+    skips both (a sweep chooses on validation only). ``dtype``: the local replicas' (None =
+    the engine's default)."""
     from services.trainer.client.local_services import run_services
     from services.trainer.rl.loop import RLTrainer
 
@@ -211,6 +213,7 @@ async def train_and_test(
         job_size=32,
         max_batch=128,
         engine=engine,
+        dtype=dtype,
     ) as services:
         start = time.monotonic()
         await RLTrainer(cfg, services).run()

@@ -22,12 +22,18 @@ def test_pipeline_writes_the_report(tmp_path: Path, micro_model: Path) -> None:
            "--sft-batch", "4", "--iterations", "2", "--prompts", "2", "--responses", "2",
            "--k", "2", "--eval-every", "1", "--val-problems", "2", "--test-problems", "4",
            "--test-seeds", "1", "--value-prompts", "1", "--truth-k", "2",
-           "--engine", "torch"]  # fmt: skip
+           "--timing-k", "3", "--timing-iterations", "1", "--engine", "torch"]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT, timeout=900)
     text = doc.read_text()
     for row in ("| SFT |", "| GRPO |", "| PPO |", "| VinePPO |"):
         assert row in text
     assert "VinePPO / PPO at K = 2: iteration time" in text
+    assert "At K = 3 (1 VinePPO iterations" in text  # the timing run at --timing-k
+    timing = (tmp_path / "run" / "k3" / "vine" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(timing[-1])["iteration"] == 1
+    sft = json.loads((tmp_path / "run" / "sft" / "test.json").read_text())
+    assert all(json.loads((tmp_path / "run" / a / "result.json").read_text())["sft Pass@1"]
+               == sft["test"] for a in ("grpo", "ppo", "vine"))  # fmt: skip  # tested once
     assert "| PPO critic |" in text  # the value analysis on the PPO policy's steps
     assert doc.with_suffix(".png").stat().st_size > 1000
     for algo in ("grpo", "ppo", "vine"):

@@ -61,6 +61,10 @@ class SFTConfig(_Section):
     """Seed of initialisation, data order and the generated task."""
     zero_stage: Literal[0, 1, 2, 3] = 0
     """DeepSpeed ZeRO stage."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Training precision, as the RL runs' ``model.dtype``: ``auto`` is bfloat16 on CUDA and
+    float32 on CPU; ``bfloat16`` on a CPU with native bfloat16 trains float32 weights under
+    bfloat16 autocast (services.trainer.runtime.model.precision)."""
 
 
 SFT_PRESETS: dict[str, dict[str, Any]] = {

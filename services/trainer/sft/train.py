@@ -168,7 +168,7 @@ def _log(path: Path, row: dict[str, Any]) -> None:
 def run_sft(cfg: SFTConfig, *, data_dir: Path | None = None, progress: bool = True) -> SFTResult:
     """Finetune per ``cfg``; returns where the best checkpoint is and its validation accuracy."""
     from services.trainer.runtime.distributed import init_distributed, is_main, wrap
-    from services.trainer.runtime.model import load_policy, load_tokenizer
+    from services.trainer.runtime.model import load_policy, load_tokenizer, precision
 
     info = init_distributed()
     torch.manual_seed(cfg.seed)
@@ -178,7 +178,8 @@ def run_sft(cfg: SFTConfig, *, data_dir: Path | None = None, progress: bool = Tr
     val = _examples(cfg, "validation", cfg.val_problems, data_dir)
     model_dir = prepare_model(cfg, train)
     tokenizer = load_tokenizer(model_dir)
-    model = load_policy(model_dir, info.device)
+    prec = precision(cfg.dtype, info.device)
+    model = load_policy(model_dir, info.device, prec)
     rows = [encode_example(tokenizer, ex, cfg.max_seq_len) for ex in train]
 
     steps_per_epoch = max(1, len(rows) // cfg.batch_size)
@@ -202,6 +203,7 @@ def run_sft(cfg: SFTConfig, *, data_dir: Path | None = None, progress: bool = Tr
         warmup_steps=math.ceil(cfg.warmup_ratio * total),
         micro_batch_size=cfg.batch_size // info.world_size,
         schedule_step=schedule_step,
+        bf16=prec.weights == torch.bfloat16,  # DeepSpeed's bf16 mode (CUDA only)
     )
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
