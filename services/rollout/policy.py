@@ -17,7 +17,7 @@ Under the lock, in this order (a refusal at any step leaves the engine as it was
    ones served, else refused (409 ``version_conflict``), so ``policy_version`` keeps naming
    one set of weights; ``supersede`` replaces them;
 4. finiteness (``check_finite``: 400 ``non_finite_weights``), then the engine's own checks
-   (names, shapes) and the swap.
+   (names, shapes) and the swap; after it the engine's value cache is emptied.
 
 ``loading`` is the version being loaded (None when idle); ``error`` is set only when the
 engine failed *during* a swap (it may hold part of the new weights: not ready until a load
@@ -33,6 +33,7 @@ from typing import ClassVar
 
 from services.rollout.engine.base import Engine, WeightsError
 from services.rollout.engine.weights import VerifiedWeights, WeightsRefused, check_finite
+from services.rollout.value_cache import ValueCache
 
 
 class PolicyGate:
@@ -97,6 +98,7 @@ class PolicyGate:
                     self.error = f"loading v{version}: {type(exc).__name__}: {exc}"
                     raise
                 self.sha256, self.error = dict(weights.sha256), None
+                ValueCache.forget(self.engine)  # nothing cached is the new policy's
                 return True
             finally:
                 self.loading = None

@@ -12,9 +12,10 @@ fewer continuations than cached is a hit, for more a miss). An unseeded request 
 fresh samples and is never served from the cache. A hit reports ``cached = True`` and
 ``num_tokens = 0`` (nothing sampled for it). The cache holds one policy, named by the caller
 (`estimate_values`: the version number and the loaded shards' SHA-256, so a reload of the
-same number with other weights counts as a new policy): the first lookup under another one
-(a weight load) empties it, and an estimate stored under any other policy than the current
-one is dropped. It keeps ``max_entries`` states, least recently used out first.
+same number with other weights counts as a new policy): a weight load empties it at once
+(`ValueCache.forget`, called by the `PolicyGate`), a lookup under another policy too, and an
+estimate stored under any other policy than the current one is dropped. It keeps
+``max_entries`` states, least recently used out first.
 """
 
 from __future__ import annotations
@@ -73,6 +74,15 @@ class ValueCache:
         if cache is None:
             cache = cls._caches[engine] = cls(max_entries)
         return cache
+
+    @classmethod
+    def forget(cls, engine: Any) -> None:
+        """Empty ``engine``'s cache now (`PolicyGate` calls it after every weight load), so
+        the old policy's estimates leave memory at the push, not at the next lookup."""
+        cache = cls._caches.get(engine)
+        if cache is not None:
+            cache._entries.clear()
+            cache.version = None
 
     def __len__(self) -> int:
         return len(self._entries)

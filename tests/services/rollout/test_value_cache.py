@@ -124,6 +124,7 @@ def test_metrics_count_hits_and_a_weight_push_empties_it(
         headers = {"Authorization": f"Bearer {token}"}
         resp = httpx.post(f"{url}/v1/weights", json=push, headers=headers, timeout=120)
         assert resp.status_code == 200, resp.text
+        assert metric(url, "value_cache_entries") == 0  # emptied by the load itself
         resp = httpx.post(f"{url}/v1/value", json=body, timeout=120)
         assert not ValueResult.model_validate(resp.json()).values[0].cached
         assert metric(url, "value_cache_misses") == 2 and metric(url, "value_cache_entries") == 1
