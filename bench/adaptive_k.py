@@ -14,8 +14,11 @@ expected continuations, against fixed K. The rules, with k_min ≤ K:
   weighs the correction by 1/q: V̂ = m_k + (B/q)(m_all − m_k), unbiased for any q > 0 (the
   continuation decision only scales a term of mean zero), at a variance cost.
 
-Then the same rules on the demo's own states: the 64-sample truths of the states that
-``bench.reuse_returns --values`` probed (the SFT policy's responses, K = 9 run) weigh each p.
+Then the same rules on real states: the 64-sample truths of the states that
+``bench.reuse_returns --values`` probed (an SFT policy's responses, K = 9 runs: the demo's,
+and SmolLM2's with ``--model runs/real_lm/sft/best --tag smollm2``) weigh each p. Each
+source's summary is kept in ``adaptive_k.json``, so a source whose runs are gone is still
+reported.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import statistics
 from collections.abc import Iterator
 from math import comb
 from pathlib import Path
+from typing import Any
 
 from bench.runs import DOCS, RUNS, write_doc
 
@@ -77,10 +81,51 @@ RULES = {
 }
 
 
-def demo_truths() -> list[float]:
+# states probed by ``bench.reuse_returns --values`` (K = 9 runs), by the policy they came from
+SOURCES = {"the demo's": "k9-seed*", "SmolLM2's": "smollm2-k9-seed*"}
+SUMMARY = DOCS / "adaptive_k.json"  # per source: what the report needs (runs/ is not kept)
+
+
+def probed_truths(pattern: str) -> list[float]:
     """64-sample truths of the probed states (one per (response, step)), all seeds."""
-    found = sorted((RUNS / "reuse_returns" / "values").glob("k9-seed*/analysis.json"))
+    found = sorted((RUNS / "reuse_returns" / "values").glob(f"{pattern}/analysis.json"))
     return [t for f in found for t in json.loads(f.read_text())["records"]["truth"]]
+
+
+def weighted(truths: list[float]) -> dict[str, Any]:
+    """Each rule's MAE, bias and continuations averaged over states (truth standing in for p)."""
+    base = statistics.mean(score(RULES["fixed K = 9"](p), p)["cost"] for p in truths)
+    rules = {}
+    for name, rule in RULES.items():
+        scores = [score(rule(p), p) for p in truths]
+        cost = statistics.mean(s["cost"] for s in scores)
+        rules[name] = {
+            "mae": statistics.mean(s["mae"] for s in scores),
+            "bias": statistics.mean(s["bias"] for s in scores),
+            "cost": cost,
+            "vs K=9": cost / base,
+        }
+    exact = sum(t in (0.0, 1.0) for t in truths) / len(truths)
+    return {"states": len(truths), "exact": exact, "rules": rules}
+
+
+def source_lines(source: str, summary: dict[str, Any]) -> list[str]:
+    return [
+        "",
+        f"## Weighted by {source} states",
+        "",
+        f"{summary['states']} (response, step) states of {source} SFT policy (`bench."
+        f"reuse_returns --values`, K = 9 runs); {summary['exact']:.0%} have a 64-sample truth "
+        "of exactly 0 or 1. Each rule's MAE and continuations averaged over them (the truth "
+        "standing in for p):",
+        "",
+        "| rule | MAE | bias (mean) | continuations per state | vs fixed K = 9 |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {name} | {r['mae']:.3f} | {r['bias']:+.4f} | {r['cost']:.2f} | {r['vs K=9']:.2f}× |"
+            for name, r in summary["rules"].items()
+        ),
+    ]
 
 
 def main() -> None:
@@ -104,29 +149,13 @@ def main() -> None:
             cells.append(f"{sc['mae']:.3f} / {sc['bias']:+.3f} / {sc['cost']:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Each cell: MAE / bias / expected continuations."]
-    truths = demo_truths()
-    if truths:
-        exact = sum(t in (0.0, 1.0) for t in truths) / len(truths)
-        lines += [
-            "",
-            "## Weighted by the demo's states",
-            "",
-            f"{len(truths)} (response, step) states of the SFT policy (`bench.reuse_returns "
-            f"--values`, K = 9 runs); {exact:.0%} have a 64-sample truth of exactly 0 or 1. "
-            "Each rule's MAE and continuations averaged over them (the truth standing in for p):",
-            "",
-            "| rule | MAE | bias (mean) | continuations per state | vs fixed K = 9 |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        base = statistics.mean(score(RULES["fixed K = 9"](p), p)["cost"] for p in truths)
-        for name, rule in RULES.items():
-            scores = [score(rule(p), p) for p in truths]
-            cost = statistics.mean(s["cost"] for s in scores)
-            lines.append(
-                f"| {name} | {statistics.mean(s['mae'] for s in scores):.3f} | "
-                f"{statistics.mean(s['bias'] for s in scores):+.4f} | {cost:.2f} | "
-                f"{cost / base:.2f}× |"
-            )
+    kept = json.loads(SUMMARY.read_text()) if SUMMARY.is_file() else {}
+    for source, pattern in SOURCES.items():
+        if truths := probed_truths(pattern):
+            kept[source] = weighted(truths)
+        if source in kept:
+            lines += source_lines(source, kept[source])
+    SUMMARY.write_text(json.dumps(kept, indent=1) + "\n")
     write_doc(args.out, lines)
 
 

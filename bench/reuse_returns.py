@@ -70,21 +70,23 @@ def run(variant: str, seed: int, budget: Any, model: Path) -> dict[str, Any]:
     return res
 
 
-def value_accuracy(seed: int, k: int) -> dict[str, Any]:
+def value_accuracy(
+    seed: int, k: int, model: Path | None = None, tag: str = "", prompts: int = 16
+) -> dict[str, Any]:
     """Value MAE against 64-sample truth and MC cost of fixed K and of reuse, on the step
-    states of the SFT policy's responses (16 test prompts × 4 responses at T = 0.6, the
-    rollout setting); cached per seed and K."""
+    states of the SFT policy's responses (``prompts`` test prompts × 4 responses at T = 0.6,
+    the rollout setting); cached per ``tag`` (another ``model`` than the demo's), seed and K."""
     from bench.credit_by_length import band_model
     from services.trainer.evaluation.runs import analyze_checkpoint
     from services.trainer.evaluation.value_probe import ProbeConfig, reuse_name
     from shared.datasets import load_examples
 
-    out = RUNS / "reuse_returns" / "values" / f"k{k}-seed{seed}"
+    out = RUNS / "reuse_returns" / "values" / f"{tag + '-' if tag else ''}k{k}-seed{seed}"
     cache = out / "summary.json"
     if cache.is_file():
         return dict(json.loads(cache.read_text()))
     band = {"min_steps": 2, "max_steps": 4}
-    examples = load_examples("arithmetic", "test", n=16, seed=seed + 1, arithmetic=band)
+    examples = load_examples("arithmetic", "test", n=prompts, seed=seed + 1, arithmetic=band)
     probe = ProbeConfig(
         responses=4,
         truth_k=64,
@@ -96,7 +98,7 @@ def value_accuracy(seed: int, k: int) -> dict[str, Any]:
         seed=seed,
         progress=False,
     )
-    doc = asyncio.run(analyze_checkpoint(band_model("2-4"), examples, probe, out))
+    doc = asyncio.run(analyze_checkpoint(model or band_model("2-4"), examples, probe, out))
     fixed, reuse = f"VinePPO K={k}", reuse_name(k)
     summary = {
         name: {"mae": doc["metrics"][name]["mae"], **doc["records"]["mc_cost"][name]}
@@ -107,11 +109,18 @@ def value_accuracy(seed: int, k: int) -> dict[str, Any]:
     return summary
 
 
-def value_lines(seeds: list[int]) -> list[str]:
+def value_lines(
+    seeds: list[int],
+    ks: tuple[int, ...] = (3, 9),
+    model: Path | None = None,
+    tag: str = "",
+    prompts: int = 16,
+) -> list[str]:
     lines = [
-        "## Value accuracy and MC cost on the same states",
+        "## Value accuracy and MC cost on the same states"
+        + (f" ({tag}: `{model}`)" if model else ""),
         "",
-        "Step states of the SFT policy's responses to 16 test prompts × 4 responses "
+        f"Step states of the SFT policy's responses to {prompts} test prompts × 4 responses "
         "(T = 0.6), per seed; MAE of each response's baseline V̂(s_i) against 64-sample "
         "truth, over every (response, step) pair; MC continuations and tokens per batch "
         "(reuse: the first k_u of the same K samples, its tokens scaled by k_u / K). "
@@ -120,8 +129,8 @@ def value_lines(seeds: list[int]) -> list[str]:
         "| K | estimate | value MAE | MC continuations | MC tokens | tokens vs fixed K |",
         "|---:|---|---:|---:|---:|---:|",
     ]
-    for k in (3, 9):
-        runs = [value_accuracy(s, k) for s in seeds]
+    for k in ks:
+        runs = [value_accuracy(s, k, model, tag, prompts) for s in seeds]
         fixed, reuse = f"VinePPO K={k}", f"VinePPO K={k}, reusing returns"
         for name in (fixed, reuse):
             ratio = [r[name]["tokens"] / r[fixed]["tokens"] for r in runs]
@@ -215,9 +224,17 @@ def main() -> None:
     ap.add_argument("--variants", default="fixed,reuse")
     ap.add_argument("--iterations", type=int, default=32)
     ap.add_argument("--values", action="store_true", help="only the value-accuracy part")
+    ap.add_argument("--model", type=Path, help="--values on another SFT model's states")
+    ap.add_argument("--tag", default="", help="its name (cache directories, the table)")
+    ap.add_argument("--ks", default="3,9", help="--values: the Ks compared")
+    ap.add_argument("--prompts", type=int, default=16, help="--values: test prompts probed")
     args = ap.parse_args()
     if args.values:
-        print("\n".join(value_lines([int(s) for s in args.seeds.split(",")])))
+        seeds, ks = [int(s) for s in args.seeds.split(",")], tuple(map(int, args.ks.split(",")))
+        lines = value_lines(seeds, ks, args.model, args.tag, args.prompts)
+        print("\n".join(lines))
+        if args.model is not None:  # another model's states: a doc of their own
+            write_doc(DOCS / f"reuse_returns_{args.tag or 'model'}.md", lines)
         return
     budget = dataclasses.replace(BUDGETS["full"], iterations=args.iterations)
     model = band_model("2-4")

@@ -31,3 +31,18 @@ def test_roulette_is_unbiased_and_pays_in_error(p: float) -> None:
     roulette = score(adaptive(p, 3, 9, 0.25), p)
     assert roulette["bias"] == pytest.approx(0.0, abs=1e-12)
     assert roulette["mae"] > score(fixed(p, 9), p)["mae"]
+
+
+def test_weighted_by_states_averages_each_rule_over_the_truths() -> None:
+    from bench.adaptive_k import weighted
+
+    # states at 0 and 1: every draw agrees, so "stop if 3 agree" spends 3 and is exact there;
+    # the state at 0.5 scores as the rule does at p = 0.5
+    w = weighted([0.0, 1.0, 0.5])
+    assert w["states"] == 3 and w["exact"] == pytest.approx(2 / 3)
+    half = score(adaptive(0.5, 3, 9), 0.5)
+    stop = w["rules"]["stop if 3 agree, else 9"]
+    assert stop["cost"] == pytest.approx((3 + 3 + half["cost"]) / 3)
+    assert stop["mae"] == pytest.approx(half["mae"] / 3)
+    assert stop["vs K=9"] == pytest.approx(stop["cost"] / 9)
+    assert w["rules"]["fixed K = 9"]["vs K=9"] == 1.0
