@@ -71,11 +71,17 @@ def run(variant: str, seed: int, budget: Any, model: Path) -> dict[str, Any]:
 
 
 def value_accuracy(
-    seed: int, k: int, model: Path | None = None, tag: str = "", prompts: int = 16
+    seed: int,
+    k: int,
+    model: Path | None = None,
+    tag: str = "",
+    prompts: int = 16,
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """Value MAE against 64-sample truth and MC cost of fixed K and of reuse, on the step
     states of the SFT policy's responses (``prompts`` test prompts × 4 responses at T = 0.6,
-    the rollout setting); cached per ``tag`` (another ``model`` than the demo's), seed and K."""
+    the rollout setting); cached per ``tag`` (another ``model`` than the demo's), seed and K.
+    ``dtype``: the replica's (None: the engine's default)."""
     from bench.credit_by_length import band_model
     from services.trainer.evaluation.runs import analyze_checkpoint
     from services.trainer.evaluation.value_probe import ProbeConfig, reuse_name
@@ -98,7 +104,8 @@ def value_accuracy(
         seed=seed,
         progress=False,
     )
-    doc = asyncio.run(analyze_checkpoint(model or band_model("2-4"), examples, probe, out))
+    policy = model or band_model("2-4")
+    doc = asyncio.run(analyze_checkpoint(policy, examples, probe, out, dtype=dtype))
     fixed, reuse = f"VinePPO K={k}", reuse_name(k)
     summary = {
         name: {"mae": doc["metrics"][name]["mae"], **doc["records"]["mc_cost"][name]}
@@ -115,10 +122,12 @@ def value_lines(
     model: Path | None = None,
     tag: str = "",
     prompts: int = 16,
+    dtype: str | None = None,
 ) -> list[str]:
     lines = [
         "## Value accuracy and MC cost on the same states"
-        + (f" ({tag}: `{model}`)" if model else ""),
+        + (f" ({tag}: `{model}`)" if model else "")
+        + (f", sampled in {dtype}" if dtype else ""),
         "",
         f"Step states of the SFT policy's responses to {prompts} test prompts × 4 responses "
         "(T = 0.6), per seed; MAE of each response's baseline V̂(s_i) against 64-sample "
@@ -130,7 +139,7 @@ def value_lines(
         "|---:|---|---:|---:|---:|---:|",
     ]
     for k in ks:
-        runs = [value_accuracy(s, k, model, tag, prompts) for s in seeds]
+        runs = [value_accuracy(s, k, model, tag, prompts, dtype) for s in seeds]
         fixed, reuse = f"VinePPO K={k}", f"VinePPO K={k}, reusing returns"
         for name in (fixed, reuse):
             ratio = [r[name]["tokens"] / r[fixed]["tokens"] for r in runs]
@@ -228,10 +237,11 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="its name (cache directories, the table)")
     ap.add_argument("--ks", default="3,9", help="--values: the Ks compared")
     ap.add_argument("--prompts", type=int, default=16, help="--values: test prompts probed")
+    ap.add_argument("--dtype", help="--values: the replica's dtype (e.g. bfloat16)")
     args = ap.parse_args()
     if args.values:
         seeds, ks = [int(s) for s in args.seeds.split(",")], tuple(map(int, args.ks.split(",")))
-        lines = value_lines(seeds, ks, args.model, args.tag, args.prompts)
+        lines = value_lines(seeds, ks, args.model, args.tag, args.prompts, args.dtype)
         print("\n".join(lines))
         if args.model is not None:  # another model's states: a doc of their own
             write_doc(DOCS / f"reuse_returns_{args.tag or 'model'}.md", lines)
