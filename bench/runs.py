@@ -130,10 +130,10 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) / len(values) ** 0.5
 
 
-def machine() -> str:
+def machine(threads: str = "1 torch thread per run") -> str:
     return (
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only, 1 torch thread "
-        f"per run, load average {os.getloadavg()[0]:.1f} at the end"
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only, {threads}, load "
+        f"average {os.getloadavg()[0]:.1f} at the end"
     )
 
 

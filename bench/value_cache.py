@@ -146,10 +146,13 @@ def report(args: argparse.Namespace, res: dict[str, Any]) -> list[str]:
         "# The rollout replica's value cache: a repeated request, then a push",
         "",
         f"Command: `.venv/bin/python -m bench.value_cache --model {args.model} --engine "
-        f"{args.engine} --problems {args.problems} --k {args.k}`",
+        f"{args.engine}{f' --dtype {args.dtype}' if args.dtype else ''} --problems "
+        f"{args.problems} --k {args.k}`",
         "",
-        f"{machine()}. One replica (engine `{args.engine}`) and the reward service, real uvicorn "
-        f"servers on 127.0.0.1; one `/v1/value` request of {res['states']} states (the prompt "
+        f"{machine('the engine on every core')}. One replica (engine `{args.engine}`, dtype "
+        f"{args.dtype or 'default'}) "
+        "and the reward service, real uvicorn servers on 127.0.0.1; one `/v1/value` request "
+        f"of {res['states']} states (the prompt "
         f"and each line of {args.problems} built-in test problems' gold solutions) × K = "
         f"{res['k']}, seeded, T = 0.6, up to {args.max_tokens} tokens.",
         "",
