@@ -106,9 +106,11 @@ def main() -> None:
         "# Training precision on CPU",
         "",
         f"Command: `.venv/bin/python -m bench.train_precision --model {args.model} --batch "
-        f"{args.batch} --tokens {args.tokens} --steps {args.steps}`",
+        f"{args.batch} --tokens {args.tokens} --steps {args.steps}"
+        + ("" if args.out == DOCS / "train_precision.md" else f" --out {args.out}")
+        + "`",
         "",
-        f"{machine()}; torch {torch.__version__}, {rows[0]['threads']} threads; native "
+        f"{machine(str(rows[0]['threads']) + ' torch threads')}; torch {torch.__version__}; native "
         f"bfloat16 on this CPU (oneDNN): **{'yes' if native else 'no'}**. One full step = "
         f"forward, backward and AdamW on {args.batch} × {args.tokens} random tokens (median "
         f"of {args.steps} after a warm-up); *moved* = share of the weights that one more "
