@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.runs import DOCS, NAMES, RUNS, curves, machine, mean_band
+from bench.runs import DOCS, NAMES, RUNS, curves, mean_band
 
 PROFILE = ("generate", "values", "train", "push", "iteration")
 
@@ -240,6 +240,53 @@ def timing_lines(
     ]
 
 
+def machine_line(args: argparse.Namespace) -> str:
+    """The machine as this benchmark depends on it: cores, CPU, native bfloat16, threads, and
+    the pipeline's wall-clock from its first start (``out/started.txt``) to this report."""
+    import datetime as dt
+    import os
+    import platform
+
+    import torch
+
+    from services.trainer.runtime.model import cpu_has_native_bf16
+
+    cpu = platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        names = [x.split(":", 1)[1].strip() for x in info.read_text().splitlines()
+                 if x.startswith("model name")]  # fmt: skip
+        cpu = names[0] if names else cpu
+    started = args.out / "started.txt"
+    done = [*args.out.glob("*/result.json"), *args.out.glob("*/*/result.json"),
+            *args.out.glob("ppo/value-analysis/analysis.json")]  # fmt: skip
+    wall = ""
+    if started.is_file() and done:
+        t0 = dt.datetime.fromisoformat(started.read_text().strip()).timestamp()
+        minutes = (max(f.stat().st_mtime for f in done) - t0) / 60
+        wall = f"; the whole pipeline took {minutes:.0f} min of wall-clock (start to last stage)"
+    return (
+        f"Machine: {cpu}, {os.cpu_count()} cores, no GPU, native bfloat16 (oneDNN): "
+        f"{'yes' if cpu_has_native_bf16() else 'no'}; {torch.get_num_threads()} torch threads; "
+        f"load average {os.getloadavg()[0]:.1f} at the end{wall}"
+    )
+
+
+def critic_line(rows: list[dict[str, Any]]) -> list[str]:
+    """PPO's critic diagnostics over training: explained variance of the returns."""
+    ev = [float(r["critic/ev_returns"]) for r in rows if "critic/ev_returns" in r]
+    warm = next((r for r in rows if "critic/warmup_ev_last" in r), None)
+    if not ev:
+        return []
+    text = (
+        f"PPO's critic, explained variance of the returns it was trained on: mean "
+        f"{statistics.mean(ev):.3f} over the {len(ev)} iterations, last {ev[-1]:.3f}"
+    )
+    if warm is not None:
+        text += f" (after its warm-up: {float(warm['critic/warmup_ev_last']):.3f})"
+    return ["", text + "."]
+
+
 def _num(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
@@ -258,8 +305,8 @@ def report(
         "",
         "Command: `" + shlex.join([".venv/bin/python", "-m", "bench.real_lm", *sys.argv[1:]]) + "`",
         "",
-        f"{machine()}. SFT: {args.sft_steps} steps × {args.sft_batch} careless solutions of "
-        f"2–4-step problems (lr {args.sft_lr}). RL: {args.iterations} iterations × "
+        f"{machine_line(args)}. SFT: {args.sft_steps} steps × {args.sft_batch} careless "
+        f"solutions of 2–4-step problems (lr {args.sft_lr}). RL: {args.iterations} iterations × "
         f"{args.prompts} prompts × {args.responses} responses for every method, lr "
         f"{args.lr}, KL {args.kl}, VinePPO K = {args.k}, PPO's critic lr {args.critic_lr} "
         f"after {args.critic_warmup} value-only iterations (counted in its wall-clock), "
@@ -303,6 +350,19 @@ def report(
             f"1.87–4.75× at K = 9 on GPUs), trainer peak RSS {m:.2f}× (no critic).",
         ]
         lines += timing_lines(args, prof["ppo"], results["ppo"])
+    if "ppo" in rows:
+        lines += critic_line(rows["ppo"])
+    lines += [
+        "",
+        "Policy selected on validation (version = iterations done): "
+        + ", ".join(f"{NAMES[a]} v{r['selected version']}" for a, r in results.items())
+        + "; validation Pass@1 at each evaluation: "
+        + "; ".join(
+            f"{NAMES[a]} " + ", ".join(f"{v[0]:.2f}" for _, v in sorted(c["val"].items()))
+            for a, c in ((a, {"val": mean_band([curve[a]["val"]])}) for a in results)
+        )
+        + ".",
+    ]
     if vals:
         lines += [
             "",
@@ -327,8 +387,13 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> None:
+    import datetime as dt
+
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    started = args.out / "started.txt"  # the pipeline's wall-clock counts from here
+    if not args.only and not started.is_file():
+        started.write_text(dt.datetime.now(dt.UTC).isoformat() + "\n")
     policy = sft(args, base_model(args))
     if args.only:
         print(json.dumps(run_method(args, args.only, policy)))

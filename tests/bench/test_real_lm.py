@@ -35,6 +35,8 @@ def test_pipeline_writes_the_report(tmp_path: Path, micro_model: Path) -> None:
     assert all(json.loads((tmp_path / "run" / a / "result.json").read_text())["sft Pass@1"]
                == sft["test"] for a in ("grpo", "ppo", "vine"))  # fmt: skip  # tested once
     assert "| PPO critic |" in text  # the value analysis on the PPO policy's steps
+    assert "PPO's critic, explained variance of the returns" in text
+    assert "Policy selected on validation" in text and "the whole pipeline took" in text
     assert doc.with_suffix(".png").stat().st_size > 1000
     for algo in ("grpo", "ppo", "vine"):
         res = json.loads((tmp_path / "run" / algo / "result.json").read_text())
