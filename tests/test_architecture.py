@@ -118,6 +118,7 @@ MAY_START: dict[str, str] = {
     "bench.critic_fit": "benchmark on local services",
     "bench.real_gsm8k": "benchmark on local services",
     "bench.fuzz": "fuzzes real servers on loopback",
+    "bench.value_cache": "times the value cache through real servers on loopback",
 }
 """The modules that may start services in process, each with the reason."""
 
