@@ -45,7 +45,7 @@ def test_pipeline_writes_the_report(tmp_path: Path, micro_model: Path) -> None:
 
 
 def test_critic_line_averages_the_explained_variance_per_iteration() -> None:
-    from bench.real_lm import critic_line
+    from bench.real_lm_report import critic_line
 
     rows = [
         {"iteration": 0, "critic/warmup_ev_last": 0.25},
